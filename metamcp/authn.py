@@ -1,0 +1,108 @@
+"""Who is calling: API keys and JWTs checked against an in-process cache of the keys table.
+
+The cache makes authentication free of database queries once warm; metamcp.notify clears it
+in every process when a key changes, and a TTL bounds staleness if notifications stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from metamcp import crypto, repository
+from metamcp.db import Database
+from metamcp.errors import Unauthorized
+
+logger = logging.getLogger(__name__)
+
+#: Change-notification topic of the api_keys table.
+TOPIC = "keys"
+#: Write last_used_at at most this often per key, to keep writes off the hot path.
+TOUCH_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: the API key it holds, directly or through a JWT."""
+
+    key_id: int
+    key_name: str
+
+
+@dataclass(frozen=True)
+class _CachedKey:
+    key_id: int
+    name: str
+    is_active: bool
+    expires: float
+
+
+class Authenticator:
+    def __init__(self, db: Database, jwt_secret: str, jwt_lifetime: int, ttl: float) -> None:
+        self._db = db
+        self._secret = jwt_secret
+        self.jwt_lifetime = jwt_lifetime
+        self._ttl = ttl
+        self._by_hash: dict[bytes, _CachedKey] = {}
+        self._by_id: dict[int, _CachedKey] = {}
+        self._touched: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._by_hash.clear()
+            self._by_id.clear()
+
+    def authenticate(self, credential: str) -> Principal:
+        """A raw `mcp_...` API key or a JWT issued for one; raises Unauthorized."""
+        if crypto.looks_like_api_key(credential):
+            return self._check_api_key(credential)
+        try:
+            key_id = crypto.verify_jwt(credential, self._secret)
+        except crypto.CryptoError:
+            raise Unauthorized("The token is invalid or expired; get a new one at /api/v1/auth/token.") from None
+        entry = self._by_id.get(key_id)
+        if entry is None or entry.expires < time.monotonic():
+            with self._db.transaction() as cur:
+                entry = self._remember(repository.get_key(cur, key_id), None)
+        if entry is None or not entry.is_active:
+            raise Unauthorized("The API key behind this token is inactive or deleted.")
+        return Principal(entry.key_id, entry.name)
+
+    def exchange(self, api_key: str) -> tuple[str, Principal]:
+        """Trade an active API key for a JWT."""
+        if not crypto.looks_like_api_key(api_key):
+            raise Unauthorized("Unknown or inactive API key.")
+        principal = self._check_api_key(api_key)
+        return crypto.issue_jwt(principal.key_id, self._secret, self.jwt_lifetime), principal
+
+    def _check_api_key(self, plain: str) -> Principal:
+        key_hash = crypto.hash_api_key(plain)
+        entry = self._by_hash.get(key_hash)
+        if entry is None or entry.expires < time.monotonic():
+            with self._db.transaction() as cur:
+                entry = self._remember(repository.find_key_by_hash(cur, key_hash), key_hash)
+        if entry is None or not entry.is_active:
+            raise Unauthorized("Unknown or inactive API key.")
+        self._touch(entry.key_id)
+        return Principal(entry.key_id, entry.name)
+
+    def _remember(self, row: dict | None, key_hash: bytes | None) -> _CachedKey | None:
+        if row is None:
+            return None
+        entry = _CachedKey(row["id"], row["name"], row["is_active"], time.monotonic() + self._ttl)
+        with self._lock:
+            self._by_id[entry.key_id] = entry
+            if key_hash is not None:
+                self._by_hash[key_hash] = entry
+        return entry
+
+    def _touch(self, key_id: int) -> None:
+        now = time.monotonic()
+        if now - self._touched.get(key_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+            return
+        self._touched[key_id] = now
+        with self._db.transaction() as cur:
+            repository.touch_key(cur, key_id)

@@ -1,0 +1,60 @@
+"""Gunicorn settings and hooks: how `make run` and the Docker image serve MetaMCP.
+
+The master process prepares everything once before forking workers: secrets generated on the
+first run, the embedded PostgreSQL started when no DATABASE_URL is set, migrations applied.
+Workers inherit DATABASE_URL; on exit the master stops the embedded server it started.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from metamcp.config import ConfigError, ensure_secrets, load_settings
+from metamcp.db import EmbeddedPostgres, prepare_database
+
+
+def _fail(error: Exception) -> None:
+    print(f"metamcp: cannot start: {error}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+try:
+    ensure_secrets()
+    _settings = load_settings()
+except (ConfigError, OSError) as _error:
+    _fail(_error)
+
+bind = [f"{_settings.host}:{_settings.port}"]
+workers = _settings.workers
+worker_class = "gthread"
+threads = _settings.threads
+# MCP calls may legitimately run for minutes; a stuck worker is still noticed through the
+# heartbeat, which gthread workers send from their main loop independently of requests.
+timeout = 120
+graceful_timeout = 20
+keepalive = 75
+wsgi_app = "wsgi:app"
+loglevel = _settings.log_level.lower()
+proc_name = "metamcp"
+# One control socket per user would be shared by every instance; none is needed.
+control_socket_disable = True
+
+_embedded: EmbeddedPostgres | None = None
+
+
+def on_starting(server: Any) -> None:
+    global _embedded
+    try:
+        url, _embedded = prepare_database(_settings)
+    except ConfigError as error:
+        _fail(error)
+    os.environ["DATABASE_URL"] = url
+    where = f"embedded PostgreSQL in {_settings.pgdata}" if _embedded else "DATABASE_URL"
+    server.log.info("database ready (%s); serving on http://%s:%s", where, _settings.host, _settings.port)
+
+
+def on_exit(server: Any) -> None:
+    if _embedded is not None:
+        _embedded.stop()

@@ -1,0 +1,210 @@
+"""The upstream server registry: validation across fields, secrets sealed at rest, masking.
+
+Views hand in fields already checked one by one (metamcp.api.schemas); this module owns the
+rules that span fields, the encryption of bearer tokens, header and env values, and the
+change notification that tells every process to reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import psycopg2.errors
+
+from metamcp import repository
+from metamcp.crypto import CryptoError, SecretBox, mask_secret
+from metamcp.db import Database
+from metamcp.errors import Conflict, NotFound, ValidationFailed
+
+HTTP_TRANSPORTS = ("streamable_http", "sse")
+#: Accepted spellings of `transport` (the Rust port sends "protocol": "http").
+TRANSPORT_ALIASES = {
+    "streamable_http": "streamable_http",
+    "streamable-http": "streamable_http",
+    "http": "streamable_http",
+    "sse": "sse",
+    "stdio": "stdio",
+}
+DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "url": None,
+    "command": None,
+    "args": [],
+    "env": {},
+    "cwd": None,
+    "headers": {},
+    "bearer_token": None,
+    "is_active": True,
+}
+TOPIC = "servers"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """A server as the gateway needs it: secrets decrypted. Never serialized to clients."""
+
+    id: UUID
+    name: str
+    transport: str
+    url: str | None
+    command: str | None
+    args: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    headers: dict[str, str]
+    bearer_token: str | None
+    is_active: bool
+
+
+def check_server(fields: Mapping[str, Any]) -> None:
+    """Rules spanning fields, applied to the complete (merged) server."""
+    errors: dict[str, list[str]] = {}
+    transport = fields["transport"]
+    if transport in HTTP_TRANSPORTS:
+        url = fields.get("url")
+        if not url:
+            errors["url"] = [f"Required when transport is {transport}."]
+        else:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                errors["url"] = ["Must be an absolute http:// or https:// URL."]
+    elif not fields.get("command"):
+        errors["command"] = ["Required when transport is stdio."]
+    if errors:
+        raise ValidationFailed("The server definition is incomplete; see details.", errors)
+
+
+class ServerRegistry:
+    def __init__(self, db: Database, box: SecretBox) -> None:
+        self._db = db
+        self._box = box
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def list_all(self) -> list[dict[str, Any]]:
+        with self._db.transaction() as cur:
+            return [self._public(row) for row in repository.list_servers(cur)]
+
+    def get(self, server_id: UUID) -> dict[str, Any]:
+        with self._db.transaction() as cur:
+            return self._public(self._existing(cur, server_id))
+
+    def configs(self, active_only: bool = True) -> list[ServerConfig]:
+        """Decrypted definitions for the gateway."""
+        with self._db.transaction() as cur:
+            rows = repository.list_servers(cur)
+        return [self._config(row) for row in rows if row["is_active"] or not active_only]
+
+    # --- writes --------------------------------------------------------------------------
+
+    def create(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        merged = {**DEFAULTS, **self._seal(fields, {})}
+        check_server(merged)
+        with self._db.transaction() as cur:
+            row = self._write(cur, None, merged)
+            return self._public(row)
+
+    def replace(self, server_id: UUID, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return self._update(server_id, fields, base=DEFAULTS)
+
+    def update(self, server_id: UUID, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return self._update(server_id, fields, base=None)
+
+    def delete(self, server_id: UUID) -> None:
+        with self._db.transaction() as cur:
+            if not repository.delete_server(cur, server_id):
+                raise NotFound(f"No server with id {server_id}.")
+            repository.notify_change(cur, TOPIC, id=server_id)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _update(
+        self, server_id: UUID, fields: Mapping[str, Any], base: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        with self._db.transaction() as cur:
+            current = self._existing(cur, server_id)
+            if base is None:
+                base = {column: current[column] for column in repository.SERVER_COLUMNS}
+            merged = {**base, **self._seal(fields, current)}
+            check_server(merged)
+            row = self._write(cur, server_id, merged)
+            return self._public(row)
+
+    def _write(self, cur: Any, server_id: UUID | None, fields: dict[str, Any]) -> dict[str, Any]:
+        try:
+            cur.execute("SAVEPOINT write_server")
+            if server_id is None:
+                row = repository.insert_server(cur, fields)
+            else:
+                updated = repository.update_server(cur, server_id, fields)
+                if updated is None:
+                    raise NotFound(f"No server with id {server_id}.")
+                row = updated
+        except psycopg2.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT write_server")
+            raise Conflict(
+                f"A server named {fields['name']!r} already exists; choose another name."
+            ) from None
+        repository.notify_change(cur, TOPIC, id=row["id"])
+        return row
+
+    @staticmethod
+    def _existing(cur: Any, server_id: UUID) -> dict[str, Any]:
+        row = repository.get_server(cur, server_id)
+        if row is None:
+            raise NotFound(f"No server with id {server_id}.")
+        return row
+
+    def _seal_value(self, plain: str, stored: str | None) -> str:
+        """Encrypt a secret; a masked value sent back unchanged keeps the stored secret."""
+        if stored is not None and plain.startswith("****") and self._mask(stored) == plain:
+            return stored
+        return self._box.encrypt(plain)
+
+    def _seal(self, fields: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+        """Encrypt the secrets among `fields` (others pass through unchanged)."""
+        sealed = dict(fields)
+        for column in ("headers", "env"):
+            if column in fields:
+                stored = current.get(column) or {}
+                sealed[column] = {
+                    name: self._seal_value(value, stored.get(name))
+                    for name, value in (fields[column] or {}).items()
+                }
+        if fields.get("bearer_token") is not None:
+            sealed["bearer_token"] = self._seal_value(fields["bearer_token"], current.get("bearer_token"))
+        return sealed
+
+    def _mask(self, stored: str) -> str:
+        try:
+            return mask_secret(self._box.decrypt(stored))
+        except CryptoError:
+            return "****"  # sealed under another ENCRYPTION_KEY: still never shown
+
+    def _public(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        public = dict(row)
+        public["headers"] = {k: self._mask(v) for k, v in row["headers"].items()}
+        public["env"] = {k: self._mask(v) for k, v in row["env"].items()}
+        token = row["bearer_token"]
+        public["bearer_token"] = None if token is None else self._mask(token)
+        return public
+
+    def _config(self, row: Mapping[str, Any]) -> ServerConfig:
+        token = row["bearer_token"]
+        return ServerConfig(
+            id=row["id"],
+            name=row["name"],
+            transport=row["transport"],
+            url=row["url"],
+            command=row["command"],
+            args=list(row["args"]),
+            env={k: self._box.decrypt(v) for k, v in row["env"].items()},
+            cwd=row["cwd"],
+            headers={k: self._box.decrypt(v) for k, v in row["headers"].items()},
+            bearer_token=None if token is None else self._box.decrypt(token),
+            is_active=row["is_active"],
+        )

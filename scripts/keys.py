@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Manage MetaMCP API keys against the database `make run` uses (embedded or DATABASE_URL).
+
+Exit status: 0 on success, 1 on failure (message on stderr), 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg2
+
+from metamcp import crypto, repository
+from metamcp.authn import TOPIC as KEYS_TOPIC
+from metamcp.config import ConfigError, ensure_secrets, load_settings
+from metamcp.db import Database, prepare_database
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr with exit status 1."""
+
+
+@contextmanager
+def open_database() -> Iterator[Database]:
+    ensure_secrets()
+    settings = load_settings()
+    url, embedded = prepare_database(settings)
+    db = Database(url, 2)
+    try:
+        yield db
+    finally:
+        db.close()
+        if embedded is not None:
+            embedded.stop()
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    columns = ["id", "name", "key_prefix", "is_active", "created_at", "last_used_at"]
+    headers = ["ID", "NAME", "PREFIX", "ACTIVE", "CREATED", "LAST USED"]
+    cells = [[_format(row[c]) for c in columns] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    for line in [headers, *cells]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def emit(args: argparse.Namespace, rows: list[dict[str, Any]], plain_key: str | None = None) -> None:
+    if args.json:
+        data: Any = [dict(row) for row in rows]
+        if plain_key is not None:
+            data = {**data[0], "key": plain_key}
+        elif args.command != "list":
+            data = data[0]
+        print(json.dumps(data, default=_json_default, indent=2))
+        return
+    if not rows:
+        print("no keys")
+        return
+    print_table(rows)
+    if plain_key is not None:
+        print(f"\nAPI key (shown once, store it now):\n{plain_key}")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def _require(row: dict[str, Any] | None, key_id: int) -> dict[str, Any]:
+    if row is None:
+        raise CliError(f"no key with id {key_id}")
+    return row
+
+
+def cmd_list(args: argparse.Namespace, db: Database) -> None:
+    with db.transaction() as cur:
+        emit(args, repository.list_keys(cur, include_inactive=args.include_inactive))
+
+
+def cmd_create(args: argparse.Namespace, db: Database) -> None:
+    name = args.name.strip()
+    if not name:
+        raise CliError("the key name must not be empty")
+    if len(name) > 200:
+        raise CliError("the key name must be at most 200 characters")
+    new = crypto.generate_api_key()
+    with db.transaction() as cur:
+        row = repository.insert_key(cur, name, new.hash, new.prefix)
+        repository.notify_change(cur, KEYS_TOPIC)
+    emit(args, [row], new.plain)
+
+
+def cmd_show(args: argparse.Namespace, db: Database) -> None:
+    with db.transaction() as cur:
+        emit(args, [_require(repository.get_key(cur, args.id), args.id)])
+
+
+def _set_active(active: bool) -> Callable[[argparse.Namespace, Database], None]:
+    def command(args: argparse.Namespace, db: Database) -> None:
+        with db.transaction() as cur:
+            row = _require(repository.set_key_active(cur, args.id, active), args.id)
+            repository.notify_change(cur, KEYS_TOPIC)
+        emit(args, [row])
+
+    return command
+
+
+def cmd_delete(args: argparse.Namespace, db: Database) -> None:
+    with db.transaction() as cur:
+        row = _require(repository.get_key(cur, args.id), args.id)
+        repository.delete_key(cur, args.id)
+        repository.notify_change(cur, KEYS_TOPIC)
+    if args.json:
+        print(json.dumps({"deleted": row["id"]}))
+    else:
+        print(f"deleted key {row['id']} ({row['name']})")
+
+
+def cmd_rotate(args: argparse.Namespace, db: Database) -> None:
+    new = crypto.generate_api_key()
+    with db.transaction() as cur:
+        old = _require(repository.get_key(cur, args.id), args.id)
+        repository.set_key_active(cur, args.id, False)
+        row = repository.insert_key(cur, old["name"], new.hash, new.prefix)
+        repository.notify_change(cur, KEYS_TOPIC)
+    if not args.json:
+        print(f"key {old['id']} is now inactive; its replacement:")
+    emit(args, [row], new.plain)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser = argparse.ArgumentParser(
+        prog="keys.py", description="Manage MetaMCP API keys.", parents=[common]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[..., None], help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, parents=[common])
+        command.set_defaults(handler=handler)
+        return command
+
+    add("list", cmd_list, "list keys").add_argument(
+        "--include-inactive", action="store_true", help="also list inactive keys"
+    )
+    add("create", cmd_create, "create a key and print it once").add_argument(
+        "--name", required=True, help="what the key is for"
+    )
+    for name, handler, help_text in (
+        ("show", cmd_show, "show one key"),
+        ("activate", _set_active(True), "activate a key"),
+        ("inactivate", _set_active(False), "inactivate a key (its JWTs stop working)"),
+        ("rotate", cmd_rotate, "replace a key: new key printed once, old one inactive"),
+    ):
+        add(name, handler, help_text).add_argument("id", type=int, help="key id")
+    delete = add("delete", cmd_delete, "delete a key for good")
+    delete.add_argument("id", type=int, help="key id")
+    delete.add_argument("--confirm", action="store_true", help="required: deletion cannot be undone")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "delete" and not args.confirm:
+        parser.error(f"refusing to delete key {args.id} without --confirm")
+    try:
+        with open_database() as db:
+            args.handler(args, db)
+    except (CliError, ConfigError) as e:
+        print(f"keys.py: {e}", file=sys.stderr)
+        return 1
+    except psycopg2.Error as e:
+        print(f"keys.py: database error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or DATABASE_URL when set), apps, keys."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+
+from metamcp import create_app, crypto, repository
+from metamcp.config import Settings
+from metamcp.db import Database, EmbeddedPostgres, migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_ENCRYPTION_KEY = bytes(range(32))
+TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh, migrated database for this test session."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        name = "metamcp_test_" + secrets.token_hex(4)
+        admin = psycopg2.connect(external)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        url = _with_database(external, name)
+        migrate(url)
+        yield url
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+        return
+    # Short path: the server's Unix socket lives in its data directory.
+    root = Path(tempfile.mkdtemp(prefix="mmt", dir="/tmp"))
+    embedded = EmbeddedPostgres(root / "pg")
+    url = embedded.start()
+    migrate(url)
+    yield url
+    embedded.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url, 4)
+    with database.transaction() as cur:
+        cur.execute("TRUNCATE api_keys, mcp_servers RESTART IDENTITY CASCADE")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        jwt_secret=TEST_JWT_SECRET,
+        encryption_key=TEST_ENCRYPTION_KEY,
+        max_body_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+def app(settings: Settings, db: Database) -> Iterator[Flask]:
+    application = create_app(settings, listen=False)
+    yield application
+    application.extensions["metamcp"].db.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def make_key(db: Database) -> Callable[..., tuple[int, str]]:
+    """Create an API key directly in the database; returns (id, plain key)."""
+
+    def make(name: str = "test") -> tuple[int, str]:
+        new = crypto.generate_api_key()
+        with db.transaction() as cur:
+            row = repository.insert_key(cur, name, new.hash, new.prefix)
+            repository.notify_change(cur, "keys")
+        return row["id"], new.plain
+
+    return make
+
+
+@pytest.fixture
+def api_key(make_key: Callable[..., tuple[int, str]]) -> str:
+    return make_key()[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(**overrides: str | None) -> dict[str, str]:
+    """The environment of a subprocess: ours, minus settings, plus the overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("METAMCP_", "DATABASE_URL"))}
+    env.pop("JWT_SECRET", None)
+    env.pop("ENCRYPTION_KEY", None)
+    for key, value in overrides.items():
+        if value is not None:
+            env[key] = value
+    return env
+
+
+class Gunicorn:
+    """A live gunicorn started the way `make run` starts it; stopped by PID."""
+
+    def __init__(self, env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:metamcp.gunicorn_conf"],
+            cwd=ROOT,
+            env={**env, "METAMCP_PORT": str(port)},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"gunicorn not ready after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self, sig: int = 2) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_gunicorn() -> Iterator[Callable[..., Gunicorn]]:
+    started: list[Gunicorn] = []
+
+    def start(env: dict[str, str], port: int | None = None, ready: bool = True) -> Gunicorn:
+        server = Gunicorn(env, port or free_port())
+        started.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+        os.unlink(server.log.name)
+
+
+def run_keys(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "keys.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -1,0 +1,95 @@
+"""Settings: parsing, validation errors that name the setting, generated secrets."""
+
+from __future__ import annotations
+
+import base64
+import stat
+from pathlib import Path
+
+import pytest
+
+from metamcp.config import (
+    ConfigError,
+    ensure_secrets,
+    load_settings,
+    parse_encryption_key,
+    read_env_file,
+)
+
+KEY = bytes(range(32))
+GOOD = {"JWT_SECRET": "s" * 40, "ENCRYPTION_KEY": base64.b64encode(KEY).decode()}
+
+
+def test_encryption_key_accepts_hex_and_both_base64_alphabets() -> None:
+    assert parse_encryption_key(KEY.hex()) == KEY
+    assert parse_encryption_key(base64.b64encode(KEY).decode()) == KEY
+    assert parse_encryption_key(base64.urlsafe_b64encode(KEY).decode().rstrip("=")) == KEY
+
+
+@pytest.mark.parametrize("value", ["", "short", "zz" * 32, base64.b64encode(b"x" * 16).decode()])
+def test_malformed_encryption_key_names_the_setting(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_encryption_key(value)
+    assert caught.value.setting == "ENCRYPTION_KEY"
+    assert str(caught.value).startswith("ENCRYPTION_KEY:")
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path / "d")})
+    assert (settings.host, settings.port, settings.jwt_lifetime) == ("127.0.0.1", 12009, 900)
+    assert settings.embedded and settings.pgdata == tmp_path / "d" / "postgres"
+    assert settings.workers >= 2
+    assert settings.encryption_key == KEY
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("METAMCP_PORT", "http"),
+        ("METAMCP_PORT", "70000"),
+        ("METAMCP_WORKERS", "0"),
+        ("DATABASE_URL", "mysql://x"),
+        ("JWT_SECRET", "too-short"),
+        ("METAMCP_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_bad_setting_is_named(name: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path), name: value})
+    assert caught.value.setting == name
+
+
+def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "# comment\nexport METAMCP_PORT=13000\nMETAMCP_HOST='0.0.0.0'\nJWT_SECRET=\"%s\"\n" % ("j" * 40)
+    )
+    settings = load_settings({"ENCRYPTION_KEY": KEY.hex(), "METAMCP_HOST": "127.0.0.2",
+                              "METAMCP_DATA_DIR": str(tmp_path)})
+    assert settings.port == 13000
+    assert settings.host == "127.0.0.2"
+    assert settings.jwt_secret == "j" * 40
+
+
+def test_secrets_generated_once_private_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {"METAMCP_DATA_DIR": str(tmp_path / "data")}
+    with pytest.raises(ConfigError):
+        load_settings(env)
+    ensure_secrets(env)
+    path = tmp_path / "data" / "secrets.env"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    first = load_settings(env)
+    ensure_secrets(env)
+    second = load_settings(env)
+    assert first.jwt_secret == second.jwt_secret and first.encryption_key == second.encryption_key
+    assert len(first.encryption_key) == 32
+    assert set(read_env_file(path)) == {"JWT_SECRET", "ENCRYPTION_KEY"}
+
+
+def test_configured_secrets_are_not_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ensure_secrets({**GOOD, "METAMCP_DATA_DIR": str(tmp_path)})
+    assert not (tmp_path / "secrets.env").exists()

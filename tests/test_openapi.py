@@ -1,0 +1,45 @@
+"""OpenAPI document, Swagger UI and /health."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+
+def test_openapi_documents_every_route_with_security(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").json
+    assert spec["openapi"].startswith("3.")
+    paths = spec["paths"]
+    assert set(paths) >= {"/health", "/api/v1/auth/token", "/api/v1/mcp/servers",
+                          "/api/v1/mcp/servers/{server_id}"}
+    assert set(paths["/api/v1/mcp/servers"]) >= {"get", "post"}
+    assert set(paths["/api/v1/mcp/servers/{server_id}"]) >= {"get", "put", "patch", "delete"}
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerAuth"]["scheme"] == "bearer"
+    assert schemes["apiKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for method, operation in paths["/api/v1/mcp/servers/{server_id}"].items():
+        if method == "parameters":
+            continue
+        assert {"bearerAuth": []} in operation["security"], method
+        assert operation["summary"], method
+        assert "401" in operation["responses"] and "404" in operation["responses"]
+    assert "security" not in paths["/api/v1/auth/token"]["post"]
+    post = paths["/api/v1/mcp/servers"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["example"]["name"] == "everything"
+    assert "409" in post["responses"] and "201" in post["responses"]
+    server_schema = spec["components"]["schemas"]["Server"]
+    assert {"id", "name", "transport", "bearer_token", "headers"} <= set(server_schema["properties"])
+    assert set(spec["components"]["schemas"]["Error"]["properties"]) == {"error", "message", "details"}
+
+
+def test_swagger_ui_page(client: FlaskClient) -> None:
+    response = client.get("/swagger-ui")
+    assert response.status_code == 200
+    assert b"swagger-ui" in response.data and b"openapi.json" in response.data
+
+
+def test_health(client: FlaskClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json["status"] == "ok"
+    assert response.json["database"] == {"reachable": True}
+    assert response.json["version"]
