@@ -90,7 +90,7 @@ class ChangeListener:
             self._dispatch_all()
             self.listening.set()
             while not self._stop.is_set():
-                ready, _, _ = select.select([conn, self._wake_read], [], [], self._poll)
+                ready, _, _ = select.select([conn.fileno(), self._wake_read], [], [], self._poll)
                 if self._wake_read in ready:
                     break
                 if not ready:
