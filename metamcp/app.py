@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, Response, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
+from metamcp import repository
 from metamcp.api import auth as auth_api
 from metamcp.api import health as health_api
 from metamcp.api import servers as servers_api
@@ -24,7 +26,13 @@ from metamcp.errors import (
     http_exception_response,
     register_error_handlers,
 )
+from metamcp.mcp import transport
+from metamcp.mcp.gateway import Gateway
+from metamcp.mcp.methods import CANCEL_TOPIC, Dispatcher
+from metamcp.mcp.sessions import TOPIC as SESSIONS_TOPIC
+from metamcp.mcp.sessions import SessionStore
 from metamcp.notify import ChangeListener
+from metamcp.servers import TOPIC as SERVERS_TOPIC
 from metamcp.servers import ServerRegistry
 
 logger = logging.getLogger(__name__)
@@ -41,7 +49,17 @@ class Services:
     db: Database
     authenticator: Authenticator
     servers: ServerRegistry
+    sessions: SessionStore
+    gateway: Gateway
+    dispatcher: Dispatcher
     listener: ChangeListener | None
+
+    def close(self) -> None:
+        """Release what this process holds: the listener, upstream sessions, connections."""
+        if self.listener is not None:
+            self.listener.stop()
+        self.gateway.close()
+        self.db.close()
 
 
 class MetaMCPApi(Api):
@@ -99,12 +117,28 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     db = Database(settings.database_url, settings.db_pool_size)
     authenticator = Authenticator(db, settings.jwt_secret, settings.jwt_lifetime, settings.cache_ttl)
     registry = ServerRegistry(db, SecretBox(settings.encryption_key))
+    sessions = SessionStore(db)
+
+    def publish(topic: str, details: dict[str, Any]) -> None:
+        with db.transaction() as cur:
+            repository.notify_change(cur, topic, **details)
+
+    gateway = Gateway(registry, settings, publish if listen else None)
+    # The writing process reloads at once; the others hear it through LISTEN/NOTIFY.
+    registry.observers.append(gateway.on_registry_change)
+    dispatcher = Dispatcher(gateway, sessions, settings, health_api.package_version(), publish)
     listener = None
     if listen:
         listener = ChangeListener(settings.database_url)
         listener.subscribe(KEYS_TOPIC, lambda _message: authenticator.invalidate())
+        listener.subscribe(SERVERS_TOPIC, gateway.on_registry_change)
+        listener.subscribe("lists", gateway.on_list_change)
+        listener.subscribe(SESSIONS_TOPIC, sessions.on_change)
+        listener.subscribe(CANCEL_TOPIC, dispatcher.on_cancel)
         listener.start()
-    app.extensions["metamcp"] = Services(settings, db, authenticator, registry, listener)
+    app.extensions["metamcp"] = Services(
+        settings, db, authenticator, registry, sessions, gateway, dispatcher, listener
+    )
 
     register_error_handlers(app)
     api = MetaMCPApi(app)
@@ -117,6 +151,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     )
     for blueprint in (health_api.blp, auth_api.blp, servers_api.blp):
         api.register_blueprint(blueprint)
+    app.register_blueprint(transport.bp)
     app.before_request(check_json_body)
 
     @app.after_request

@@ -45,6 +45,18 @@ class Settings:
     cache_ttl: float = 60.0
     log_level: str = "INFO"
     db_pool_size: int = 10
+    #: Browser origins allowed on /mcp besides localhost ones; "*" allows any.
+    allowed_origins: tuple[str, ...] = ()
+    upstream_connect_timeout: float = 5.0
+    #: Seconds without any data from an upstream before a call fails.
+    upstream_timeout: float = 60.0
+    #: Per-upstream limit while fanning out a list; a slower upstream is skipped.
+    list_timeout: float = 10.0
+    list_cache_ttl: float = 300.0
+    #: Items per page of an aggregated list.
+    page_size: int = 1000
+    #: Seconds between keep-alive comments on long-lived SSE streams.
+    keepalive_seconds: float = 15.0
 
     @property
     def embedded(self) -> bool:
@@ -149,6 +161,28 @@ def _int(values: Mapping[str, str], name: str, default: int, low: int, high: int
     return number
 
 
+def _seconds(values: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = values.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        number = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number of seconds, got {raw!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(name, f"must be between {low:g} and {high:g} seconds, got {number:g}")
+    return number
+
+
+def _origins(values: Mapping[str, str]) -> tuple[str, ...]:
+    raw = values.get("METAMCP_ALLOWED_ORIGINS", "")
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ConfigError("METAMCP_ALLOWED_ORIGINS", f"{origin!r} is not an http(s) origin or *")
+    return origins
+
+
 def _default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
@@ -188,4 +222,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int(values, "METAMCP_MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
         log_level=log_level,
         db_pool_size=_int(values, "METAMCP_DB_POOL_SIZE", threads + 2, 2, 512),
+        allowed_origins=_origins(values),
+        upstream_connect_timeout=_seconds(values, "METAMCP_UPSTREAM_CONNECT_TIMEOUT", 5.0, 0.1, 120),
+        upstream_timeout=_seconds(values, "METAMCP_UPSTREAM_TIMEOUT", 60.0, 0.1, 3600),
+        list_timeout=_seconds(values, "METAMCP_LIST_TIMEOUT", 10.0, 0.1, 600),
+        list_cache_ttl=_seconds(values, "METAMCP_LIST_CACHE_TTL", 300.0, 0, 86400),
+        page_size=_int(values, "METAMCP_PAGE_SIZE", 1000, 1, 100000),
+        keepalive_seconds=_seconds(values, "METAMCP_KEEPALIVE_SECONDS", 15.0, 0.05, 300),
     )

@@ -11,8 +11,10 @@ import os
 import sys
 from typing import Any
 
+from metamcp import repository
 from metamcp.config import ConfigError, ensure_secrets, load_settings
-from metamcp.db import EmbeddedPostgres, prepare_database
+from metamcp.db import Database, EmbeddedPostgres, prepare_database
+from metamcp.mcp.sessions import IDLE_LIMIT_SECONDS
 
 
 def _fail(error: Exception) -> None:
@@ -51,8 +53,24 @@ def on_starting(server: Any) -> None:
     except ConfigError as error:
         _fail(error)
     os.environ["DATABASE_URL"] = url
+    db = Database(url, 1)
+    try:
+        with db.transaction() as cur:
+            purged = repository.purge_sessions(cur, IDLE_LIMIT_SECONDS)
+    finally:
+        db.close()
+    if purged:
+        server.log.info("purged %s idle MCP sessions", purged)
     where = f"embedded PostgreSQL in {_settings.pgdata}" if _embedded else "DATABASE_URL"
     server.log.info("database ready (%s); serving on http://%s:%s", where, _settings.host, _settings.port)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Close this worker's upstream sessions and connections."""
+    app = getattr(worker, "wsgi", None)
+    services = getattr(app, "extensions", {}).get("metamcp")
+    if services is not None:
+        services.close()
 
 
 def on_exit(server: Any) -> None:

@@ -157,3 +157,49 @@ def notify_change(cur: Cursor, topic: str, **details: Any) -> None:
     """Tell every process (after commit) that cached data of `topic` changed."""
     payload = json.dumps({"topic": topic, **details}, default=str)
     cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
+
+
+# --- MCP sessions -----------------------------------------------------------------------
+
+
+def insert_session(
+    cur: Cursor, session_id: str, key_id: int, protocol_version: str, client_info: dict[str, Any]
+) -> Row:
+    cur.execute(
+        "INSERT INTO mcp_sessions (id, key_id, protocol_version, client_info)"
+        " VALUES (%s, %s, %s, %s) RETURNING id, key_id, protocol_version, log_level",
+        (session_id, key_id, protocol_version, Json(client_info)),
+    )
+    return _returned(cur)
+
+
+def get_session(cur: Cursor, session_id: str) -> Row | None:
+    cur.execute(
+        "SELECT id, key_id, protocol_version, log_level FROM mcp_sessions WHERE id = %s",
+        (session_id,),
+    )
+    return _one(cur)
+
+
+def update_session(cur: Cursor, session_id: str, log_level: str | None) -> None:
+    cur.execute(
+        "UPDATE mcp_sessions SET log_level = %s, last_used_at = now() WHERE id = %s",
+        (log_level, session_id),
+    )
+
+
+def touch_session(cur: Cursor, session_id: str) -> None:
+    cur.execute("UPDATE mcp_sessions SET last_used_at = now() WHERE id = %s", (session_id,))
+
+
+def delete_session(cur: Cursor, session_id: str) -> bool:
+    cur.execute("DELETE FROM mcp_sessions WHERE id = %s", (session_id,))
+    return cur.rowcount == 1
+
+
+def purge_sessions(cur: Cursor, idle_seconds: int) -> int:
+    cur.execute(
+        "DELETE FROM mcp_sessions WHERE last_used_at < now() - make_interval(secs => %s)",
+        (idle_seconds,),
+    )
+    return cur.rowcount

@@ -7,7 +7,7 @@ change notification that tells every process to reload.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -82,6 +82,8 @@ class ServerRegistry:
     def __init__(self, db: Database, box: SecretBox) -> None:
         self._db = db
         self._box = box
+        #: Called in this process after each committed change (other processes get NOTIFY).
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -106,7 +108,8 @@ class ServerRegistry:
         check_server(merged)
         with self._db.transaction() as cur:
             row = self._write(cur, None, merged)
-            return self._public(row)
+        self._changed(row["id"])
+        return self._public(row)
 
     def replace(self, server_id: UUID, fields: Mapping[str, Any]) -> dict[str, Any]:
         return self._update(server_id, fields, base=DEFAULTS)
@@ -119,6 +122,16 @@ class ServerRegistry:
             if not repository.delete_server(cur, server_id):
                 raise NotFound(f"No server with id {server_id}.")
             repository.notify_change(cur, TOPIC, id=server_id)
+        self._changed(server_id)
+
+    def config(self, server_id: UUID) -> ServerConfig:
+        """One server's decrypted definition, active or not."""
+        with self._db.transaction() as cur:
+            return self._config(self._existing(cur, server_id))
+
+    def _changed(self, server_id: UUID) -> None:
+        for observer in self.observers:
+            observer({"topic": TOPIC, "id": str(server_id)})
 
     # --- internals -----------------------------------------------------------------------
 
@@ -132,7 +145,8 @@ class ServerRegistry:
             merged = {**base, **self._seal(fields, current)}
             check_server(merged)
             row = self._write(cur, server_id, merged)
-            return self._public(row)
+        self._changed(server_id)
+        return self._public(row)
 
     def _write(self, cur: Any, server_id: UUID | None, fields: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -65,7 +65,7 @@ def database_url() -> Iterator[str]:
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url, 4)
     with database.transaction() as cur:
-        cur.execute("TRUNCATE api_keys, mcp_servers RESTART IDENTITY CASCADE")
+        cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions RESTART IDENTITY CASCADE")
     yield database
     database.close()
 
@@ -85,7 +85,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 def app(settings: Settings, db: Database) -> Iterator[Flask]:
     application = create_app(settings, listen=False)
     yield application
-    application.extensions["metamcp"].db.close()
+    application.extensions["metamcp"].close()
 
 
 @pytest.fixture

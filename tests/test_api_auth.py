@@ -134,5 +134,4 @@ def test_inactivation_locks_out_jwts_within_a_second(settings: Settings, db: Dat
         assert status == 401
         assert time.monotonic() - start < 1.0
     finally:
-        services.listener.stop()
-        services.db.close()
+        services.close()

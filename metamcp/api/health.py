@@ -38,6 +38,8 @@ class Health(MethodView):
             "status": "ok" if reachable else "unavailable",
             "version": package_version(),
             "database": {"reachable": reachable},
+            # This worker's view: each worker holds its own upstream sessions.
+            "upstreams": services.gateway.health() if reachable else [],
         }
         if not reachable:
             raise Unavailable("The database cannot be reached.", body)

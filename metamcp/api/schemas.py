@@ -148,6 +148,26 @@ class HealthSchema(Schema):
     status = fields.String(metadata={"example": "ok"})
     version = fields.String(metadata={"example": "0.1.0"})
     database = fields.Dict(metadata={"example": {"reachable": True}})
+    upstreams = fields.List(fields.Dict(), metadata={"example": [
+        {"name": "one", "transport": "streamable_http", "status": "ok", "last_error": None,
+         "checked_at": 1764000000.0}]})
+
+
+class ToolListSchema(Schema):
+    tools = fields.List(fields.Dict(), metadata={"description": "The upstream's tools, as it lists them"})
+
+
+class ExecuteSchema(Schema):
+    class Meta:
+        unknown = "raise"
+
+    arguments = fields.Dict(keys=fields.String(), load_default=dict, metadata={"example": {"message": "hi"}})
+
+
+class ToolResultSchema(Schema):
+    content = fields.List(fields.Dict())
+    structuredContent = fields.Dict(allow_none=True)  # noqa: N815 - the MCP field name
+    isError = fields.Boolean()  # noqa: N815 - the MCP field name
 
 
 class ErrorSchema(Schema):

@@ -12,11 +12,16 @@ from flask_smorest import Blueprint
 from metamcp.api.auth import SECURITY, authenticate_request
 from metamcp.api.schemas import (
     ErrorSchema,
+    ExecuteSchema,
     ServerInputSchema,
     ServerListSchema,
     ServerPatchSchema,
     ServerSchema,
+    ToolListSchema,
+    ToolResultSchema,
 )
+from metamcp.errors import ValidationFailed
+from metamcp.mcp.upstream import UpstreamRpcError
 from metamcp.servers import ServerRegistry
 
 blp = Blueprint(
@@ -99,3 +104,46 @@ class ServerById(MethodView):
     def delete(self, server_id: UUID) -> None:
         """Remove a server"""
         registry().delete(server_id)
+
+
+def _live(server_id: UUID, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Ask a server's upstream directly (active or not), turning failures into REST errors."""
+    services = current_app.extensions["metamcp"]
+    config = registry().config(server_id)
+    upstream = services.gateway.connect(config)
+    try:
+        if method == "tools/list":
+            return {"tools": upstream.list_all("tools/list", "tools")}
+        return upstream.request(method, params)
+    except UpstreamRpcError as e:
+        raise ValidationFailed(f"The upstream refused the call: {e.message}", {"code": e.code}) from None
+    finally:
+        upstream.close()
+
+
+@blp.route("/<uuid:server_id>/tools")
+class ServerTools(MethodView):
+    @_document_errors
+    @blp.response(200, ToolListSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such server")
+    @blp.alt_response(502, schema=ErrorSchema, description="The upstream could not be reached")
+    def get(self, server_id: UUID) -> dict[str, Any]:
+        """List a server's tools, live from the upstream"""
+        return _live(server_id, "tools/list", {})
+
+
+@blp.route("/<uuid:server_id>/tools/<string:tool>/execute")
+class ExecuteTool(MethodView):
+    @_document_errors
+    @blp.arguments(ExecuteSchema, example={"arguments": {"message": "hello"}})
+    @blp.response(200, ToolResultSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such server")
+    @blp.alt_response(422, schema=ErrorSchema, description="The upstream refused the call")
+    @blp.alt_response(502, schema=ErrorSchema, description="The upstream could not be reached")
+    @blp.alt_response(504, schema=ErrorSchema, description="The upstream did not answer in time")
+    def post(self, body: dict[str, Any], server_id: UUID, tool: str) -> dict[str, Any]:
+        """Call one of a server's tools with arguments
+
+        Returns the tool's result as MCP defines it; a tool that ran and failed has `isError`.
+        """
+        return _live(server_id, "tools/call", {"name": tool, "arguments": body["arguments"]})

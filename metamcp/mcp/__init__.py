@@ -1,0 +1,1 @@
+"""MCP: the Streamable HTTP endpoint, the aggregating gateway and the upstream clients."""

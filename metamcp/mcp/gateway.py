@@ -1,0 +1,361 @@
+"""MCP semantics of the gateway: aggregate upstream lists, name and route, forward calls.
+
+One Gateway per process. It keeps one upstream client per active server, caches each
+upstream's lists (refreshed on list_changed, on registry change and after a TTL) and fans lists
+out in parallel on a bounded pool, so one slow or dead upstream costs at most its timeout and
+never fails the aggregate. It knows nothing of HTTP or of downstream sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from metamcp.config import Settings
+from metamcp.mcp import naming
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, UPSTREAM_ERROR, RpcError
+from metamcp.mcp.upstream import PendingCall, Upstream, UpstreamError, create_upstream
+from metamcp.servers import ServerConfig, ServerRegistry
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a failed upstream is left out of list fan-outs before it is tried again.
+RETRY_FAILED_AFTER = 5.0
+
+
+@dataclass(frozen=True)
+class Kind:
+    method: str
+    key: str
+    capability: str
+    named: bool  # tools and prompts get `server__` names; resources keep their URIs
+
+
+KINDS = {
+    "tools": Kind("tools/list", "tools", "tools", True),
+    "prompts": Kind("prompts/list", "prompts", "prompts", True),
+    "resources": Kind("resources/list", "resources", "resources", False),
+    "resourceTemplates": Kind("resources/templates/list", "resourceTemplates", "resources", False),
+}
+
+
+@dataclass
+class ServerList:
+    """One upstream's list of one kind, as exposed, with its routes."""
+
+    items: list[dict[str, Any]]
+    routes: dict[str, str]  # exposed name or URI -> the upstream's own name or URI
+    expires: float
+
+
+@dataclass
+class UpstreamHealth:
+    status: str = "unknown"  # ok | error | unknown
+    last_error: str | None = None
+    checked_at: float | None = None
+    failed_until: float = 0.0
+
+
+@dataclass
+class _State:
+    configs: dict[str, ServerConfig] | None = None
+    upstreams: dict[str, tuple[ServerConfig, Upstream]] = field(default_factory=dict)
+    lists: dict[tuple[str, str], ServerList] = field(default_factory=dict)
+
+
+class Gateway:
+    def __init__(
+        self,
+        registry: ServerRegistry,
+        settings: Settings,
+        publish: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self._registry = registry
+        self._settings = settings
+        #: Announces an upstream's list_changed to every process (LISTEN/NOTIFY).
+        self._publish = publish
+        self._state = _State()
+        self._health: dict[str, UpstreamHealth] = {}
+        self._lock = threading.RLock()
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="metamcp-fanout")
+        self._subscribers: list[Callable[[str], None]] = []
+
+    # --- registry and upstream clients ---------------------------------------------------
+
+    def servers(self) -> dict[str, ServerConfig]:
+        """Active servers by name; read from the database only after a change."""
+        configs = self._state.configs
+        if configs is not None:
+            return configs
+        with self._lock:
+            if self._state.configs is None:
+                fresh = {config.name: config for config in self._registry.configs()}
+                for name, (config, upstream) in list(self._state.upstreams.items()):
+                    if fresh.get(name) != config:
+                        del self._state.upstreams[name]
+                        self._drop_lists(name)
+                        self._pool.submit(upstream.close)
+                self._state.configs = fresh
+            return self._state.configs
+
+    def upstream(self, name: str) -> Upstream:
+        entry = self._state.upstreams.get(name)
+        if entry is not None:
+            return entry[1]
+        config = self.servers().get(name)
+        if config is None:
+            raise RpcError(INVALID_PARAMS, f"No active server named {name!r}")
+        with self._lock:
+            entry = self._state.upstreams.get(name)
+            if entry is None:
+                entry = (config, self.connect(config, listen=True))
+                self._state.upstreams[name] = entry
+        return entry[1]
+
+    def connect(self, config: ServerConfig, listen: bool = False) -> Upstream:
+        """A new client for `config` (the caller closes it unless the gateway keeps it)."""
+        return create_upstream(
+            config,
+            connect_timeout=self._settings.upstream_connect_timeout,
+            read_timeout=self._settings.upstream_timeout,
+            on_notification=self._upstream_notification if listen else None,
+        )
+
+    def on_registry_change(self, _message: dict[str, Any]) -> None:
+        with self._lock:
+            self._state.configs = None
+        self._announce(*KINDS)
+
+    def on_list_change(self, message: dict[str, Any]) -> None:
+        server, kinds = message.get("server"), message.get("kinds") or list(KINDS)
+        with self._lock:
+            if not isinstance(server, str):  # the listener reconnected: anything may have changed
+                self._state.lists.clear()
+            else:
+                for kind in kinds:
+                    self._state.lists.pop((server, kind), None)
+        self._announce(*kinds)
+
+    def close(self) -> None:
+        with self._lock:
+            upstreams = [u for _, u in self._state.upstreams.values()]
+            self._state = _State()
+        # In parallel: each close may wait (briefly) on an upstream that does not answer.
+        closers = [threading.Thread(target=u.close, daemon=True) for u in upstreams]
+        for closer in closers:
+            closer.start()
+        for closer in closers:
+            closer.join(timeout=3)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- list_changed subscribers (the GET streams of downstream sessions) ---------------
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Callable[[str], None]) -> None:
+        with self._lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+    def _announce(self, *kinds: str) -> None:
+        methods = {KINDS[k].capability for k in kinds if k in KINDS}
+        for callback in list(self._subscribers):
+            for capability in sorted(methods):
+                callback(f"notifications/{capability}/list_changed")
+
+    def _upstream_notification(self, server: str, message: dict[str, Any]) -> None:
+        method = message.get("method", "")
+        if not method.endswith("/list_changed"):
+            return
+        capability = method.split("/")[1]
+        kinds = [k for k, kind in KINDS.items() if kind.capability == capability]
+        logger.info("upstream %s: %s", server, method)
+        if self._publish is not None:
+            self._publish("lists", {"server": server, "kinds": kinds})
+        else:
+            self.on_list_change({"server": server, "kinds": kinds})
+
+    # --- lists -----------------------------------------------------------------------------
+
+    def list_page(self, kind: str, cursor: object) -> dict[str, Any]:
+        """One page of the aggregated list of `kind` (tools, prompts, resources, ...)."""
+        offset = naming.decode_cursor(cursor)
+        items = self.aggregate(kind)
+        size = self._settings.page_size
+        if offset > len(items):
+            raise RpcError(INVALID_PARAMS, "Invalid cursor")
+        page: dict[str, Any] = {KINDS[kind].key: items[offset : offset + size]}
+        if offset + size < len(items):
+            page["nextCursor"] = naming.encode_cursor(offset + size)
+        return page
+
+    def aggregate(self, kind: str) -> list[dict[str, Any]]:
+        servers = sorted(self.servers())
+        lists = self._server_lists(kind, servers)
+        return [item for name in servers if name in lists for item in lists[name].items]
+
+    def _server_lists(self, kind: str, servers: list[str]) -> dict[str, ServerList]:
+        now = time.monotonic()
+        found: dict[str, ServerList] = {}
+        missing = []
+        for name in servers:
+            cached = self._state.lists.get((name, kind))
+            if cached is not None and cached.expires > now:
+                found[name] = cached
+            elif self._health_of(name).failed_until <= now:
+                missing.append(name)
+        if missing:
+            futures: dict[Future[ServerList | None], str] = {
+                self._pool.submit(self._fetch_list, name, kind): name for name in missing
+            }
+            done, late = wait(futures, timeout=self._settings.list_timeout + 0.5)
+            for future in late:
+                self._record_failure(futures[future], "list timed out")
+            for future in done:
+                fetched = future.result()
+                if fetched is not None:
+                    found[futures[future]] = fetched
+        return found
+
+    def _fetch_list(self, name: str, kind: str) -> ServerList | None:
+        spec = KINDS[kind]
+        try:
+            upstream = self.upstream(name)
+            items = upstream.list_all(spec.method, spec.key, timeout=self._settings.list_timeout)
+        except (UpstreamError, RpcError) as e:
+            self._record_failure(name, str(e))
+            return None
+        except Exception as e:  # noqa: BLE001 - boundary: one upstream must not fail the list
+            logger.exception("listing %s of %s failed", kind, name)
+            self._record_failure(name, type(e).__name__)
+            return None
+        self._record_success(name)
+        server_list = self._expose(name, kind, items)
+        with self._lock:
+            if name in (self._state.configs or {}):
+                self._state.lists[(name, kind)] = server_list
+        return server_list
+
+    def _expose(self, server: str, kind: str, items: list[dict[str, Any]]) -> ServerList:
+        spec = KINDS[kind]
+        exposed_items, routes = [], {}
+        for item in items:
+            if spec.named:
+                original = item.get("name")
+                if not isinstance(original, str):
+                    continue
+                exposed = naming.expose(server, original)
+                if exposed in routes:
+                    logger.warning("%s: two %s map to %s; keeping the first", server, kind, exposed)
+                    continue
+                routes[exposed] = original
+                exposed_items.append({**item, "name": exposed})
+            else:
+                uri = item.get("uri") or item.get("uriTemplate")
+                if isinstance(uri, str):
+                    routes[uri] = uri
+                exposed_items.append(item)
+        return ServerList(exposed_items, routes, time.monotonic() + self._settings.list_cache_ttl)
+
+    def _drop_lists(self, server: str) -> None:
+        for key in [k for k in self._state.lists if k[0] == server]:
+            del self._state.lists[key]
+
+    # --- routing and forwarding ------------------------------------------------------------
+
+    def route(self, kind: str, exposed: str) -> tuple[str, str]:
+        """(server, upstream name) of an exposed tool or prompt name; -32602 when unknown."""
+        servers = sorted(self.servers())
+        for server in naming.server_candidates(exposed, servers):
+            for attempt in range(2):
+                if attempt:  # not in a cached list: the upstream may have added it since
+                    with self._lock:
+                        self._state.lists.pop((server, kind), None)
+                server_list = self._server_lists(kind, [server]).get(server)
+                if server_list is None:
+                    error = self._health_of(server).last_error or "no answer"
+                    raise RpcError(UPSTREAM_ERROR, f"Server {server!r} is unavailable: {error}")
+                if exposed in server_list.routes:
+                    return server, server_list.routes[exposed]
+        label = "tool" if kind == "tools" else "prompt"
+        raise RpcError(INVALID_PARAMS, f"Unknown {label}: {exposed}")
+
+    def route_resource(self, uri: str) -> str:
+        """The server that listed `uri`, or whose template matches it; -32602 when none."""
+        servers = sorted(self.servers())
+        lists = self._server_lists("resources", servers)
+        for server in servers:
+            if server in lists and uri in lists[server].routes:
+                return server
+        templates = self._server_lists("resourceTemplates", servers)
+        for server in servers:
+            if server in templates and any(
+                _template_matches(t, uri) for t in templates[server].routes
+            ):
+                return server
+        raise RpcError(INVALID_PARAMS, f"Unknown resource: {uri}")
+
+    def call(self, server: str, method: str, params: dict[str, Any]) -> PendingCall:
+        try:
+            call = self.upstream(server).call(method, params)
+        except UpstreamError as e:
+            self._record_failure(server, str(e))
+            raise
+        return call
+
+    def request(self, server: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = self.upstream(server).request(method, params)
+        except UpstreamError as e:
+            self._record_failure(server, str(e))
+            raise
+        self._record_success(server)
+        return result
+
+    # --- health ----------------------------------------------------------------------------
+
+    def _health_of(self, name: str) -> UpstreamHealth:
+        return self._health.setdefault(name, UpstreamHealth())
+
+    def _record_success(self, name: str) -> None:
+        health = self._health_of(name)
+        health.status, health.last_error, health.checked_at = "ok", None, time.time()
+        health.failed_until = 0.0
+
+    def _record_failure(self, name: str, error: str) -> None:
+        logger.warning("upstream %s skipped: %s", name, error)
+        health = self._health_of(name)
+        health.status, health.last_error, health.checked_at = "error", error, time.time()
+        health.failed_until = time.monotonic() + RETRY_FAILED_AFTER
+
+    def health(self) -> list[dict[str, Any]]:
+        """This process's view of each active upstream."""
+        report = []
+        for name, config in sorted(self.servers().items()):
+            health = self._health_of(name)
+            report.append({
+                "name": name,
+                "transport": config.transport,
+                "status": health.status,
+                "last_error": health.last_error,
+                "checked_at": health.checked_at,
+            })
+        return report
+
+
+def _template_matches(template: str, uri: str) -> bool:
+    """RFC 6570 level-1 match: each {var} stands for one or more characters but '/'."""
+    pattern = "".join(
+        "[^/]+" if part.startswith("{") else re.escape(part)
+        for part in re.split(r"(\{[^}]*\})", template)
+        if part
+    )
+    return re.fullmatch(pattern, uri) is not None

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Benchmark: the same tools/call direct to an upstream and through the gateway, and a warm
+aggregated tools/list over many upstreams. Prints a table.
+
+    .venv/bin/python scripts/bench.py [--calls 2000] [--upstreams 10] [--tools 50]
+
+Starts everything it measures on 127.0.0.1 (example upstreams, an embedded PostgreSQL and the
+gateway under gunicorn, as `make run` does) in a temporary directory, and stops it by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCEPT = "application/json, text/event-stream"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+class McpSession:
+    """A minimal Streamable HTTP client: one requests.Session, one MCP session."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.http = requests.Session()
+        self.headers = {"Accept": ACCEPT, "Content-Type": "application/json", **(headers or {})}
+        reply = self.http.post(url, headers=self.headers, timeout=30, json={
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "bench", "version": "1"}}})
+        reply.raise_for_status()
+        self.headers["Mcp-Session-Id"] = reply.headers["Mcp-Session-Id"]
+        self.headers["MCP-Protocol-Version"] = "2025-06-18"
+        self.http.post(url, headers=self.headers, timeout=30,
+                       json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def rpc(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post(self.url, headers=self.headers, timeout=30,
+                                  json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        if response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            for line in response.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    message = json.loads(line[5:])
+                    if "method" not in message:
+                        return message
+            raise RuntimeError("stream ended without a response")
+        return response.json()
+
+
+def measure(sessions: list[McpSession], total: int, call: Callable[[McpSession], Any]) -> tuple[list[float], float]:
+    """Run `total` calls spread over one thread per session; (latencies in ms, calls/s)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per_thread = max(1, total // len(sessions))
+
+    def worker(session: McpSession) -> None:
+        mine = []
+        for _ in range(per_thread):
+            start = time.perf_counter()
+            call(session)
+            mine.append((time.perf_counter() - start) * 1000)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in sessions]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, len(latencies) / (time.perf_counter() - start)
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000, help="calls per measurement")
+    parser.add_argument("--upstreams", type=int, default=10)
+    parser.add_argument("--tools", type=int, default=50, help="tools per upstream for the list test")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="mmb", dir="/tmp"))
+    processes: list[subprocess.Popen[bytes]] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("METAMCP_", "DATABASE_URL"))}
+    try:
+        ports = [free_port() for _ in range(args.upstreams)]
+        for port in ports:
+            processes.append(subprocess.Popen(
+                [sys.executable, str(ROOT / "scripts" / "example_server.py"), "--port", str(port),
+                 "--json-response", "--extra-tools", str(args.tools - 5)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        gateway_port = free_port()
+        gateway_env = {**env, "METAMCP_DATA_DIR": str(workdir / "data"), "METAMCP_PORT": str(gateway_port),
+                       "METAMCP_WORKERS": str(args.workers), "METAMCP_LOG_LEVEL": "WARNING",
+                       "METAMCP_THREADS": "16"}
+        processes.append(subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:metamcp.gunicorn_conf"],
+            cwd=ROOT, env=gateway_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        base = f"http://127.0.0.1:{gateway_port}"
+        wait_for(base + "/health")
+        for port in ports:
+            wait_for(f"http://127.0.0.1:{port}/mcp")
+        created = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "keys.py"), "create", "--name", "bench", "--json"],
+            cwd=ROOT, env=gateway_env, capture_output=True, text=True, check=True)
+        key = json.loads(created.stdout)["key"]
+        auth = {"X-API-Key": key}
+        for index, port in enumerate(ports):
+            requests.post(f"{base}/api/v1/mcp/servers", headers=auth, timeout=30, json={
+                "name": f"up{index}", "transport": "streamable_http",
+                "url": f"http://127.0.0.1:{port}/mcp"}).raise_for_status()
+
+        direct_url = f"http://127.0.0.1:{ports[0]}/mcp"
+        echo = {"name": "echo", "arguments": {"message": "bench"}}
+        echo_via = {"name": "up0__echo", "arguments": {"message": "bench"}}
+        rows = []
+        for label, url, headers, params in (("direct", direct_url, {}, echo),
+                                            ("gateway", base + "/mcp", auth, echo_via)):
+            sessions = [McpSession(url, headers) for _ in range(32)]
+            assert "result" in sessions[0].rpc("tools/call", params)  # warm-up, and a check
+
+            def call(session: McpSession, params: dict[str, Any] = params) -> Any:
+                return session.rpc("tools/call", params)
+
+            measure(sessions[:8], 200, call)
+            latencies, rate1 = measure(sessions[:1], args.calls, call)
+            _, rate8 = measure(sessions[:8], args.calls, call)
+            _, rate32 = measure(sessions, args.calls, call)
+            rows.append((label, pct(latencies, 50), pct(latencies, 99), rate1, rate8, rate32))
+
+        lister = McpSession(base + "/mcp", auth)
+        first = lister.rpc("tools/list", {})
+        count = len(first["result"]["tools"])
+        list_latencies, _ = measure([lister], 300, lambda s: s.rpc("tools/list", {}))
+
+        print(f"tools/call echo, {args.calls} calls per cell, gateway with {args.workers} workers")
+        print(f"{'path':<10}{'p50 ms':>9}{'p99 ms':>9}{'calls/s c=1':>13}{'c=8':>9}{'c=32':>9}")
+        for label, p50, p99, r1, r8, r32 in rows:
+            print(f"{label:<10}{p50:>9.2f}{p99:>9.2f}{r1:>13.0f}{r8:>9.0f}{r32:>9.0f}")
+        print(f"{'added':<10}{rows[1][1] - rows[0][1]:>9.2f}{rows[1][2] - rows[0][2]:>9.2f}")
+        print()
+        print(f"warm aggregated tools/list: {count} tools from {args.upstreams} upstreams, "
+              f"p50 {pct(list_latencies, 50):.2f} ms, p99 {pct(list_latencies, 99):.2f} ms")
+        return 0
+    finally:
+        for process in reversed(processes):
+            process.send_signal(2)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The official MCP Python SDK as a test client of the gateway (sync wrappers over anyio)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+T = TypeVar("T")
+
+
+def run_client(url: str, api_key: str, body: Callable[[Client], Awaitable[T]], *, mode: str = "legacy",
+               **client_options: Any) -> T:
+    """Connect to `url` with `api_key`, run `body(client)`, disconnect; returns body's value."""
+
+    async def main() -> T:
+        async with create_mcp_http_client(headers={"X-API-Key": api_key}) as http:
+            async with Client(streamable_http_client(url, http_client=http), mode=mode,
+                              **client_options) as client:
+                return await body(client)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDK deprecates logging/setLevel
+        return anyio.run(main)
+
+
+async def list_all(client: Client, what: str) -> list[Any]:
+    """Every item of a paginated list ("tools", "prompts", "resources", "resource_templates")."""
+    method = getattr(client, f"list_{what}")
+    items: list[Any] = []
+    cursor = None
+    for _ in range(100):
+        page = await method(cursor=cursor)
+        items += getattr(page, what)
+        cursor = page.next_cursor
+        if cursor is None:
+            return items
+    raise AssertionError("pagination did not end")
