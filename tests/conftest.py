@@ -150,9 +150,9 @@ class Gunicorn:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.output()}")
             try:
-                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                if requests.get(self.url + "/health", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"gunicorn not ready after {timeout}s:\n{self.output()}")

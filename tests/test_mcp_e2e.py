@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +36,20 @@ class Deployment:
         self.other_key = other_key
         self.upstreams = upstreams
         self.db = db
+        self.env: dict[str, str] = {}
+        self.alpha_log = Path()
+
+    def open_session(self, base: str | None = None) -> dict[str, str]:
+        """Initialize by hand; returns the headers of the new session."""
+        headers = {"X-API-Key": self.key, "Accept": "application/json, text/event-stream",
+                   "Content-Type": "application/json"}
+        reply = requests.post((base or self.gateway.url) + "/mcp", headers=headers, timeout=30, json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "raw", "version": "1"}}})
+        assert reply.status_code == 200, reply.text
+        return {**headers, "Mcp-Session-Id": reply.headers["Mcp-Session-Id"],
+                "MCP-Protocol-Version": "2025-11-25"}
 
     def rest(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         return requests.request(method, self.gateway.url + path, headers={"X-API-Key": self.key},
@@ -75,8 +91,9 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             new = crypto.generate_api_key()
             repository.insert_key(cur, name, new.hash, new.prefix)
             keys.append(new.plain)
+    log_file = tmp_path_factory.mktemp("upstream") / "alpha.log"
     upstreams = {
-        "alpha": UpstreamProcess(name="alpha", page_size=2),          # SSE replies, paginates
+        "alpha": UpstreamProcess(name="alpha", page_size=2, log_file=log_file),  # SSE, paginates
         "beta": UpstreamProcess(name="beta", json_response=True),     # JSON replies
         "gamma": UpstreamProcess(name="gamma", transport="sse"),      # legacy HTTP+SSE
     }
@@ -96,6 +113,8 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             upstream.start()
         gateway.wait_ready()
         deployment = Deployment(gateway, keys[0], keys[1], upstreams, db)
+        deployment.env = env
+        deployment.alpha_log = log_file
         servers = [
             {"name": "alpha", "transport": "streamable_http", "url": upstreams["alpha"].url,
              "headers": {"X-Upstream-Secret": CONFIGURED_SECRET}},
@@ -248,10 +267,15 @@ def test_down_and_hung_upstreams_are_skipped_and_reported(deployment: Deployment
     async def body(client: Client) -> list[str]:
         return names(await list_all(client, "tools"))
 
+    time.sleep(5.5)  # past the retry pause: this list asks the dead upstreams again
+    start = time.monotonic()
     assert "alpha__echo" in deployment.client(body)
+    assert time.monotonic() - start < 1.5 + 3.0  # the hung upstream costs its list timeout, no more
     health = deployment.rest("GET", "/health").json()
-    statuses = {u["name"]: u for u in health["upstreams"]}
-    assert set(statuses) == {"alpha", "beta", "gamma", "down", "hung"}
+    statuses = {u["name"]: u["status"] for u in health["upstreams"]}
+    assert statuses == {"alpha": "ok", "beta": "ok", "gamma": "ok", "down": "error", "hung": "error"}
+    errors = {u["name"]: u["last_error"] for u in health["upstreams"]}
+    assert "down" in errors["down"] and errors["alpha"] is None
 
 
 def test_upstream_restart_is_invisible_to_the_client(deployment: Deployment) -> None:
@@ -263,3 +287,92 @@ def test_upstream_restart_is_invisible_to_the_client(deployment: Deployment) -> 
 
     before, after = deployment.client(body)
     assert "one" in before and "two" in after
+
+
+def test_a_session_is_served_by_any_gateway_process(deployment: Deployment) -> None:
+    """A second gateway on the same database serves a session the first one created."""
+    headers = deployment.open_session()
+    second = Gunicorn({**deployment.env, "METAMCP_WORKERS": "1"}, free_port())
+    try:
+        second.wait_ready()
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "beta__echo", "arguments": {"message": "elsewhere"}}}
+        for base in (second.url, deployment.gateway.url, second.url):
+            reply = requests.post(base + "/mcp", headers=headers, json=call, timeout=30)
+            assert reply.status_code == 200, reply.text
+            assert "elsewhere" in reply.text
+        ended = requests.delete(second.url + "/mcp", headers=headers, timeout=30)
+        assert ended.status_code == 204
+        for base in (deployment.gateway.url, second.url):
+            assert requests.post(base + "/mcp", headers=headers, json=call, timeout=30).status_code == 404
+    finally:
+        second.stop()
+
+
+def _log_lines(deployment: Deployment) -> list[str]:
+    return deployment.alpha_log.read_text().splitlines() if deployment.alpha_log.exists() else []
+
+
+def _wait_for_log(deployment: Deployment, line: str, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if line in _log_lines(deployment):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_cancelled_notification_reaches_the_upstream(deployment: Deployment) -> None:
+    deployment.alpha_log.write_text("")
+    headers = deployment.open_session()
+    url = deployment.gateway.url + "/mcp"
+    call = {"jsonrpc": "2.0", "id": "slow-1", "method": "tools/call",
+            "params": {"name": "alpha__slow", "arguments": {"seconds": 2.5}}}
+    result: dict[str, Any] = {}
+
+    def run_call() -> None:
+        result["reply"] = requests.post(url, headers=headers, json=call, timeout=30)
+
+    caller = threading.Thread(target=run_call)
+    caller.start()
+    assert _wait_for_log(deployment, "slow start 2.5")
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+              "params": {"requestId": "slow-1", "reason": "user pressed stop"}}
+    # Whichever worker takes this, the one running the call hears it (LISTEN/NOTIFY).
+    assert requests.post(url, headers=headers, json=cancel, timeout=30).status_code == 202
+    assert _wait_for_log(deployment, "slow cancelled")
+    caller.join(timeout=30)
+    assert "slow done" not in _log_lines(deployment)
+
+
+def test_client_that_disconnects_does_not_leak_the_upstream_call(deployment: Deployment) -> None:
+    deployment.alpha_log.write_text("")
+    headers = deployment.open_session()
+    call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": "alpha__slow", "arguments": {"seconds": 2.5}}}
+    with requests.post(deployment.gateway.url + "/mcp", headers=headers, json=call, timeout=30,
+                       stream=True) as reply:
+        assert reply.headers["Content-Type"].startswith("text/event-stream")
+        assert _wait_for_log(deployment, "slow start 2.5")
+    # Connection closed mid-call: the next keep-alive write fails and the call is cancelled.
+    assert _wait_for_log(deployment, "slow cancelled", seconds=5)
+    time.sleep(0.5)
+    assert "slow done" not in _log_lines(deployment)
+
+
+def test_rest_lists_and_executes_tools_live(deployment: Deployment) -> None:
+    servers = {s["name"]: s["id"] for s in deployment.rest("GET", "/api/v1/mcp/servers").json()["servers"]}
+    tools = deployment.rest("GET", f"/api/v1/mcp/servers/{servers['gamma']}/tools")
+    assert tools.status_code == 200
+    assert {"echo", "add", "slow"} <= {t["name"] for t in tools.json()["tools"]}
+    executed = deployment.rest("POST", f"/api/v1/mcp/servers/{servers['beta']}/tools/add/execute",
+                               json={"arguments": {"a": 20, "b": 22}})
+    assert executed.status_code == 200, executed.text
+    assert executed.json()["content"][0]["text"] == "42" and executed.json()["isError"] is False
+    failed = deployment.rest("POST", f"/api/v1/mcp/servers/{servers['alpha']}/tools/fail/execute", json={})
+    assert failed.status_code == 200 and failed.json()["isError"] is True
+    down = deployment.rest("GET", f"/api/v1/mcp/servers/{servers['down']}/tools")
+    assert down.status_code == 502 and down.json()["error"] == "bad_gateway"
+    bad = deployment.rest("POST", f"/api/v1/mcp/servers/{servers['beta']}/tools/add/execute",
+                          json={"arguments": "nope"})
+    assert bad.status_code == 422

@@ -20,13 +20,21 @@ from typing import Any
 from metamcp.config import Settings
 from metamcp.mcp import naming
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, UPSTREAM_ERROR, RpcError
-from metamcp.mcp.upstream import PendingCall, Upstream, UpstreamError, create_upstream
+from metamcp.mcp.upstream import (
+    PendingCall,
+    Upstream,
+    UpstreamError,
+    UpstreamRpcError,
+    create_upstream,
+)
 from metamcp.servers import ServerConfig, ServerRegistry
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a failed upstream is left out of list fan-outs before it is tried again.
 RETRY_FAILED_AFTER = 5.0
+#: Seconds a health state is trusted before /health pings the upstream again.
+HEALTH_MAX_AGE = 30.0
 
 
 @dataclass(frozen=True)
@@ -337,7 +345,14 @@ class Gateway:
         health.failed_until = time.monotonic() + RETRY_FAILED_AFTER
 
     def health(self) -> list[dict[str, Any]]:
-        """This process's view of each active upstream."""
+        """Each active upstream's state; those not checked for HEALTH_MAX_AGE get a ping first."""
+        stale = [
+            name for name in self.servers()
+            if (self._health_of(name).checked_at or 0) < time.time() - HEALTH_MAX_AGE
+        ]
+        if stale:
+            wait([self._pool.submit(self._ping, name) for name in stale],
+                 timeout=self._settings.list_timeout + 0.5)
         report = []
         for name, config in sorted(self.servers().items()):
             health = self._health_of(name)
@@ -349,6 +364,17 @@ class Gateway:
                 "checked_at": health.checked_at,
             })
         return report
+
+
+    def _ping(self, name: str) -> None:
+        try:
+            self.upstream(name).request("ping", None, timeout=self._settings.list_timeout)
+        except (UpstreamError, RpcError) as e:
+            self._record_failure(name, str(e))
+            return
+        except UpstreamRpcError:
+            pass  # it answered: alive, even if it does not know ping
+        self._record_success(name)
 
 
 def _template_matches(template: str, uri: str) -> bool:

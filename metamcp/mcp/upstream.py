@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -83,6 +84,24 @@ class PendingCall:
 
     def close(self) -> None:
         self.cancel("the client went away")
+
+
+def abort(response: requests.Response | None) -> None:
+    """Close a streaming response that another thread may be blocked reading.
+
+    A plain close() waits for that read to return (the buffered reader's lock), which on an
+    idle stream can take as long as the peer's keep-alive interval; shutting the socket down
+    first wakes the reader at once.
+    """
+    if response is None:
+        return
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+    response.close()
 
 
 def _response_of(message: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +197,7 @@ class StreamableHttpUpstream(Upstream):
         super().__init__(config, **kwargs)
         self._session_id: str | None = None
         self._listener: threading.Thread | None = None
+        self._listen_response: requests.Response | None = None
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": ACCEPT_BOTH, "Content-Type": "application/json"}
@@ -246,6 +266,9 @@ class StreamableHttpUpstream(Upstream):
             raise UpstreamError(f"{self.name}: the stream ended without a response while {action}")
         except requests.RequestException as e:
             raise self._fail(e, action) from e
+        except AttributeError as e:
+            # urllib3 reading a response that another thread closed (a cancelled call).
+            raise UpstreamError(f"{self.name}: the call was cancelled while {action}") from e
         finally:
             response.close()
 
@@ -284,7 +307,6 @@ class StreamableHttpUpstream(Upstream):
         holder = {"response": response}
 
         def cancel(reason: str | None) -> None:
-            holder["response"].close()
             cancel_params: dict[str, Any] = {"requestId": request_id}
             if reason:
                 cancel_params["reason"] = reason
@@ -292,6 +314,8 @@ class StreamableHttpUpstream(Upstream):
                 self._send(jsonrpc.notification("notifications/cancelled", cancel_params))
             except UpstreamError:
                 pass  # best effort: the upstream may be gone
+            finally:
+                abort(holder["response"])
 
         return PendingCall(request_id, self._messages(response, request_id, action), cancel)
 
@@ -307,6 +331,7 @@ class StreamableHttpUpstream(Upstream):
             try:
                 with self.http.get(self.config.url, stream=True, timeout=(self._timeouts[0], 300),
                                    headers={**self._headers(), "Accept": "text/event-stream"}) as response:
+                    self._listen_response = response
                     if response.status_code in (404, 405):
                         return  # not offered (or our session ended: the next call re-initializes)
                     if response.status_code >= 400:
@@ -336,6 +361,8 @@ class StreamableHttpUpstream(Upstream):
                 self.http.delete(self.config.url, headers=self._headers(), timeout=(1.0, 1.0))
             except requests.RequestException:
                 pass  # the session times out on the upstream anyway
+        self._closed.set()
+        abort(self._listen_response)
         super().close()
 
 
@@ -512,8 +539,7 @@ class LegacySseUpstream(Upstream):
 
     def close(self) -> None:
         self._closed.set()
-        if self._stream is not None:
-            self._stream.close()
+        abort(self._stream)
         super().close()
 
 
