@@ -7,8 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
+
+from .upstreams import UpstreamProcess
 
 ACCEPT = "application/json, text/event-stream"
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -163,3 +166,32 @@ def test_empty_gateway_lists(mcp: Mcp) -> None:
                         ("resources/list", "resources"), ("resources/templates/list", "resourceTemplates")):
         assert mcp.call(method).json["result"] == {key: []}
     assert error_code(mcp.call("tools/call", {"name": "a__b"})) == -32602
+
+
+def test_warm_tool_calls_make_no_database_query(app: Flask, mcp: Mcp) -> None:
+    """After warm-up, authentication, session, registry and routing all come from memory."""
+    upstream = UpstreamProcess("warm", json_response=True).start()
+    try:
+        created = mcp.client.post("/api/v1/mcp/servers", headers={"X-API-Key": mcp.key}, json={
+            "name": "warm", "transport": "streamable_http", "url": upstream.url})
+        assert created.status_code == 201
+        mcp.initialize()
+        call = {"name": "warm__echo", "arguments": {"message": "hi"}}
+        assert "warm: hi" in mcp.call("tools/call", call).get_data(as_text=True)
+        database = app.extensions["metamcp"].db
+        real = database.transaction
+        queries = 0
+
+        def counting():  # type: ignore[no-untyped-def]
+            nonlocal queries
+            queries += 1
+            return real()
+
+        database.transaction = counting  # type: ignore[method-assign]
+        for index in range(50):
+            reply = mcp.call("tools/call", {**call, "arguments": {"message": f"n{index}"}})
+            assert f"warm: n{index}" in reply.get_data(as_text=True)
+        assert mcp.call("tools/list").json["result"]["tools"]
+        assert queries == 0
+    finally:
+        upstream.stop()
