@@ -152,7 +152,8 @@ def main() -> int:
         for label, url, headers, params in (("direct", direct_url, {}, echo),
                                             ("gateway", base + "/mcp", auth, echo_via)):
             sessions = [McpSession(url, headers) for _ in range(32)]
-            assert "result" in sessions[0].rpc("tools/call", params)  # warm-up, and a check
+            check = sessions[0].rpc("tools/call", params)  # warm-up, and a check
+            assert "result" in check, check
 
             def call(session: McpSession, params: dict[str, Any] = params) -> Any:
                 return session.rpc("tools/call", params)

@@ -376,3 +376,43 @@ def test_rest_lists_and_executes_tools_live(deployment: Deployment) -> None:
     bad = deployment.rest("POST", f"/api/v1/mcp/servers/{servers['beta']}/tools/add/execute",
                           json={"arguments": "nope"})
     assert bad.status_code == 422
+
+
+def test_registry_changes_reach_every_worker_at_once(deployment: Deployment) -> None:
+    servers = {s["name"]: s["id"] for s in deployment.rest("GET", "/api/v1/mcp/servers").json()["servers"]}
+    headers = deployment.open_session()
+    url = deployment.gateway.url + "/mcp"
+    listing = {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
+
+    def tool_names() -> set[str]:
+        names: set[str] = set()
+        for _ in range(6):  # several requests: both workers answer some
+            reply = requests.post(url, headers=headers, json=listing, timeout=30).json()
+            names |= {t["name"] for t in reply["result"]["tools"]}
+            while "nextCursor" in reply["result"]:
+                page = {**listing, "params": {"cursor": reply["result"]["nextCursor"]}}
+                reply = requests.post(url, headers=headers, json=page, timeout=30).json()
+                names |= {t["name"] for t in reply["result"]["tools"]}
+        return names
+
+    assert "beta__echo" in tool_names()
+    stream = requests.get(url, headers={**headers, "Accept": "text/event-stream"}, stream=True, timeout=30)
+    try:
+        assert stream.status_code == 200
+        lines = stream.iter_lines(decode_unicode=True)
+        assert next(lines).startswith(":")  # the stream is open
+        patched = deployment.rest("PATCH", f"/api/v1/mcp/servers/{servers['beta']}", json={"is_active": False})
+        assert patched.status_code == 200
+        assert not any(n.startswith("beta__") for n in tool_names())
+        seen = []
+        deadline = time.monotonic() + 10
+        for line in lines:  # keep-alives every 0.5 s keep this loop moving to its deadline
+            if line.startswith("data:"):
+                seen.append(json.loads(line[5:])["method"])
+            if "notifications/tools/list_changed" in seen or time.monotonic() > deadline:
+                break
+        assert "notifications/tools/list_changed" in seen
+    finally:
+        stream.close()
+        deployment.rest("PATCH", f"/api/v1/mcp/servers/{servers['beta']}", json={"is_active": True})
+    assert "beta__echo" in tool_names()

@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from metamcp.config import Settings
@@ -64,11 +65,16 @@ class Streamed:
     """An upstream call whose messages go back to the client as they arrive."""
 
     def __init__(self, call: PendingCall, request_id: Any, session: Session,
-                 on_close: Callable[[], None]) -> None:
+                 on_close: Callable[[], None], pumps: ThreadPoolExecutor) -> None:
         self._call = call
         self.request_id = request_id
         self._session = session
         self._on_close = on_close
+        self._pumps = pumps
+
+    def start_pump(self, put: Callable[[dict[str, Any] | None], None]) -> None:
+        """Run pump() on a pool thread, so the response can send keep-alives meanwhile."""
+        self._pumps.submit(self.pump, put)
 
     def pump(self, put: Callable[[dict[str, Any] | None], None]) -> None:
         """Forward notifications, then the response with the client's id; None marks the end."""
@@ -126,6 +132,8 @@ class Dispatcher:
         self._lock = threading.Lock()
         # Standing GET streams hold a worker thread each: keep half the threads for requests.
         self._listeners = threading.BoundedSemaphore(max(1, settings.threads // 2))
+        #: Readers of streamed calls: one per call in flight, so as many as request threads.
+        self._pumps = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="metamcp-call")
         self._handlers: dict[str, Callable[[Session, Message], dict[str, Any] | Streamed]] = {
             "ping": lambda _s, _m: {},
             "tools/call": self._call_tool,
@@ -207,13 +215,18 @@ class Dispatcher:
             params["_meta"] = meta
         return params
 
-    def _call_tool(self, session: Session, message: Message) -> Streamed:
+    @staticmethod
+    def _name_and_arguments(message: Message) -> tuple[str, dict[str, Any]]:
         name = message.params.get("name")
         arguments = message.params.get("arguments", {})
         if not isinstance(name, str) or not name:
             raise RpcError(INVALID_PARAMS, "Invalid params: name must be a non-empty string")
         if not isinstance(arguments, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object")
+        return name, arguments
+
+    def _call_tool(self, session: Session, message: Message) -> Streamed:
+        name, arguments = self._name_and_arguments(message)
         server, original = self._gateway.route("tools", name)
         params = self._forward_params(message, name=original, arguments=arguments)
         call = self._gateway.call(server, "tools/call", params)
@@ -223,18 +236,13 @@ class Dispatcher:
             with self._lock:
                 self._inflight.pop(key, None)
 
-        streamed = Streamed(call, message.id, session, forget)
+        streamed = Streamed(call, message.id, session, forget, self._pumps)
         with self._lock:
             self._inflight[key] = streamed
         return streamed
 
     def _get_prompt(self, _session: Session, message: Message) -> dict[str, Any]:
-        name = message.params.get("name")
-        arguments = message.params.get("arguments", {})
-        if not isinstance(name, str) or not name:
-            raise RpcError(INVALID_PARAMS, "Invalid params: name must be a non-empty string")
-        if not isinstance(arguments, dict):
-            raise RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object")
+        name, arguments = self._name_and_arguments(message)
         server, original = self._gateway.route("prompts", name)
         params = self._forward_params(message, name=original, arguments=arguments)
         return self._gateway.request(server, "prompts/get", params)

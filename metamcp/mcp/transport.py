@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -193,9 +192,7 @@ def _stream(outcome: Streamed, keepalive: float) -> Iterator[bytes]:
     The body's close() (StreamBody) closes the upstream call when the client leaves early.
     """
     messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-    pump = threading.Thread(target=outcome.pump, args=(messages.put,), daemon=True,
-                            name="metamcp-call")
-    pump.start()
+    outcome.start_pump(messages.put)
     while True:
         try:
             message = messages.get(timeout=keepalive)

@@ -1,116 +1,63 @@
-"""Clients of upstream MCP servers: Streamable HTTP and legacy HTTP+SSE, over requests.
+"""Clients of upstream MCP servers: the interface the gateway uses, and what transports share.
 
-One client per upstream server per process, shared by every downstream session. Each owns one
-requests.Session (keep-alive pool), initializes lazily (once, under a lock) and sends only the
-credentials configured for its server. Timeouts: `connect` to open a connection, `read`
-between two pieces of data, so every progress notification restarts a call's clock.
+One client per upstream server per process, shared by every downstream session and thread.
+Each owns one requests.Session (a keep-alive pool sized for concurrency), initializes lazily
+(once, under a lock) and sends only the credentials configured for its server. The
+transports live in upstream_http.py (Streamable HTTP) and upstream_sse.py (HTTP+SSE).
+
+Timeouts: `connect_timeout` bounds opening a connection; `read_timeout` bounds the wait for
+the *next piece of data*, not the whole call, so each progress notification (or SSE comment)
+restarts a long call's clock. `timeout=` on a call overrides the read timeout for that call.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
-import json
 import logging
-import queue
-import socket
+import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from metamcp.errors import MetaMCPError
 from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp.upstream_call import (
+    TRANSPORT_ERRORS,
+    Exchange,
+    OversizedReply,
+    PendingCall,
+    UpstreamError,
+    UpstreamRpcError,
+    UpstreamTimeout,
+    is_response,
+    result_of,
+)
 from metamcp.servers import ServerConfig
+
+__all__ = [
+    "TRANSPORT_ERRORS", "Exchange", "PendingCall", "Upstream", "UpstreamError", "UpstreamRpcError",
+    "UpstreamTimeout", "create_upstream", "is_response", "is_session_wide", "result_of",
+]
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "2025-11-25"
+#: Revisions we accept back from `initialize` (the 2025 handshake; never `server/discover`).
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-CLIENT_INFO = {"name": "metamcp", "version": "0.1.0"}
+USER_AGENT = "metamcp"
 MAX_PAGES = 100
-ACCEPT_BOTH = "application/json, text/event-stream"
+POOL_SIZE = 32
+#: Read timeout of standing GET streams (they may be idle; a dead peer is noticed after this).
+STREAM_IDLE_TIMEOUT = 300.0
+#: Read timeout of best-effort messages (cancellations, replies to pings, DELETE).
+QUIET_TIMEOUT = 2.0
 
 Notify = Callable[[str, dict[str, Any]], None]
-
-
-class UpstreamError(MetaMCPError):
-    """An upstream could not be reached or answered something that is not MCP."""
-
-    status, code = 502, "bad_gateway"
-
-
-class UpstreamTimeout(UpstreamError):
-    status, code = 504, "gateway_timeout"
-
-
-class UpstreamRpcError(Exception):
-    """The upstream answered with a JSON-RPC error object."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-class PendingCall:
-    """One request in flight: iterate for its notifications, then its response."""
-
-    def __init__(self, request_id: int, messages: Iterator[dict[str, Any]],
-                 on_cancel: Callable[[str | None], None]) -> None:
-        self.request_id = request_id
-        self._messages = messages
-        self._on_cancel = on_cancel
-        self._done = False
-        self._lock = threading.Lock()
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for message in self._messages:
-            if "method" not in message:
-                self._done = True
-            yield message
-            if self._done:
-                return
-
-    def cancel(self, reason: str | None = None) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-        self._on_cancel(reason)
-
-    def close(self) -> None:
-        self.cancel("the client went away")
-
-
-def abort(response: requests.Response | None) -> None:
-    """Close a streaming response that another thread may be blocked reading.
-
-    A plain close() waits for that read to return (the buffered reader's lock), which on an
-    idle stream can take as long as the peer's keep-alive interval; shutting the socket down
-    first wakes the reader at once.
-    """
-    if response is None:
-        return
-    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
-    response.close()
-
-
-def _response_of(message: dict[str, Any]) -> dict[str, Any]:
-    if "error" in message:
-        error = message["error"] if isinstance(message["error"], dict) else {}
-        raise UpstreamRpcError(int(error.get("code", jsonrpc.INTERNAL_ERROR)),
-                               str(error.get("message", "upstream error")), error.get("data"))
-    result = message.get("result")
-    return result if isinstance(result, dict) else {}
 
 
 class Upstream:
@@ -118,29 +65,30 @@ class Upstream:
 
     def __init__(self, config: ServerConfig, *, connect_timeout: float, read_timeout: float,
                  on_notification: Notify | None = None) -> None:
+        if not config.url:
+            raise UpstreamError(f"upstream {config.name!r}: no URL configured")
+        #: The server's name in the registry (used in every message and log line).
         self.name = config.name
-        self.config = config
-        self._timeouts = (connect_timeout, read_timeout)
+        self._url = config.url
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._on_notification = on_notification
         self._ids = itertools.count(1)
+        self._ids_lock = threading.Lock()
         self._init_lock = threading.Lock()
-        self._info: dict[str, Any] | None = None
         self._closed = threading.Event()
-        self.http = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=64, max_retries=0)
-        self.http.mount("http://", adapter)
-        self.http.mount("https://", adapter)
-        self.http.headers.clear()
-        self.http.headers.update({"User-Agent": "metamcp", **config.headers})
-        if config.bearer_token:
-            self.http.headers["Authorization"] = f"Bearer {config.bearer_token}"
+        self._info: dict[str, Any] | None = None
+        self._init_failure: tuple[float, UpstreamError] | None = None
+        self._http = _new_session(config)
 
     @property
     def server_info(self) -> dict[str, Any] | None:
+        """The upstream's initialize result once initialized (capabilities, serverInfo, ...)."""
         return self._info
 
     def call(self, method: str, params: dict[str, Any] | None = None, *,
              timeout: float | None = None) -> PendingCall:
+        """Send a request; the returned PendingCall yields its notifications, then its response."""
         raise NotImplementedError
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
@@ -149,403 +97,191 @@ class Upstream:
     def request(self, method: str, params: dict[str, Any] | None = None, *,
                 timeout: float | None = None) -> dict[str, Any]:
         """The result of one request; UpstreamRpcError for a JSON-RPC error answer."""
-        for message in self.call(method, params, timeout=timeout):
-            if "method" not in message:
-                return _response_of(message)
-        raise UpstreamError(f"{self.name}: the upstream closed the call without a response")
+        call = self.call(method, params, timeout=timeout)
+        try:
+            for message in call:
+                if is_response(message):
+                    return result_of(message)
+        finally:
+            call.close()
+        raise UpstreamError(f"upstream {self.name!r}: no response to {method}")
 
-    def list_all(self, method: str, key: str, *, timeout: float | None = None) -> list[dict[str, Any]]:
+    def list_all(self, method: str, key: str, *,
+                 timeout: float | None = None) -> list[dict[str, Any]]:
         """Every item of a paginated list, following nextCursor (at most MAX_PAGES pages)."""
         items: list[dict[str, Any]] = []
-        cursor = None
+        cursor: Any = None
         for _ in range(MAX_PAGES):
             result = self.request(method, {"cursor": cursor} if cursor else None, timeout=timeout)
             page = result.get(key)
-            items += [item for item in page if isinstance(item, dict)] if isinstance(page, list) else []
-            cursor = result.get("nextCursor")
-            if not cursor:
+            if not isinstance(page, list):
+                raise UpstreamError(f"upstream {self.name!r}: the {method} result has no {key!r} list")
+            items += [item for item in page if isinstance(item, dict)]
+            if not result.get("nextCursor") or result["nextCursor"] == cursor:
                 return items
-        logger.warning("%s: %s stopped after %s pages", self.name, method, MAX_PAGES)
+            cursor = result["nextCursor"]
+        logger.warning("upstream %s: %s stopped after %s pages", self.name, method, MAX_PAGES)
         return items
 
     def close(self) -> None:
+        """Stop background threads and close every pooled connection. Idempotent."""
         self._closed.set()
-        self.http.close()
+        self._http.close()
 
-    def _timeout(self, read: float | None) -> tuple[float, float]:
-        return (self._timeouts[0], read if read is not None else self._timeouts[1])
+    # --- for the transports -------------------------------------------------------------
 
-    def _fail(self, error: requests.RequestException, action: str) -> UpstreamError:
-        if isinstance(error, requests.Timeout) or "Read timed out" in str(error):
-            return UpstreamTimeout(f"{self.name}: no answer in time while {action}")
-        return UpstreamError(f"{self.name}: cannot reach the server while {action} ({type(error).__name__})")
+    def _next_id(self) -> int:
+        with self._ids_lock:
+            return next(self._ids)
+
+    def _timeout(self, read: float | None = None) -> tuple[float, float]:
+        return (self._connect_timeout, self._read_timeout if read is None else read)
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise UpstreamError(f"upstream {self.name!r}: the client is closed")
+
+    def _failed_meanwhile(self, arrived: float) -> None:
+        """Raise the failure of an initialization that ran while we waited for the lock.
+
+        Threads queued behind a failing handshake share its outcome instead of each trying
+        again in turn (against a hung upstream, that would cost each a whole timeout).
+        """
+        failure = self._init_failure
+        if failure is not None and failure[0] >= arrived:
+            raise type(failure[1])(failure[1].message)
 
     def _initialize_params(self) -> dict[str, Any]:
-        return {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        return {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+                "clientInfo": {"name": "metamcp", "version": _version()}}
 
-    def _accept_initialize(self, result: dict[str, Any]) -> None:
+    def _accepted(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The initialize result in `message`, checked; UpstreamError if unusable."""
+        try:
+            result = result_of(message)
+        except UpstreamRpcError as e:
+            raise UpstreamError(f"upstream {self.name!r}: initialize refused ({e.code}: {e.message})") from e
         version = result.get("protocolVersion")
         if version not in HANDSHAKE_VERSIONS:
-            raise UpstreamError(f"{self.name}: unsupported protocol version {version!r}")
-        self._info = result
+            raise UpstreamError(f"upstream {self.name!r}: unsupported protocol version {version!r}")
+        return result
 
-
-class StreamableHttpUpstream(Upstream):
-    """MCP Streamable HTTP (2025-03-26 and later), JSON or SSE replies."""
-
-    def __init__(self, config: ServerConfig, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self._session_id: str | None = None
-        self._listener: threading.Thread | None = None
-        self._listen_response: requests.Response | None = None
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Accept": ACCEPT_BOTH, "Content-Type": "application/json"}
-        if self._session_id:
-            headers["Mcp-Session-Id"] = self._session_id
-        if self._info is not None:
-            headers["MCP-Protocol-Version"] = str(self._info["protocolVersion"])
-        return headers
-
-    def _post(self, message: dict[str, Any], timeout: float | None, action: str) -> requests.Response:
-        assert self.config.url is not None
+    def _send(self, method: str, url: str, action: str, *, body: dict[str, Any] | None = None,
+              headers: dict[str, str] | None = None, timeout: tuple[float, float] | None = None,
+              ) -> requests.Response:
+        """One HTTP request (streamed, never redirected); transport errors become UpstreamError."""
+        self._check_open()
         try:
-            return self.http.post(self.config.url, data=json.dumps(message), headers=self._headers(),
-                                  timeout=self._timeout(timeout), stream=True)
-        except requests.RequestException as e:
-            raise self._fail(e, action) from e
+            response = self._http.request(
+                method, url, json=body, headers=headers, timeout=timeout or self._timeout(),
+                stream=True, allow_redirects=False)
+        except TRANSPORT_ERRORS as e:
+            raise self._failure(e, action, sending=True) from e
+        if 300 <= response.status_code < 400:
+            response.close()  # following it could carry the configured credentials elsewhere
+            raise UpstreamError(f"upstream {self.name!r}: redirected (HTTP {response.status_code}) "
+                                f"while {action}; configure the final URL")
+        return response
 
-    def _ensure_initialized(self) -> None:
-        if self._info is not None:
+    def _parse(self, data: bytes | str, action: str) -> dict[str, Any]:
+        try:
+            return jsonrpc.validate(jsonrpc.parse_body(data.encode() if isinstance(data, str) else data)).raw
+        except jsonrpc.RpcError as e:
+            raise UpstreamError(f"upstream {self.name!r}: sent an invalid JSON-RPC message while {action}") from e
+
+    def _failure(self, error: BaseException, action: str, *, sending: bool = False,
+                 read_timeout: float | None = None) -> UpstreamError:
+        """The UpstreamError for a transport exception: which server, what failed; no URL."""
+        causes = _causes(error)
+        where = f"upstream {self.name!r}"
+        if any(isinstance(c, ConnectionRefusedError) for c in causes):
+            return UpstreamError(f"{where}: connection refused while {action}")
+        if any(isinstance(c, urllib3.exceptions.NameResolutionError) for c in causes):
+            return UpstreamError(f"{where}: host name does not resolve while {action}")
+        if any(isinstance(c, ssl.SSLError | requests.exceptions.SSLError) for c in causes):
+            return UpstreamError(f"{where}: TLS failure while {action}")
+        # (urllib3's NewConnectionError subclasses ConnectTimeoutError: a refusal is no timeout.)
+        if any(isinstance(c, requests.ConnectTimeout) or (
+                isinstance(c, urllib3.exceptions.ConnectTimeoutError)
+                and not isinstance(c, urllib3.exceptions.NewConnectionError)) for c in causes):
+            return UpstreamTimeout(f"{where}: connecting timed out while {action}")
+        if any(isinstance(c, requests.ReadTimeout | urllib3.exceptions.ReadTimeoutError | TimeoutError)
+               for c in causes):
+            wait = self._read_timeout if read_timeout is None else read_timeout
+            return UpstreamTimeout(f"{where}: no data for {wait:g}s while {action}")
+        if isinstance(error, sse.SseError | OversizedReply):
+            return UpstreamError(f"{where}: {error} while {action}")
+        what = "cannot reach the server" if sending else "the connection broke"
+        return UpstreamError(f"{where}: {what} while {action}")
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        """A notification not tied to a call: to on_notification, if any."""
+        if self._on_notification is None:
             return
-        with self._init_lock:
-            if self._info is not None:
-                return
-            self._session_id = None
-            response = self._post(jsonrpc.request(0, "initialize", self._initialize_params()),
-                                  None, "initializing")
-            session_id = response.headers.get("Mcp-Session-Id")
-            result = _response_of(self._final(response, 0, "initializing"))
-            self._session_id = session_id
-            self._accept_initialize(result)
-            self._send(jsonrpc.notification("notifications/initialized"))
-            if self._on_notification is not None and self._listener is None:
-                self._listener = threading.Thread(target=self._listen, daemon=True,
-                                                  name=f"metamcp-upstream-{self.name}")
-                self._listener.start()
-
-    def _final(self, response: requests.Response, request_id: int, action: str) -> dict[str, Any]:
-        for message in self._messages(response, request_id, action):
-            if "method" not in message:
-                return message
-        raise UpstreamError(f"{self.name}: no response while {action}")
-
-    def _messages(self, response: requests.Response, request_id: int,
-                  action: str) -> Iterator[dict[str, Any]]:
-        """The messages of one POST's reply: JSON, or an SSE stream ending with the response."""
         try:
-            if response.status_code >= 400:
-                raise UpstreamError(f"{self.name}: HTTP {response.status_code} while {action}")
-            content_type = response.headers.get("Content-Type", "")
-            if content_type.startswith("application/json"):
-                yield self._decode(response.content, action)
-                return
-            if not content_type.startswith("text/event-stream"):
-                raise UpstreamError(f"{self.name}: unexpected content type {content_type!r} while {action}")
-            for event in sse.iter_events(response.iter_lines()):
-                if event.event != "message" or not event.data:
-                    continue
-                message = self._decode(event.data.encode(), action)
-                if "method" not in message and message.get("id") != request_id:
-                    continue  # a response to something else: not ours
-                if "method" in message and "id" in message:
-                    continue  # a server-to-client request: not supported, skip
-                yield message
-                if "method" not in message:
-                    return
-            raise UpstreamError(f"{self.name}: the stream ended without a response while {action}")
-        except requests.RequestException as e:
-            raise self._fail(e, action) from e
-        except AttributeError as e:
-            # urllib3 reading a response that another thread closed (a cancelled call).
-            raise UpstreamError(f"{self.name}: the call was cancelled while {action}") from e
-        finally:
-            response.close()
-
-    def _decode(self, body: bytes, action: str) -> dict[str, Any]:
-        try:
-            message = json.loads(body)
-        except ValueError as e:
-            raise UpstreamError(f"{self.name}: invalid JSON while {action}") from e
-        if not isinstance(message, dict):
-            raise UpstreamError(f"{self.name}: not a JSON-RPC message while {action}")
-        return message
-
-    def _send(self, message: dict[str, Any]) -> None:
-        response = self._post(message, None, f"sending {message.get('method')}")
-        response.close()
-        if response.status_code >= 400 and response.status_code != 404:
-            logger.warning("%s: %s answered HTTP %s", self.name, message.get("method"), response.status_code)
-
-    def call(self, method: str, params: dict[str, Any] | None = None, *,
-             timeout: float | None = None) -> PendingCall:
-        self._ensure_initialized()
-        request_id = next(self._ids)
-        message = jsonrpc.request(request_id, method, params)
-        action = f"calling {method}"
-        sent_with = self._session_id
-        response = self._post(message, timeout, action)
-        if response.status_code == 404 and sent_with is not None:
-            # The upstream forgot our session (it restarted): initialize again, retry once.
-            response.close()
-            logger.info("%s: session expired; initializing again", self.name)
-            with self._init_lock:
-                if self._session_id == sent_with:
-                    self._info = None
-            self._ensure_initialized()
-            response = self._post(message, timeout, action)
-        holder = {"response": response}
-
-        def cancel(reason: str | None) -> None:
-            cancel_params: dict[str, Any] = {"requestId": request_id}
-            if reason:
-                cancel_params["reason"] = reason
-            try:
-                self._send(jsonrpc.notification("notifications/cancelled", cancel_params))
-            except UpstreamError:
-                pass  # best effort: the upstream may be gone
-            finally:
-                abort(holder["response"])
-
-        return PendingCall(request_id, self._messages(response, request_id, action), cancel)
-
-    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
-        self._ensure_initialized()
-        self._send(jsonrpc.notification(method, params))
-
-    def _listen(self) -> None:
-        """The standing GET stream: server-initiated notifications (list_changed, ...)."""
-        assert self.config.url is not None
-        backoff = 1.0
-        while not self._closed.is_set():
-            try:
-                with self.http.get(self.config.url, stream=True, timeout=(self._timeouts[0], 300),
-                                   headers={**self._headers(), "Accept": "text/event-stream"}) as response:
-                    self._listen_response = response
-                    if response.status_code in (404, 405):
-                        return  # not offered (or our session ended: the next call re-initializes)
-                    if response.status_code >= 400:
-                        raise UpstreamError(f"HTTP {response.status_code}")
-                    backoff = 1.0
-                    for event in sse.iter_events(response.iter_lines()):
-                        if self._closed.is_set():
-                            return
-                        self._dispatch_event(event.data)
-            except (requests.RequestException, UpstreamError) as e:
-                logger.debug("%s: notification stream ended (%s)", self.name, e)
-            self._closed.wait(backoff)
-            backoff = min(backoff * 2, 60.0)
-
-    def _dispatch_event(self, data: str) -> None:
-        try:
-            message = json.loads(data)
-        except ValueError:
-            return
-        if isinstance(message, dict) and "method" in message and "id" not in message:
-            if self._on_notification is not None:
-                self._on_notification(self.name, message)
-
-    def close(self) -> None:
-        if self._session_id and self.config.url:
-            try:
-                self.http.delete(self.config.url, headers=self._headers(), timeout=(1.0, 1.0))
-            except requests.RequestException:
-                pass  # the session times out on the upstream anyway
-        self._closed.set()
-        abort(self._listen_response)
-        super().close()
-
-
-class LegacySseUpstream(Upstream):
-    """HTTP+SSE (2024-11-05): a GET stream for replies, POSTs to the endpoint it names."""
-
-    def __init__(self, config: ServerConfig, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self._endpoint: str | None = None
-        self._ready = threading.Event()
-        self._reader: threading.Thread | None = None
-        self._stream: requests.Response | None = None
-        self._pending: dict[int, queue.SimpleQueue[dict[str, Any] | None]] = {}
-        self._tokens: dict[str, tuple[int, Any]] = {}
-        self._lock = threading.Lock()
-
-    def _connect(self) -> None:
-        if self._info is not None and self._reader is not None and self._reader.is_alive():
-            return
-        with self._init_lock:
-            if self._info is not None and self._reader is not None and self._reader.is_alive():
-                return
-            self._info, self._endpoint = None, None
-            self._ready.clear()
-            self._reader = threading.Thread(target=self._read, daemon=True,
-                                            name=f"metamcp-sse-{self.name}")
-            self._reader.start()
-            if not self._ready.wait(self._timeouts[0] + self._timeouts[1]) or self._endpoint is None:
-                raise UpstreamError(f"{self.name}: no endpoint event on the SSE stream")
-            request_id = next(self._ids)
-            result = self._wait_result(request_id, "initialize", self._initialize_params(), None)
-            self._accept_initialize(result)
-            self._post(jsonrpc.notification("notifications/initialized"), "sending initialized")
-
-    def _read(self) -> None:
-        assert self.config.url is not None
-        try:
-            response = self.http.get(self.config.url, stream=True, headers={"Accept": "text/event-stream"},
-                                     timeout=(self._timeouts[0], None))
-            self._stream = response
-            if response.status_code >= 400:
-                raise UpstreamError(f"HTTP {response.status_code}")
-            for event in sse.iter_events(response.iter_lines()):
-                if event.event == "endpoint":
-                    endpoint = urljoin(self.config.url, event.data.strip())
-                    if urlsplit(endpoint)[:2] != urlsplit(self.config.url)[:2]:
-                        logger.warning("%s: refusing an endpoint on another origin", self.name)
-                        return
-                    self._endpoint = endpoint
-                    self._ready.set()
-                elif event.event == "message":
-                    self._route(event.data)
-        except (requests.RequestException, UpstreamError, AttributeError) as e:
-            if not self._closed.is_set():
-                logger.warning("%s: SSE stream failed (%s)", self.name, type(e).__name__)
-        finally:
-            self._ready.set()
-            with self._lock:
-                self._info = None
-                waiting = list(self._pending.values())
-            for box in waiting:
-                box.put(None)  # fail every call in flight on this stream
-
-    def _route(self, data: str) -> None:
-        try:
-            message = json.loads(data)
-        except ValueError:
-            return
-        if not isinstance(message, dict):
-            return
-        box = None
-        with self._lock:
-            if "method" not in message:
-                box = self._pending.get(message.get("id"))  # type: ignore[arg-type]
-            elif message.get("method") == "notifications/progress":
-                params = message.get("params") or {}
-                owner = self._tokens.get(str(params.get("progressToken")))
-                if owner is not None:
-                    box = self._pending.get(owner[0])
-                    message = {**message, "params": {**params, "progressToken": owner[1]}}
-        if box is not None:
-            box.put(message)
-        elif "method" in message and "id" not in message and self._on_notification is not None:
             self._on_notification(self.name, message)
+        except Exception:  # noqa: BLE001 - boundary: the gateway's callback must not kill a reader
+            logger.exception("upstream %s: on_notification failed", self.name)
 
-    def _post(self, message: dict[str, Any], action: str) -> None:
-        assert self._endpoint is not None
-        try:
-            response = self.http.post(self._endpoint, data=json.dumps(message), timeout=self._timeout(None),
-                                      headers={"Content-Type": "application/json"})
-        except requests.RequestException as e:
-            raise self._fail(e, action) from e
-        response.close()
-        if response.status_code >= 400:
-            raise UpstreamError(f"{self.name}: HTTP {response.status_code} while {action}")
+    def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Our reply to a request the upstream sent us: ping works, nothing else is offered."""
+        if message.get("method") == "ping":
+            return jsonrpc.result(message.get("id"), {})
+        return jsonrpc.error(message.get("id"), jsonrpc.METHOD_NOT_FOUND,
+                             f"Method not found: the gateway does not serve {message.get('method')}")
 
-    def _register(self, request_id: int, params: dict[str, Any] | None) -> tuple[
-            queue.SimpleQueue[dict[str, Any] | None], dict[str, Any] | None]:
-        box: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        with self._lock:
-            self._pending[request_id] = box
-            meta = (params or {}).get("_meta")
-            if isinstance(meta, dict) and "progressToken" in meta:
-                # Replies share one stream: give each call a token of its own, map it back.
-                token = f"metamcp-{request_id}"
-                self._tokens[token] = (request_id, meta["progressToken"])
-                params = {**(params or {}), "_meta": {**meta, "progressToken": token}}
-        return box, params
 
-    def _forget(self, request_id: int) -> None:
-        with self._lock:
-            self._pending.pop(request_id, None)
-            for token in [t for t, owner in self._tokens.items() if owner[0] == request_id]:
-                del self._tokens[token]
+def is_session_wide(method: str) -> bool:
+    """Notifications about the server as a whole, even when they arrive on a call's stream."""
+    return method.endswith("/list_changed") or method == "notifications/resources/updated"
 
-    def _messages(self, request_id: int, box: queue.SimpleQueue[dict[str, Any] | None],
-                  timeout: float | None, action: str) -> Iterator[dict[str, Any]]:
-        wait = self._timeout(timeout)[1]
-        try:
-            while True:
-                try:
-                    message = box.get(timeout=wait)
-                except queue.Empty:
-                    raise UpstreamTimeout(f"{self.name}: no answer in time while {action}") from None
-                if message is None:
-                    raise UpstreamError(f"{self.name}: the SSE stream closed while {action}")
-                yield message
-                if "method" not in message:
-                    return
-        finally:
-            self._forget(request_id)
 
-    def _wait_result(self, request_id: int, method: str, params: dict[str, Any] | None,
-                     timeout: float | None) -> dict[str, Any]:
-        box, params = self._register(request_id, params)
-        try:
-            self._post(jsonrpc.request(request_id, method, params), f"calling {method}")
-        except UpstreamError:
-            self._forget(request_id)
-            raise
-        for message in self._messages(request_id, box, timeout, f"calling {method}"):
-            if "method" not in message:
-                return _response_of(message)
-        raise UpstreamError(f"{self.name}: no response to {method}")
+def _causes(error: BaseException) -> list[BaseException]:
+    """The exception, what it wraps (args, urllib3 `reason`, __cause__, __context__)."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [error]
+    while todo and len(seen) < 20:
+        current = todo.pop()
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo += [c for c in (getattr(current, "reason", None), current.__cause__, current.__context__,
+                             *current.args) if isinstance(c, BaseException)]
+    return seen
 
-    def call(self, method: str, params: dict[str, Any] | None = None, *,
-             timeout: float | None = None) -> PendingCall:
-        self._connect()
-        request_id = next(self._ids)
-        box, params = self._register(request_id, params)
-        try:
-            self._post(jsonrpc.request(request_id, method, params), f"calling {method}")
-        except UpstreamError:
-            self._forget(request_id)
-            raise
 
-        def cancel(reason: str | None) -> None:
-            self._forget(request_id)
-            box.put(None)
-            cancel_params: dict[str, Any] = {"requestId": request_id}
-            if reason:
-                cancel_params["reason"] = reason
-            try:
-                self._post(jsonrpc.notification("notifications/cancelled", cancel_params), "cancelling")
-            except UpstreamError:
-                pass  # best effort
+def _new_session(config: ServerConfig) -> requests.Session:
+    http = requests.Session()
+    # Nothing from the environment: no proxies, no .netrc credentials, only what is configured.
+    http.trust_env = False
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE, max_retries=0)
+    http.mount("http://", adapter)
+    http.mount("https://", adapter)
+    http.headers.clear()
+    http.headers["User-Agent"] = USER_AGENT
+    http.headers.update(config.headers)
+    if config.bearer_token:
+        http.headers["Authorization"] = f"Bearer {config.bearer_token}"
+    return http
 
-        return PendingCall(request_id, self._messages(request_id, box, timeout, f"calling {method}"),
-                           cancel)
 
-    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
-        self._connect()
-        self._post(jsonrpc.notification(method, params), f"sending {method}")
-
-    def close(self) -> None:
-        self._closed.set()
-        abort(self._stream)
-        super().close()
+@functools.cache
+def _version() -> str:
+    try:
+        return version("metamcp")
+    except PackageNotFoundError:
+        return "0.0.0"
 
 
 def create_upstream(config: ServerConfig, **kwargs: Any) -> Upstream:
+    """The client for `config`'s transport (kwargs: connect_timeout, read_timeout, ...)."""
+    # The transports subclass Upstream, so they import this module: import them on use.
     if config.transport == "streamable_http":
+        from metamcp.mcp.upstream_http import StreamableHttpUpstream
+
         return StreamableHttpUpstream(config, **kwargs)
     if config.transport == "sse":
+        from metamcp.mcp.upstream_sse import LegacySseUpstream
+
         return LegacySseUpstream(config, **kwargs)
-    raise UpstreamError(f"{config.name}: the stdio transport is not supported yet")
+    raise UpstreamError(f"upstream {config.name!r}: the {config.transport} transport is not supported yet")

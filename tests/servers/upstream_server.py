@@ -1,7 +1,12 @@
-"""An upstream MCP server for the tests (official SDK), with the behaviours tests need.
+"""An upstream MCP server for the tests (official `mcp` SDK), with the behaviours tests need.
 
-    python tests/servers/upstream_server.py --port P --name alpha [--transport sse]
-        [--json-response] [--page-size N] [--tools N] [--log-file F]
+    python tests/servers/upstream_server.py --port P [--name NAME]
+        [--transport streamable-http|sse] [--json-response] [--page-size N] [--tools N]
+        [--log-file F] [--resumable]
+
+Binds 127.0.0.1 only and prints nothing on stdout (tests poll the port). With --log-file it
+appends one line per message received ("received <method> [<id or requestId>]") and per
+step of the `slow` tool, so tests can see what reached the upstream.
 """
 
 from __future__ import annotations
@@ -14,17 +19,44 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from mcp import types
 from mcp.server.context import CallNext, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from mcp.shared.message import ServerMessageMetadata
 from mcp.types import Completion, PromptReference
 
 NAMES = ("Ada", "Alan", "Grace", "Linus")
-PAGED_METHODS = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "resources"}
+PAGED = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "resources",
+         "resources/templates/list": "resourceTemplates"}
 
 
-def build(name: str, tools: int, page_size: int | None, log_file: Path | None) -> MCPServer:
-    server = MCPServer(f"upstream-{name}", version="1.0.0")
+class MemoryEventStore(EventStore):
+    """Every event kept in memory, so a client can resume a stream the server closed."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[str, str, Any]] = []  # (event id, stream id, message or None)
+
+    async def store_event(self, stream_id: str, message: Any) -> str:
+        event_id = str(len(self._events) + 1)
+        self._events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        ids = [event[0] for event in self._events]
+        if last_event_id not in ids:
+            return None
+        start = ids.index(last_event_id)
+        stream_id = self._events[start][1]
+        for event_id, stream, message in self._events[start + 1:]:
+            if stream == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream_id
+
+
+def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPServer:
+    server = MCPServer(f"upstream-{name}", version="1.0.0", instructions=f"Test upstream {name}.")
 
     def log(line: str) -> None:
         if log_file is not None:
@@ -60,6 +92,17 @@ def build(name: str, tools: int, page_size: int | None, log_file: Path | None) -
             await anyio.sleep(0.02)
         return "done"
 
+    @server.tool(description="Report progress, close the SSE stream midway (the client must "
+                             "resume it with Last-Event-ID), then answer.")
+    async def resumable(steps: int, ctx: Context) -> str:
+        for step in range(1, steps + 1):
+            await ctx.report_progress(step, steps, message=f"step {step}")
+            if step == steps // 2:
+                await ctx.close_sse_stream()  # the next step is stored, then replayed
+            elif step == steps // 2 + 1:
+                await anyio.sleep(0.5)  # until the client is back: later steps go out live
+        return "resumed"
+
     @server.tool(description="Always fail.")
     def fail() -> str:
         raise ToolError("this tool always fails")
@@ -68,6 +111,18 @@ def build(name: str, tools: int, page_size: int | None, log_file: Path | None) -
     def headers(ctx: Context) -> str:
         return json.dumps(dict(ctx.headers or {}))
 
+    @server.tool(description="Send notifications/tools/list_changed (not tied to this call).")
+    async def notify_changed(ctx: Context) -> str:
+        await ctx.session.send_tool_list_changed()
+        return "sent"
+
+    @server.tool(description="Ping the client on this call's stream, then answer.")
+    async def ask_ping(ctx: Context) -> str:
+        await ctx.session.send_request(
+            types.PingRequest(), types.EmptyResult, request_read_timeout_seconds=5,
+            metadata=ServerMessageMetadata(related_request_id=ctx.request_context.request_id))
+        return "pong"
+
     def make(tool_name: str) -> Any:
         def generated(text: str) -> str:
             return f"{tool_name}: {text}"
@@ -75,7 +130,8 @@ def build(name: str, tools: int, page_size: int | None, log_file: Path | None) -
         return generated
 
     for index in range(tools):
-        server.tool(name=f"tool_{index:03d}", description=f"Generated tool {index}.")(make(f"tool_{index:03d}"))
+        tool_name = f"tool_{index:03d}"
+        server.tool(name=tool_name, description=f"Generated tool {index}.")(make(tool_name))
 
     @server.resource(f"test://{name}/info", description="About this server.")
     def info() -> str:
@@ -96,25 +152,34 @@ def build(name: str, tools: int, page_size: int | None, log_file: Path | None) -
             return Completion(values=values, total=len(values), has_more=False)
         return None
 
-    if page_size:
-        async def paginate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
-            result = await call_next(ctx)
-            key = PAGED_METHODS.get(ctx.method)
-            if key is None or not isinstance(result, dict):
-                return result
-            cursor = (ctx.params or {}).get("cursor")
-            start = int(cursor) if cursor else 0
-            page = {**result, key: result[key][start:start + page_size]}
-            if start + page_size < len(result[key]):
-                page["nextCursor"] = str(start + page_size)
-            return page
+    async def observe(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
+        """Log what arrived; accept logging/setLevel (MCPServer has no handler for it)."""
+        params = ctx.params or {}
+        log(f"received {ctx.method} {params.get('requestId', '')}".rstrip())
+        if ctx.method == "logging/setLevel":
+            return {}
+        return await call_next(ctx)
 
+    async def paginate(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
+        result = await call_next(ctx)
+        key = PAGED.get(ctx.method)
+        if key is None or not isinstance(result, dict):
+            return result
+        cursor = (ctx.params or {}).get("cursor")
+        start = int(cursor) if cursor else 0
+        page = {**result, key: result[key][start:start + page_size]}
+        if start + page_size < len(result[key]):
+            page["nextCursor"] = str(start + page_size)
+        return page
+
+    server.middleware.append(observe)
+    if page_size:
         server.middleware.append(paginate)
     return server
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="test")
     parser.add_argument("--transport", choices=("streamable-http", "sse"), default="streamable-http")
@@ -122,10 +187,15 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=0)
     parser.add_argument("--tools", type=int, default=0)
     parser.add_argument("--log-file", type=Path)
+    parser.add_argument("--resumable", action="store_true",
+                        help="keep events so closed streams can be resumed (2025-11-25 polling)")
     args = parser.parse_args()
-    server = build(args.name, args.tools, args.page_size or None, args.log_file)
+    server = build(args.name, args.tools, args.page_size, args.log_file)
     if args.transport == "sse":
         server.run("sse", host="127.0.0.1", port=args.port)
+    elif args.resumable:
+        server.run("streamable-http", host="127.0.0.1", port=args.port, json_response=args.json_response,
+                   event_store=MemoryEventStore(), retry_interval=100)
     else:
         server.run("streamable-http", host="127.0.0.1", port=args.port, json_response=args.json_response)
 

@@ -1,0 +1,258 @@
+"""One call to an upstream in flight: the errors it may end in, PendingCall (the gateway's
+handle on it) and Exchange (an HTTP response one thread reads and any thread can interrupt).
+"""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import itertools
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import requests
+import urllib3.exceptions
+
+from metamcp.errors import MetaMCPError
+from metamcp.mcp import jsonrpc, sse
+
+#: Largest JSON body we read from an upstream.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+CHUNK_BYTES = 64 * 1024
+
+
+class OversizedReply(ValueError):
+    """A reply body beyond MAX_BODY_BYTES."""
+
+
+#: What a transport read may raise; translated into UpstreamError at this one boundary.
+TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError,
+                    http.client.HTTPException, sse.SseError, OversizedReply, OSError)
+
+
+class UpstreamError(MetaMCPError):
+    """An upstream could not be reached or answered something that is not MCP."""
+
+    status, code = 502, "bad_gateway"
+
+
+class UpstreamTimeout(UpstreamError):
+    """An upstream did not answer (or connect) in time."""
+
+    status, code = 504, "gateway_timeout"
+
+
+class UpstreamRpcError(Exception):
+    """The upstream answered with a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def is_response(message: dict[str, Any]) -> bool:
+    return "method" not in message
+
+
+def result_of(message: dict[str, Any]) -> dict[str, Any]:
+    """The result of a response message; UpstreamRpcError for an error response."""
+    if "error" in message:
+        error = message["error"] if isinstance(message["error"], dict) else {}
+        code = error.get("code")
+        raise UpstreamRpcError(code if isinstance(code, int) else jsonrpc.INTERNAL_ERROR,
+                               str(error.get("message", "upstream error")), error.get("data"))
+    result = message.get("result")
+    return result if isinstance(result, dict) else {}
+
+
+class PendingCall:
+    """One request in flight. Iterate (once) for its notifications, then its response.
+
+    cancel() and close() may come from any thread, also while another thread iterates: the
+    reader is interrupted and its iteration simply ends. Resources are released exactly once:
+    by the reader when it stops early, else by close() (or by iterating past the response).
+    Close every call: a forgotten one is only released when garbage-collected.
+    """
+
+    def __init__(self, request_id: int, messages: Iterator[dict[str, Any]], *,
+                 interrupt: Callable[[], None], release: Callable[[bool], None],
+                 send_cancelled: Callable[[str | None], None]) -> None:
+        #: The id of this request on the upstream wire.
+        self.request_id = request_id
+        self._messages = messages
+        self._interrupt = interrupt
+        self._release = release  # release(polite): polite may wait briefly to reuse the connection
+        self._send_cancelled = send_cancelled
+        self._lock = threading.Lock()
+        self._reader: int | None = None  # thread id while an iteration is under way
+        # Weak: the generator's frame holds self, and a cycle would leave a forgotten call
+        # to the cyclic garbage collector instead of freeing it at once.
+        self._generator: weakref.ref[Generator[dict[str, Any], None, None]] | None = None
+        self._started = self._answered = self._stopped = self._released = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            if self._started:
+                raise RuntimeError("a PendingCall can be iterated only once")
+            self._started = True
+            if self._stopped:
+                return iter(())
+            self._reader = threading.get_ident()
+        generator = self._iterate()
+        self._generator = weakref.ref(generator)
+        return generator
+
+    def _iterate(self) -> Generator[dict[str, Any], None, None]:
+        try:
+            for message in self._messages:
+                if self._stopped:
+                    return
+                if is_response(message):
+                    self._answered = True  # before yielding: closing after this sends no cancel
+                    yield message
+                    self._release_once(polite=True)  # iterated past the end: finish here
+                    return
+                yield message
+        except UpstreamError:
+            if not self._stopped:
+                raise  # after cancel(), a read failing is the expected outcome
+        finally:
+            close = getattr(self._messages, "close", None)
+            if close is not None:
+                close()
+            with self._lock:
+                self._reader = None
+            # Never I/O here: this also runs when a forgotten generator is garbage-collected.
+            self._release_once(polite=False)
+
+    @property
+    def answered(self) -> bool:
+        """The response has arrived (closing the call now sends no cancellation)."""
+        return self._answered
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Stop reading, free the connection, tell the upstream (best effort). Idempotent."""
+        self._stop(reason)
+
+    def close(self) -> None:
+        """cancel() if the response has not arrived yet, else just release resources."""
+        self._stop(None)
+
+    def _stop(self, reason: str | None) -> None:
+        with self._lock:
+            first, self._stopped = not self._stopped, True
+            answered, reader = self._answered, self._reader
+        if answered:
+            self._release_once(polite=True)  # the reader has had its response: nobody reads
+        elif first:
+            self._interrupt()
+        generator = self._generator() if self._generator is not None else None
+        if reader is None:
+            self._release_once(polite=False)
+        elif (reader == threading.get_ident() and generator is not None
+              and inspect.getgeneratorstate(generator) != inspect.GEN_RUNNING):
+            # Our own iteration, suspended (the caller stopped iterating): finish it here.
+            generator.close()
+            self._release_once(polite=False)  # in case it never started (then no finally ran)
+        # Otherwise another thread is reading: interrupted, it releases when it returns.
+        if first and not answered:
+            self._send_cancelled(reason)
+
+    def _release_once(self, polite: bool) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._release(polite)
+
+
+class Exchange:
+    """The HTTP response of a call, read by one thread and interruptible from any other.
+
+    The reader attaches the response, reads chunks() and finally release()s; interrupt()
+    unblocks a read in progress by shutting the socket down (closing it from another thread
+    would not wake the reader). A response attached after interrupt() is closed at once.
+    """
+
+    def __init__(self, response: requests.Response | None = None) -> None:
+        self.response = response
+        self.eof = False
+        #: The call's response has been read (release() then waits briefly for the end).
+        self.answered = False
+        self.aborted = threading.Event()
+        self._lock = threading.Lock()
+
+    def attach(self, response: requests.Response) -> bool:
+        """Read `response` from now on (the first, or a resumed stream); False if interrupted."""
+        with self._lock:
+            old, self.response, self.eof = self.response, response, False
+        if old is not None:
+            old.close()
+        if self.aborted.is_set():
+            response.close()
+            return False
+        return True
+
+    def chunks(self) -> Iterator[bytes]:
+        assert self.response is not None
+        raw = self.response.raw
+        while not self.aborted.is_set():
+            data = raw.read1(CHUNK_BYTES, decode_content=True)
+            if not data:
+                self.eof = True
+                return
+            yield data
+
+    def read_all(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        body = bytearray()
+        for chunk in self.chunks():
+            body += chunk
+            if len(body) > limit:
+                raise OversizedReply(f"a reply of more than {limit} bytes")
+        return bytes(body)
+
+    def discard(self) -> None:
+        """Read a short body to its end (so the connection is reused) and release."""
+        try:
+            self.read_all(CHUNK_BYTES)
+        except TRANSPORT_ERRORS:
+            pass  # the body does not matter; release() closes what is left
+        self.release()
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self.aborted.set()
+            if self.response is None:
+                return
+            try:
+                self.response.raw.shutdown()
+            except (ValueError, RuntimeError, OSError, AttributeError):
+                pass  # not reading (already released, or an urllib3 before 2.3)
+
+    def release(self, drain_seconds: float = 0.0) -> None:
+        """Free the connection: pooled again if the body was read to its end, else closed.
+
+        With `drain_seconds`, first wait that long for the end of a stream whose response
+        has arrived (servers end a reply stream right after it), so the connection is reused.
+        """
+        with self._lock:
+            response = self.response
+        if response is None:
+            return
+        if not self.eof and drain_seconds and self.answered and not self.aborted.is_set():
+            try:
+                sock = getattr(response.raw.connection, "sock", None)
+                if isinstance(sock, socket.socket):
+                    sock.settimeout(drain_seconds)
+                for _ in itertools.islice(self.chunks(), 16):
+                    pass
+            except TRANSPORT_ERRORS:
+                pass
+        # At the end of the body urllib3 has already put the connection back in the pool (and
+        # this is a no-op); before it, this closes the connection.
+        response.close()
