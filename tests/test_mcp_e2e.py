@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +21,7 @@ from mcp.types import PromptReference
 from metamcp import crypto, repository
 from metamcp.db import Database
 
-from .conftest import Gunicorn, child_env, free_port
+from .conftest import ROOT, Gunicorn, child_env, free_port
 from .mcp_client import list_all, run_client
 from .upstreams import UpstreamProcess
 
@@ -416,3 +418,41 @@ def test_registry_changes_reach_every_worker_at_once(deployment: Deployment) -> 
         stream.close()
         deployment.rest("PATCH", f"/api/v1/mcp/servers/{servers['beta']}", json={"is_active": True})
     assert "beta__echo" in tool_names()
+
+
+def test_upstream_list_changed_refreshes_and_reaches_clients(deployment: Deployment) -> None:
+    headers = deployment.open_session()
+    url = deployment.gateway.url + "/mcp"
+    stream = requests.get(url, headers={**headers, "Accept": "text/event-stream"}, stream=True, timeout=30)
+    try:
+        lines = stream.iter_lines(decode_unicode=True)
+        assert next(lines).startswith(":")
+        call = {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                "params": {"name": "alpha__notify_changed", "arguments": {}}}
+        assert "sent" in requests.post(url, headers=headers, json=call, timeout=30).text
+        seen = []
+        deadline = time.monotonic() + 10
+        for line in lines:  # keep-alives every 0.5 s keep this loop moving to its deadline
+            if line.startswith("data:"):
+                seen.append(json.loads(line[5:])["method"])
+            if "notifications/tools/list_changed" in seen or time.monotonic() > deadline:
+                break
+        assert "notifications/tools/list_changed" in seen
+    finally:
+        stream.close()
+
+
+def test_smoke_test_script_passes(deployment: Deployment) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "test_client.py"), "--api-key", deployment.key,
+         "--url", deployment.gateway.url],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for step in ("health", "token", "list servers", "initialize", "tools/list", "tools/call"):
+        assert f"[ok] {step}" in result.stdout
+    assert "all steps passed" in result.stdout
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "test_client.py"), "--api-key", "mcp_wrong",
+         "--url", deployment.gateway.url],
+        capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "[FAIL] token" in bad.stdout

@@ -1,0 +1,64 @@
+"""scripts/example_server.py: the two example backends, checked through a real MCP client."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from metamcp.mcp.upstream import Upstream, UpstreamRpcError, create_upstream
+from metamcp.servers import ServerConfig
+
+from .upstreams import EXAMPLE_SERVER, UpstreamProcess
+
+
+def connect(process: UpstreamProcess) -> Upstream:
+    config = ServerConfig(uuid.uuid4(), "example", "streamable_http", process.url, None, [], {},
+                          None, {}, None, True)
+    return create_upstream(config, connect_timeout=5, read_timeout=10)
+
+
+@pytest.fixture(params=["default", "files"])
+def example(request: pytest.FixtureRequest) -> Iterator[tuple[str, Upstream]]:
+    process = UpstreamProcess("example", script=EXAMPLE_SERVER,
+                              extra_args=("--profile", request.param)).start()
+    upstream = connect(process)
+    try:
+        yield request.param, upstream
+    finally:
+        upstream.close()
+        process.stop()
+
+
+def text(result: dict) -> str:
+    return result["content"][0]["text"]
+
+
+def test_profiles(example: tuple[str, Upstream]) -> None:
+    profile, upstream = example
+    tools = {t["name"] for t in upstream.list_all("tools/list", "tools")}
+    call = upstream.request
+    if profile == "default":
+        assert tools == {"echo", "add", "uppercase", "reverse", "timestamp"}
+        assert text(call("tools/call", {"name": "echo", "arguments": {"message": "hi"}})) == "hi"
+        assert text(call("tools/call", {"name": "add", "arguments": {"a": 2, "b": 3}})) == "5"
+        assert text(call("tools/call", {"name": "reverse", "arguments": {"text": "abc"}})) == "cba"
+        return
+    assert tools == {"read_file", "write_file", "list_files", "parse_json", "base64_encode",
+                     "base64_decode", "word_count", "get_config"}
+    written = call("tools/call", {"name": "write_file", "arguments": {"path": "a.txt", "content": "x y z"}})
+    assert not written.get("isError")
+    assert text(call("tools/call", {"name": "read_file", "arguments": {"path": "a.txt"}})) == "x y z"
+    escape = call("tools/call", {"name": "read_file", "arguments": {"path": "../../etc/passwd"}})
+    assert escape["isError"] is True
+    assert "uri" in upstream.list_all("resources/list", "resources")[0]
+    config = call("resources/read", {"uri": "config://server"})
+    assert json.loads(config["contents"][0]["text"])["profile"] == "files"
+    prompts = {p["name"] for p in upstream.list_all("prompts/list", "prompts")}
+    assert prompts == {"code_review", "summarize", "explain"}
+    review = call("prompts/get", {"name": "code_review", "arguments": {"code": "print(1)"}})
+    assert "print(1)" in json.dumps(review)
+    with pytest.raises(UpstreamRpcError):
+        call("resources/read", {"uri": "file://missing.txt"})
