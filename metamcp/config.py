@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,12 @@ class Settings:
     page_size: int = 1000
     #: Seconds between keep-alive comments on long-lived SSE streams.
     keepalive_seconds: float = 15.0
+    #: Seconds a stdio child may take to answer initialize (npx may download first).
+    stdio_start_timeout: float = 30.0
+    #: A stdio child unused this long is stopped (started again on the next request).
+    stdio_idle_timeout: float = 600.0
+    #: Stdio children one worker process may run at once.
+    stdio_max_children: int = 16
 
     @property
     def embedded(self) -> bool:
@@ -183,6 +190,26 @@ def _origins(values: Mapping[str, str]) -> tuple[str, ...]:
     return origins
 
 
+#: What a stdio child inherits of the gateway's environment (plus LC_*); never its secrets.
+INHERITED_ENV = (
+    "PATH", "HOME", "LANG", "LANGUAGE", "TMPDIR", "TZ", "USER", "LOGNAME", "SHELL", "TERM",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+    "no_proxy", "all_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+)
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def child_environment(configured: Mapping[str, str], env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a stdio child: the allow-list above, then its configured values,
+    in which `${VAR}` takes the gateway's own value of VAR (empty when unset)."""
+    source = os.environ if env is None else env
+    child = {k: v for k, v in source.items() if k in INHERITED_ENV or k.startswith("LC_")}
+    for name, value in configured.items():
+        child[name] = _REFERENCE.sub(lambda m: source.get(m.group(1), ""), value)
+    return child
+
+
 def _default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
@@ -229,4 +256,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         list_cache_ttl=_seconds(values, "METAMCP_LIST_CACHE_TTL", 300.0, 0, 86400),
         page_size=_int(values, "METAMCP_PAGE_SIZE", 1000, 1, 100000),
         keepalive_seconds=_seconds(values, "METAMCP_KEEPALIVE_SECONDS", 15.0, 0.05, 300),
+        stdio_start_timeout=_seconds(values, "METAMCP_STDIO_START_TIMEOUT", 30.0, 0.1, 600),
+        stdio_idle_timeout=_seconds(values, "METAMCP_STDIO_IDLE_TIMEOUT", 600.0, 1, 86400 * 7),
+        stdio_max_children=_int(values, "METAMCP_STDIO_MAX_CHILDREN", 16, 1, 1024),
     )

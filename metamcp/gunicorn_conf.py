@@ -8,6 +8,7 @@ Workers inherit DATABASE_URL; on exit the master stops the embedded server it st
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -63,6 +64,20 @@ def on_starting(server: Any) -> None:
         server.log.info("purged %s idle MCP sessions", purged)
     where = f"embedded PostgreSQL in {_settings.pgdata}" if _embedded else "DATABASE_URL"
     server.log.info("database ready (%s); serving on http://%s:%s", where, _settings.host, _settings.port)
+
+
+def post_worker_init(worker: Any) -> None:
+    """On SIGTERM, end the standing SSE streams first, so the graceful stop is quick."""
+    services = getattr(worker.wsgi, "extensions", {}).get("metamcp")
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        if services is not None:
+            services.dispatcher.stopping.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

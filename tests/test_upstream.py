@@ -382,7 +382,7 @@ def test_the_example_server_works_too(start_upstream: Any, connect: Connect) -> 
     assert "example MCP server" in text(call_tool(upstream, "read_file", path="welcome.txt"))
 
 
-def test_stdio_is_not_supported_yet() -> None:
+def test_stdio_without_a_command_is_refused() -> None:
     config = server_config("local", "", "stdio")
-    with pytest.raises(UpstreamError, match="stdio"):
+    with pytest.raises(UpstreamError, match="no command"):
         create_upstream(config, connect_timeout=1, read_timeout=1)

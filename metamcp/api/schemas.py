@@ -138,6 +138,11 @@ class ServerSchema(Schema):
     is_active = fields.Boolean()
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
+    process = fields.Dict(
+        allow_none=True,
+        metadata={"description": "stdio only: this worker's child (running, pid, restarts, last_error)",
+                  "example": {"running": True, "pid": 4242, "restarts": 0, "last_error": None}},
+    )
 
 
 class ServerListSchema(Schema):
@@ -155,6 +160,12 @@ class HealthSchema(Schema):
 
 class ToolListSchema(Schema):
     tools = fields.List(fields.Dict(), metadata={"description": "The upstream's tools, as it lists them"})
+
+
+class LogsSchema(Schema):
+    server = fields.String(metadata={"example": "files"})
+    process = fields.Dict(allow_none=True)
+    lines = fields.List(fields.String(), metadata={"example": ["Secure MCP Filesystem Server running on stdio"]})
 
 
 class ExecuteSchema(Schema):

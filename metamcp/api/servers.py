@@ -13,6 +13,7 @@ from metamcp.api.auth import SECURITY, authenticate_request
 from metamcp.api.schemas import (
     ErrorSchema,
     ExecuteSchema,
+    LogsSchema,
     ServerInputSchema,
     ServerListSchema,
     ServerPatchSchema,
@@ -53,7 +54,7 @@ class Servers(MethodView):
     @blp.response(200, ServerListSchema)
     def get(self) -> dict[str, Any]:
         """List registered servers"""
-        return {"servers": registry().list_all()}
+        return {"servers": [_with_process(s) for s in registry().list_all()]}
 
     @_document_errors
     @blp.arguments(ServerInputSchema, example=EXAMPLE)
@@ -74,7 +75,7 @@ class ServerById(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No such server")
     def get(self, server_id: UUID) -> dict[str, Any]:
         """Show one server"""
-        return registry().get(server_id)
+        return _with_process(registry().get(server_id))
 
     @_document_errors
     @blp.arguments(ServerInputSchema, example=EXAMPLE)
@@ -147,3 +148,29 @@ class ExecuteTool(MethodView):
         Returns the tool's result as MCP defines it; a tool that ran and failed has `isError`.
         """
         return _live(server_id, "tools/call", {"name": tool, "arguments": body["arguments"]})
+
+
+@blp.route("/<uuid:server_id>/logs")
+class ServerLogs(MethodView):
+    @_document_errors
+    @blp.response(200, LogsSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such server")
+    def get(self, server_id: UUID) -> dict[str, Any]:
+        """Recent stderr lines of a stdio server's child
+
+        Each gateway worker runs its own child; this shows the one of the worker that answers.
+        """
+        name = registry().get(server_id)["name"]
+        upstream = current_app.extensions["metamcp"].gateway.kept(name)
+        lines = getattr(upstream, "stderr_lines", None)
+        return {"server": name, "process": _process(name), "lines": lines() if callable(lines) else []}
+
+
+def _with_process(server: dict[str, Any]) -> dict[str, Any]:
+    if server["transport"] == "stdio":
+        server["process"] = _process(server["name"])
+    return server
+
+
+def _process(name: str) -> dict[str, Any] | None:
+    return current_app.extensions["metamcp"].gateway.process_state(name)

@@ -93,6 +93,8 @@ class Gateway:
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="metamcp-fanout")
         self._subscribers: list[Callable[[str], None]] = []
+        #: Stdio children this process may run at once.
+        self._children = threading.BoundedSemaphore(settings.stdio_max_children)
 
     # --- registry and upstream clients ---------------------------------------------------
 
@@ -128,16 +130,29 @@ class Gateway:
 
     def connect(self, config: ServerConfig, listen: bool = False) -> Upstream:
         """A new client for `config` (the caller closes it unless the gateway keeps it)."""
+        extra: dict[str, Any] = {}
+        if config.transport == "stdio":
+            extra = {"start_timeout": self._settings.stdio_start_timeout,
+                     "idle_timeout": self._settings.stdio_idle_timeout,
+                     "children": self._children}
         return create_upstream(
             config,
             connect_timeout=self._settings.upstream_connect_timeout,
             read_timeout=self._settings.upstream_timeout,
             on_notification=self._upstream_notification if listen else None,
+            **extra,
         )
+
+    def kept(self, name: str) -> Upstream | None:
+        """This process's client of `name`, if it has one (no connection is made)."""
+        entry = self._state.upstreams.get(name)
+        return entry[1] if entry is not None else None
 
     def on_registry_change(self, _message: dict[str, Any]) -> None:
         with self._lock:
             self._state.configs = None
+        # Reconcile now, not at the next request: a removed stdio server's child stops at once.
+        self._pool.submit(self.servers)
         self._announce(*KINDS)
 
     def on_list_change(self, message: dict[str, Any]) -> None:
@@ -159,7 +174,7 @@ class Gateway:
         for closer in closers:
             closer.start()
         for closer in closers:
-            closer.join(timeout=3)
+            closer.join(timeout=10)  # a stdio child gets its grace periods before SIGKILL
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # --- list_changed subscribers (the GET streams of downstream sessions) ---------------
@@ -356,15 +371,24 @@ class Gateway:
         report = []
         for name, config in sorted(self.servers().items()):
             health = self._health_of(name)
-            report.append({
+            entry: dict[str, Any] = {
                 "name": name,
                 "transport": config.transport,
                 "status": health.status,
                 "last_error": health.last_error,
                 "checked_at": health.checked_at,
-            })
+            }
+            process = self.process_state(name)
+            if process is not None:
+                entry["process"] = process
+            report.append(entry)
         return report
 
+
+    def process_state(self, name: str) -> dict[str, Any] | None:
+        """A stdio server's child in this process: running, pid, restarts, last error."""
+        state = getattr(self.kept(name), "state", None)
+        return state() if callable(state) else None
 
     def _ping(self, name: str) -> None:
         try:

@@ -6,6 +6,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,6 +26,8 @@ INSTRUCTIONS = (
     "'<server>__<name>'; resources keep their URIs."
 )
 CANCEL_TOPIC = "cancel"
+#: How often a standing stream looks whether its worker is shutting down.
+STOP_CHECK_SECONDS = 1.0
 LIST_METHODS = {
     "tools/list": "tools",
     "prompts/list": "prompts",
@@ -132,6 +135,8 @@ class Dispatcher:
         self._lock = threading.Lock()
         # Standing GET streams hold a worker thread each: keep half the threads for requests.
         self._listeners = threading.BoundedSemaphore(max(1, settings.threads // 2))
+        #: Set when the worker begins a graceful shutdown: standing streams end.
+        self.stopping = threading.Event()
         #: Readers of streamed calls: one per call in flight, so as many as request threads.
         self._pumps = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="metamcp-call")
         self._handlers: dict[str, Callable[[Session, Message], dict[str, Any] | Streamed]] = {
@@ -289,16 +294,22 @@ class Dispatcher:
 
         def events() -> Iterator[bytes]:
             yield sse.comment("stream open")
-            while True:
+            quiet_since = time.monotonic()
+            while not self.stopping.is_set():
                 try:
-                    method = methods.get(timeout=keepalive)
+                    # Short waits, so a shutting-down worker is not held up by idle streams.
+                    method = methods.get(timeout=min(keepalive, STOP_CHECK_SECONDS))
                 except queue.Empty:
+                    if time.monotonic() - quiet_since < keepalive:
+                        continue
                     if self._sessions.get(session.id) is None:
                         return  # the session was deleted
                     yield sse.comment()
+                    quiet_since = time.monotonic()
                     continue
                 body = json.dumps(jsonrpc.notification(method), separators=(",", ":"))
                 yield sse.encode_event(body, event="message")
+                quiet_since = time.monotonic()
 
         def cleanup() -> None:
             self._gateway.unsubscribe(methods.put)

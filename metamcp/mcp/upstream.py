@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import queue
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -29,6 +30,7 @@ from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.upstream_call import (
     TRANSPORT_ERRORS,
     Exchange,
+    Inbox,
     OversizedReply,
     PendingCall,
     UpstreamError,
@@ -65,11 +67,11 @@ class Upstream:
 
     def __init__(self, config: ServerConfig, *, connect_timeout: float, read_timeout: float,
                  on_notification: Notify | None = None) -> None:
-        if not config.url:
+        if not config.url and config.transport != "stdio":
             raise UpstreamError(f"upstream {config.name!r}: no URL configured")
         #: The server's name in the registry (used in every message and log line).
         self.name = config.name
-        self._url = config.url
+        self._url = config.url or ""
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._on_notification = on_notification
@@ -214,6 +216,22 @@ class Upstream:
         what = "cannot reach the server" if sending else "the connection broke"
         return UpstreamError(f"{where}: {what} while {action}")
 
+    def _inbox_replies(self, inbox: Inbox, timeout: float | None, action: str,
+                 channel: str = "the event stream") -> Iterator[dict[str, Any]]:
+        """A call's messages from its inbox until its response; the read timeout restarts
+        with each one."""
+        wait = self._timeout(timeout)[1]
+        while True:
+            try:
+                message = inbox.get(timeout=wait)
+            except queue.Empty:
+                raise UpstreamTimeout(f"upstream {self.name!r}: no data for {wait:g}s while {action}") from None
+            if message is None:
+                raise UpstreamError(f"upstream {self.name!r}: {channel} closed while {action}")
+            yield message
+            if is_response(message):
+                return
+
     def _deliver(self, message: dict[str, Any]) -> None:
         """A notification not tied to a call: to on_notification, if any."""
         if self._on_notification is None:
@@ -284,4 +302,8 @@ def create_upstream(config: ServerConfig, **kwargs: Any) -> Upstream:
         from metamcp.mcp.upstream_sse import LegacySseUpstream
 
         return LegacySseUpstream(config, **kwargs)
-    raise UpstreamError(f"upstream {config.name!r}: the {config.transport} transport is not supported yet")
+    if config.transport == "stdio":
+        from metamcp.mcp.upstream_stdio import StdioUpstream
+
+        return StdioUpstream(config, **kwargs)
+    raise UpstreamError(f"upstream {config.name!r}: the {config.transport} transport is not supported")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import inspect
 import itertools
+import queue
 import socket
 import threading
 import weakref
@@ -256,3 +257,68 @@ class Exchange:
         # At the end of the body urllib3 has already put the connection back in the pool (and
         # this is a no-op); before it, this closes the connection.
         response.close()
+
+
+#: A call's inbox: its messages, or None when the channel closed or the call was cancelled.
+Inbox = queue.SimpleQueue[dict[str, Any] | None]
+
+
+class Inboxes:
+    """Calls waiting for replies on one shared channel (an SSE stream, a child's stdout).
+
+    Replies are routed by id; progress notifications by a progressToken rewritten to be unique
+    on the channel, and mapped back on the way down.
+    """
+
+    def __init__(self) -> None:
+        self.alive = True
+        self._lock = threading.Lock()
+        self._inboxes: dict[int, Inbox] = {}
+        self._tokens: dict[str, tuple[int, Any]] = {}  # our progressToken -> (call, theirs)
+
+    def register(self, request_id: int, params: dict[str, Any] | None
+                 ) -> tuple[Inbox, dict[str, Any] | None]:
+        """An inbox for the call; its params with a progressToken only this call uses."""
+        inbox: Inbox = queue.SimpleQueue()
+        meta = (params or {}).get("_meta")
+        with self._lock:
+            self._inboxes[request_id] = inbox
+            if isinstance(meta, dict) and "progressToken" in meta:
+                # Every reply shares one stream: a token of our own, mapped back on the way down.
+                token = f"metamcp-{request_id}"
+                self._tokens[token] = (request_id, meta["progressToken"])
+                params = {**(params or {}), "_meta": {**meta, "progressToken": token}}
+        if not self.alive:
+            inbox.put(None)
+        return inbox, params
+
+    def forget(self, request_id: int) -> None:
+        with self._lock:
+            self._inboxes.pop(request_id, None)
+            self._tokens.pop(f"metamcp-{request_id}", None)
+
+    def route(self, message: dict[str, Any]) -> bool:
+        """Hand a reply or progress notification to its call; False if it belongs to none."""
+        with self._lock:
+            if is_response(message):
+                inbox = self._inboxes.get(message.get("id"))  # type: ignore[arg-type]
+            elif message["method"] == "notifications/progress":
+                params = message.get("params") or {}
+                owner = self._tokens.get(str(params.get("progressToken")))
+                if owner is None:
+                    return False
+                inbox = self._inboxes.get(owner[0])
+                message = {**message, "params": {**params, "progressToken": owner[1]}}
+            else:
+                return False
+        if inbox is None:
+            return is_response(message)  # a reply nobody waits for any more: dropped
+        inbox.put(message)
+        return True
+
+    def fail_all(self) -> None:
+        self.alive = False
+        with self._lock:
+            inboxes = list(self._inboxes.values())
+        for inbox in inboxes:
+            inbox.put(None)

@@ -9,10 +9,8 @@ stream dies, every waiting call fails and the next call connects (and initialize
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -28,76 +26,28 @@ from metamcp.mcp.upstream import (
     UpstreamTimeout,
     is_response,
 )
+from metamcp.mcp.upstream_call import Inbox, Inboxes
 from metamcp.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
 
 EVENT_STREAM = "text/event-stream"
-#: A call's inbox: its messages, or None when the stream closed or the call was cancelled.
-Inbox = queue.SimpleQueue[dict[str, Any] | None]
 
 
-class _Connection:
+class _Connection(Inboxes):
     """One GET stream: where to POST, and the calls waiting for replies on it."""
 
     def __init__(self, exchange: Exchange) -> None:
+        super().__init__()
         self.exchange = exchange
         self.endpoint: str | None = None
         self.failure: str | None = None
         self.ready = threading.Event()  # the endpoint is known, or the stream is gone
-        self.alive = True
         self.initialized = False
-        self._lock = threading.Lock()
-        self._inboxes: dict[int, Inbox] = {}
-        self._tokens: dict[str, tuple[int, Any]] = {}  # our progressToken -> (call, theirs)
-
-    def register(self, request_id: int, params: dict[str, Any] | None
-                 ) -> tuple[Inbox, dict[str, Any] | None]:
-        """An inbox for the call; its params with a progressToken only this call uses."""
-        inbox: Inbox = queue.SimpleQueue()
-        meta = (params or {}).get("_meta")
-        with self._lock:
-            self._inboxes[request_id] = inbox
-            if isinstance(meta, dict) and "progressToken" in meta:
-                # Every reply shares one stream: a token of our own, mapped back on the way down.
-                token = f"metamcp-{request_id}"
-                self._tokens[token] = (request_id, meta["progressToken"])
-                params = {**(params or {}), "_meta": {**meta, "progressToken": token}}
-        if not self.alive:
-            inbox.put(None)
-        return inbox, params
-
-    def forget(self, request_id: int) -> None:
-        with self._lock:
-            self._inboxes.pop(request_id, None)
-            self._tokens.pop(f"metamcp-{request_id}", None)
-
-    def route(self, message: dict[str, Any]) -> bool:
-        """Hand a reply or progress notification to its call; False if it belongs to none."""
-        with self._lock:
-            if is_response(message):
-                inbox = self._inboxes.get(message.get("id"))  # type: ignore[arg-type]
-            elif message["method"] == "notifications/progress":
-                params = message.get("params") or {}
-                owner = self._tokens.get(str(params.get("progressToken")))
-                if owner is None:
-                    return False
-                inbox = self._inboxes.get(owner[0])
-                message = {**message, "params": {**params, "progressToken": owner[1]}}
-            else:
-                return False
-        if inbox is None:
-            return is_response(message)  # a reply nobody waits for any more: dropped
-        inbox.put(message)
-        return True
 
     def fail_all(self) -> None:
-        self.alive = False
         self.ready.set()
-        with self._lock:
-            inboxes = list(self._inboxes.values())
-        for inbox in inboxes:
-            inbox.put(None)
+        super().fail_all()
 
 
 class LegacySseUpstream(Upstream):
@@ -118,7 +68,7 @@ class LegacySseUpstream(Upstream):
                 cancel["reason"] = reason
             self._post_quietly(conn, jsonrpc.notification("notifications/cancelled", cancel))
 
-        return PendingCall(request_id, self._replies(inbox, timeout, action),
+        return PendingCall(request_id, self._inbox_replies(inbox, timeout, action),
                            interrupt=lambda: inbox.put(None),
                            release=lambda _polite: conn.forget(request_id),
                            send_cancelled=send_cancelled)
@@ -200,7 +150,7 @@ class LegacySseUpstream(Upstream):
                                 action, timeout)
             if status >= 400:
                 raise UpstreamError(f"upstream {self.name!r}: HTTP {status} while {action}")
-            reply = next(m for m in self._replies(inbox, timeout, action) if is_response(m))
+            reply = next(m for m in self._inbox_replies(inbox, timeout, action) if is_response(m))
         finally:
             conn.forget(request_id)
         result = self._accepted(reply)
@@ -303,21 +253,6 @@ class LegacySseUpstream(Upstream):
             logger.info("upstream %s: session expired; reconnecting", self.name)
             self._drop(conn)
         raise AssertionError("unreachable")
-
-    def _replies(self, inbox: Inbox, timeout: float | None,
-                 action: str) -> Iterator[dict[str, Any]]:
-        """A call's messages until its response; the read timeout restarts with each one."""
-        wait = self._timeout(timeout)[1]
-        while True:
-            try:
-                message = inbox.get(timeout=wait)
-            except queue.Empty:
-                raise UpstreamTimeout(f"upstream {self.name!r}: no data for {wait:g}s while {action}") from None
-            if message is None:
-                raise UpstreamError(f"upstream {self.name!r}: the event stream closed while {action}")
-            yield message
-            if is_response(message):
-                return
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:

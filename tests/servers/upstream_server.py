@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -180,9 +181,14 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPSe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0, help="not used with --transport stdio")
     parser.add_argument("--name", default="test")
-    parser.add_argument("--transport", choices=("streamable-http", "sse"), default="streamable-http")
+    parser.add_argument("--transport", choices=("streamable-http", "sse", "stdio"),
+                        default="streamable-http")
+    parser.add_argument("--stdio-noise", action="store_true",
+                        help="stdio: print lines that are not JSON-RPC on stdout first")
+    parser.add_argument("--stderr-flood", type=int, default=0, metavar="LINES",
+                        help="stdio: write this many lines to stderr first")
     parser.add_argument("--json-response", action="store_true")
     parser.add_argument("--page-size", type=int, default=0)
     parser.add_argument("--tools", type=int, default=0)
@@ -191,7 +197,14 @@ def main() -> None:
                         help="keep events so closed streams can be resumed (2025-11-25 polling)")
     args = parser.parse_args()
     server = build(args.name, args.tools, args.page_size, args.log_file)
-    if args.transport == "sse":
+    if args.transport == "stdio":
+        if args.stdio_noise:
+            print("this line is not JSON-RPC", flush=True)
+            print('{"neither": "is this"}', flush=True)
+        for index in range(args.stderr_flood):
+            print(f"stderr flood line {index} " + "x" * 200, file=sys.stderr)
+        server.run("stdio")
+    elif args.transport == "sse":
         server.run("sse", host="127.0.0.1", port=args.port)
     elif args.resumable:
         server.run("streamable-http", host="127.0.0.1", port=args.port, json_response=args.json_response,

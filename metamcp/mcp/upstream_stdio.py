@@ -1,0 +1,327 @@
+"""Stdio upstreams: a supervised child process speaking newline-delimited JSON-RPC.
+
+One child per (server, worker process), shared by every session of the worker; concurrent
+calls are multiplexed by id. The child runs in its own process group with a small inherited
+environment; it is started on first use, restarted on the next request after it dies (with
+exponential backoff after repeated crashes), stopped when idle, and always reaped.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from typing import IO, Any
+
+from metamcp.config import child_environment
+from metamcp.mcp import jsonrpc
+from metamcp.mcp.upstream import PendingCall, Upstream, UpstreamError, UpstreamTimeout, is_response
+from metamcp.mcp.upstream_call import Inboxes
+from metamcp.servers import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+#: Lines of stderr kept per server, and the longest line kept.
+STDERR_LINES = 500
+STDERR_LINE_CHARS = 2000
+#: Longest stdout line read; a longer one is skipped.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+#: Seconds between the polite steps of stopping a child: stdin closed, SIGTERM, SIGKILL.
+GRACE_SECONDS = 2.0
+#: A child that dies sooner than this after starting counts as crashing repeatedly.
+STABLE_AFTER = 10.0
+MAX_BACKOFF = 30.0
+
+
+class _Child(Inboxes):
+    """One running child process and the calls waiting on its stdout."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        super().__init__()
+        self.process = process
+        self.started = time.monotonic()
+        self.last_used = self.started
+        self.write_lock = threading.Lock()
+        #: Whether its place among the worker's children was given back.
+        self.released = False
+        self.release_lock = threading.Lock()
+
+    def write(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        stdin = self.process.stdin
+        assert stdin is not None
+        with self.write_lock:
+            stdin.write(data)
+            stdin.flush()
+
+
+class StdioUpstream(Upstream):
+    def __init__(self, config: ServerConfig, *, start_timeout: float = 30.0,
+                 idle_timeout: float = 600.0, children: threading.BoundedSemaphore | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        if not config.command:
+            raise UpstreamError(f"upstream {config.name!r}: no command configured")
+        self._config = config
+        self._start_timeout = start_timeout
+        self._idle_timeout = idle_timeout
+        self._children = children
+        self._child: _Child | None = None
+        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self.restarts = 0
+        self.last_error: str | None = None
+        self._crashes = 0
+        self._restart_at = 0.0
+        self._watchdog: threading.Thread | None = None
+
+    # --- the Upstream interface ----------------------------------------------------------
+
+    def call(self, method: str, params: dict[str, Any] | None = None, *,
+             timeout: float | None = None) -> PendingCall:
+        child = self._running()
+        request_id = self._next_id()
+        inbox, params = child.register(request_id, params)
+        self._write(child, jsonrpc.request(request_id, method, params), request_id)
+
+        def send_cancelled(reason: str | None) -> None:
+            cancel: dict[str, Any] = {"requestId": request_id}
+            if reason:
+                cancel["reason"] = reason
+            try:
+                child.write(jsonrpc.notification("notifications/cancelled", cancel))
+            except OSError:
+                pass  # best effort: the child is gone
+
+        return PendingCall(request_id, self._inbox_replies(inbox, timeout, f"calling {method}",
+                                                           "the child's output"),
+                           interrupt=lambda: inbox.put(None),
+                           release=lambda _polite: child.forget(request_id),
+                           send_cancelled=send_cancelled)
+
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        child = self._running()
+        self._write(child, jsonrpc.notification(method, params), None)
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._init_lock:
+            child, self._child = self._child, None
+        if child is not None:
+            self._stop(child)
+        super().close()
+
+    # --- state for /health, the REST API and the logs endpoint --------------------------
+
+    def state(self) -> dict[str, Any]:
+        child = self._child
+        running = child is not None and child.process.poll() is None
+        return {"running": running, "pid": child.process.pid if running and child else None,
+                "restarts": self.restarts, "last_error": self.last_error}
+
+    def stderr_lines(self) -> list[str]:
+        return list(self._stderr)
+
+    # --- supervision -----------------------------------------------------------------------
+
+    def _running(self) -> _Child:
+        """The live, initialized child; started (or restarted) here when there is none."""
+        self._check_open()
+        child = self._child
+        if child is not None and child.alive and child.process.poll() is None:
+            child.last_used = time.monotonic()
+            return child
+        with self._init_lock:
+            child = self._child
+            if child is not None and child.alive and child.process.poll() is None:
+                return child
+            if child is not None:
+                self._stop(child)  # reap the dead one and free its place
+            wait = self._restart_at - time.monotonic()
+            if wait > 0:
+                raise UpstreamError(f"upstream {self.name!r}: crashed {self._crashes} times in a "
+                                    f"row; next start in {wait:.1f}s ({self.last_error})")
+            child = self._start()
+            self._child = child
+            return child
+
+    def _start(self) -> _Child:
+        if self._children is not None and not self._children.acquire(blocking=False):
+            raise UpstreamError(f"upstream {self.name!r}: this worker runs as many stdio "
+                                "children as METAMCP_STDIO_MAX_CHILDREN allows")
+        config = self._config
+        try:
+            process = subprocess.Popen(
+                [config.command or "", *config.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, cwd=config.cwd or None, env=child_environment(config.env),
+                start_new_session=True)  # its own process group: signals reach all it spawns
+        except OSError as e:
+            if self._children is not None:
+                self._children.release()
+            self._record_crash(f"cannot start: {e.strerror or type(e).__name__}")
+            raise UpstreamError(f"upstream {self.name!r}: cannot start the command "
+                                f"({e.strerror or type(e).__name__})") from e
+        child = _Child(process)
+        threading.Thread(target=self._read_stdout, args=(child,), daemon=True,
+                         name=f"metamcp-stdio-{self.name}").start()
+        threading.Thread(target=self._read_stderr, args=(process.stderr,), daemon=True,
+                         name=f"metamcp-stderr-{self.name}").start()
+        try:
+            self._handshake(child)
+        except UpstreamError:
+            self._stop(child)
+            raise
+        logger.info("upstream %s: started pid %s", self.name, process.pid)
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch_idle, daemon=True,
+                                              name=f"metamcp-idle-{self.name}")
+            self._watchdog.start()
+        return child
+
+    def _handshake(self, child: _Child) -> None:
+        request_id = self._next_id()
+        inbox, _ = child.register(request_id, None)
+        try:
+            self._write(child, jsonrpc.request(request_id, "initialize", self._initialize_params()),
+                        request_id)
+            replies = self._inbox_replies(inbox, self._start_timeout, "initializing", "the child's output")
+            reply = next(m for m in replies if is_response(m))
+        except UpstreamTimeout:
+            self._record_crash(f"no answer to initialize within {self._start_timeout:g}s")
+            raise UpstreamTimeout(f"upstream {self.name!r}: the child did not answer initialize "
+                                  f"within {self._start_timeout:g}s") from None
+        except UpstreamError as e:
+            self._record_crash(f"exited during initialize: {e.message}")
+            raise
+        finally:
+            child.forget(request_id)
+        self._info = self._accepted(reply)
+        self._write(child, jsonrpc.notification("notifications/initialized"), None)
+
+    def _write(self, child: _Child, message: dict[str, Any], request_id: int | None) -> None:
+        try:
+            child.write(message)
+        except OSError as e:
+            if request_id is not None:
+                child.forget(request_id)
+            raise UpstreamError(f"upstream {self.name!r}: the child's input is closed "
+                                f"(it exited)") from e
+
+    def _read_stdout(self, child: _Child) -> None:
+        stdout = child.process.stdout
+        assert stdout is not None
+        try:
+            while True:
+                line = stdout.readline(MAX_LINE_BYTES)
+                if not line:
+                    break
+                if not line.endswith(b"\n") and len(line) >= MAX_LINE_BYTES:
+                    logger.warning("upstream %s: skipped an over-long stdout line", self.name)
+                    while line and not line.endswith(b"\n"):
+                        line = stdout.readline(MAX_LINE_BYTES)
+                    continue
+                self._dispatch(child, line)
+        except (OSError, ValueError):
+            pass  # the pipe closed under us: the child is being stopped
+        finally:
+            child.fail_all()  # every call in flight on this child fails, and only those
+            code = child.process.poll()
+            if code is None:
+                try:
+                    code = child.process.wait(timeout=GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    code = None
+            if not self._closed.is_set() and child is self._child:
+                self._record_crash(f"exited with status {code}" if code is not None
+                                   else "closed its output")
+
+    def _dispatch(self, child: _Child, line: bytes) -> None:
+        text = line.strip()
+        if not text:
+            return
+        try:
+            message = jsonrpc.validate(json.loads(text))
+        except (ValueError, jsonrpc.RpcError):
+            logger.info("upstream %s: skipped a stdout line that is not JSON-RPC", self.name)
+            return
+        raw = message.raw
+        if message.is_request:
+            try:
+                child.write(self._answer(raw))
+            except OSError:
+                pass
+            return
+        if not child.route(raw) and message.is_notification:
+            self._deliver(raw)
+
+    def _read_stderr(self, stream: IO[bytes] | None) -> None:
+        if stream is None:
+            return
+        try:
+            for line in stream:
+                self._stderr.append(line.decode("utf-8", errors="replace").rstrip()[:STDERR_LINE_CHARS])
+        except (OSError, ValueError):
+            pass
+
+    def _record_crash(self, error: str) -> None:
+        child = self._child
+        lived = time.monotonic() - child.started if child is not None else 0.0
+        self._crashes = self._crashes + 1 if lived < STABLE_AFTER else 1
+        self.restarts += 1
+        self.last_error = error
+        # The first restarts are immediate; from the third quick crash on, wait 0.5 s, 1 s, 2 s...
+        backoff = 0.0 if self._crashes <= 2 else min(0.5 * 2 ** (self._crashes - 3), MAX_BACKOFF)
+        self._restart_at = time.monotonic() + backoff
+        logger.warning("upstream %s: %s", self.name, error)
+
+    def _watch_idle(self) -> None:
+        while not self._closed.wait(min(self._idle_timeout / 4, 30.0)):
+            child = self._child
+            if child is None or time.monotonic() - child.last_used < self._idle_timeout:
+                continue
+            with self._init_lock:
+                if self._child is child:
+                    self._child = None
+            logger.info("upstream %s: stopping the idle child", self.name)
+            self._stop(child)
+
+    def _stop(self, child: _Child) -> None:
+        """Close stdin, then SIGTERM the group, then SIGKILL it; always wait for the exit."""
+        child.fail_all()
+        process = child.process
+        for step in ("stdin", "term", "kill"):
+            if process.poll() is not None:
+                break
+            try:
+                if step == "stdin" and process.stdin is not None:
+                    process.stdin.close()
+                elif step == "term":
+                    os.killpg(process.pid, signal.SIGTERM)
+                elif step == "kill":
+                    os.killpg(process.pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+            try:
+                process.wait(timeout=GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever it left behind in its group
+        except (OSError, ProcessLookupError):
+            pass
+        if process.poll() is None:
+            process.wait()
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
+        with child.release_lock:
+            release, child.released = not child.released, True
+        if release and self._children is not None:
+            self._children.release()
