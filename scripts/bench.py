@@ -21,11 +21,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import requests
+
+from metamcp.mcp.upstream_stdio import StdioUpstream
+from metamcp.servers import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCEPT = "application/json, text/event-stream"
@@ -78,13 +82,13 @@ class McpSession:
         return response.json()
 
 
-def measure(sessions: list[McpSession], total: int, call: Callable[[McpSession], Any]) -> tuple[list[float], float]:
+def measure(sessions: Sequence[Any], total: int, call: Callable[[Any], Any]) -> tuple[list[float], float]:
     """Run `total` calls spread over one thread per session; (latencies in ms, calls/s)."""
     latencies: list[float] = []
     lock = threading.Lock()
     per_thread = max(1, total // len(sessions))
 
-    def worker(session: McpSession) -> None:
+    def worker(session: Any) -> None:
         mine = []
         for _ in range(per_thread):
             start = time.perf_counter()
@@ -169,11 +173,42 @@ def main() -> int:
         count = len(first["result"]["tools"])
         list_latencies, _ = measure([lister], 300, lambda s: s.rpc("tools/list", {}))
 
+        # Stdio: the example server as a child, direct (our client in this process, over its
+        # pipes) and through the gateway (each gateway worker runs its own child).
+        stdio_args = [str(ROOT / "scripts" / "example_server.py"), "--transport", "stdio"]
+        requests.post(f"{base}/api/v1/mcp/servers", headers=auth, timeout=30, json={
+            "name": "kid", "transport": "stdio", "command": sys.executable,
+            "args": stdio_args}).raise_for_status()
+        direct_stdio = StdioUpstream(
+            ServerConfig(uuid.uuid4(), "kid", "stdio", None, sys.executable, stdio_args, {}, None, {},
+                         None, True), connect_timeout=5, read_timeout=30)
+        stdio_rows = []
+        try:
+            for label, targets, call_stdio in (
+                ("direct", [direct_stdio] * 32,
+                 lambda u: u.request("tools/call", {"name": "echo", "arguments": {"message": "b"}})),
+                ("gateway", [McpSession(base + "/mcp", auth) for _ in range(32)],
+                 lambda s: s.rpc("tools/call", {"name": "kid__echo", "arguments": {"message": "b"}})),
+            ):
+                measure(targets[:8], 200, call_stdio)  # warm-up: every worker starts its child
+                latencies, rate1 = measure(targets[:1], args.calls, call_stdio)
+                _, rate8 = measure(targets[:8], args.calls, call_stdio)
+                _, rate32 = measure(targets, args.calls, call_stdio)
+                stdio_rows.append((label, pct(latencies, 50), pct(latencies, 99), rate1, rate8, rate32))
+        finally:
+            direct_stdio.close()
+
         print(f"tools/call echo, {args.calls} calls per cell, gateway with {args.workers} workers")
         print(f"{'path':<10}{'p50 ms':>9}{'p99 ms':>9}{'calls/s c=1':>13}{'c=8':>9}{'c=32':>9}")
         for label, p50, p99, r1, r8, r32 in rows:
             print(f"{label:<10}{p50:>9.2f}{p99:>9.2f}{r1:>13.0f}{r8:>9.0f}{r32:>9.0f}")
         print(f"{'added':<10}{rows[1][1] - rows[0][1]:>9.2f}{rows[1][2] - rows[0][2]:>9.2f}")
+        print()
+        print("stdio tools/call echo (scripts/example_server.py as a child)")
+        for label, p50, p99, r1, r8, r32 in stdio_rows:
+            print(f"{label:<10}{p50:>9.2f}{p99:>9.2f}{r1:>13.0f}{r8:>9.0f}{r32:>9.0f}")
+        print(f"{'added':<10}{stdio_rows[1][1] - stdio_rows[0][1]:>9.2f}"
+              f"{stdio_rows[1][2] - stdio_rows[0][2]:>9.2f}")
         print()
         print(f"warm aggregated tools/list: {count} tools from {args.upstreams} upstreams, "
               f"p50 {pct(list_latencies, 50):.2f} ms, p99 {pct(list_latencies, 99):.2f} ms")
