@@ -80,6 +80,13 @@ def post_worker_init(worker: Any) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+def worker_int(worker: Any) -> None:
+    """Ctrl-C (SIGINT) or SIGQUIT: the worker exits now; end its standing streams first."""
+    services = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("metamcp")
+    if services is not None:
+        services.dispatcher.stopping.set()
+
+
 def worker_exit(server: Any, worker: Any) -> None:
     """Close this worker's upstream sessions and connections."""
     app = getattr(worker, "wsgi", None)

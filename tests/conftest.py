@@ -134,6 +134,7 @@ class Gunicorn:
 
     def __init__(self, env: dict[str, str], port: int) -> None:
         self.port = port
+        self.env = env
         self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
