@@ -10,10 +10,8 @@ from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
 
 def test_plain_names_are_server_double_underscore_tool() -> None:
     assert naming.expose("files", "read_file") == "files__read_file"
-    assert naming.original_name("files__read_file") == "read_file"
     # Split at the first "__" only: a gateway behind a gateway keeps working.
     assert naming.expose("outer", "inner__tool") == "outer__inner__tool"
-    assert naming.original_name("outer__inner__tool") == "inner__tool"
     assert naming.server_candidates("outer__inner__tool", ["inner", "outer"]) == ["outer"]
 
 

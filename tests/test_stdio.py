@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def config(*args: str, env: dict[str, str] | None = None, command: str = sys.exe
 def make() -> Iterator[Callable[..., StdioUpstream]]:
     made: list[StdioUpstream] = []
 
-    def build(cfg: ServerConfig, **options: float) -> StdioUpstream:
+    def build(cfg: ServerConfig, **options: Any) -> StdioUpstream:
         upstream = StdioUpstream(cfg, connect_timeout=2, read_timeout=options.pop("read_timeout", 10),
                                  start_timeout=options.pop("start_timeout", 20), **options)
         made.append(upstream)
@@ -226,3 +227,26 @@ def test_close_stops_and_reaps_the_child(make: Callable[..., StdioUpstream]) -> 
     pid = upstream.state()["pid"]
     upstream.close()
     assert not alive(pid) and marked_processes() == []
+
+
+def test_idle_child_is_stopped_and_started_again(make: Callable[..., StdioUpstream]) -> None:
+    upstream = make(config(), idle_timeout=1)
+    echo(upstream, "x")
+    pid = upstream.state()["pid"]
+    deadline = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid) and not upstream.state()["running"]
+    assert echo(upstream, "back") == f"{MARKER}: back"
+    assert upstream.state()["restarts"] == 0  # stopping an idle child is no crash
+
+
+def test_children_per_worker_are_capped(make: Callable[..., StdioUpstream]) -> None:
+    places = threading.BoundedSemaphore(1)
+    first = make(config(), children=places)
+    second = make(config(), children=places)
+    echo(first, "x")
+    with pytest.raises(UpstreamError, match="METAMCP_STDIO_MAX_CHILDREN"):
+        echo(second, "y")
+    first.close()
+    assert echo(second, "now") == f"{MARKER}: now"

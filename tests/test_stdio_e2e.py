@@ -66,7 +66,7 @@ def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         server.wait_ready()
         auth = {"X-API-Key": new.plain}
         kid = {"name": "kid", "transport": "stdio", "command": sys.executable,
-               "args": [str(SERVER), "--transport", "stdio", "--name", MARKER],
+               "args": [str(SERVER), "--transport", "stdio", "--name", MARKER, "--stderr-flood", "3"],
                "env": {"KID_TOKEN": "configured"}}
         assert requests.post(f"{server.url}/api/v1/mcp/servers", json=kid, headers=auth, timeout=30).ok
         if NPX:
@@ -110,9 +110,16 @@ def test_health_rest_and_logs_show_the_child(gateway: tuple[Gunicorn, str]) -> N
     listed = next(s for s in servers if s["name"] == "kid")
     assert set(listed["process"] or {}) in ({"running", "pid", "restarts", "last_error"}, set())
     assert listed["env"] == {"KID_TOKEN": "****"}
+    logs: dict[str, Any] = {}
+    for _ in range(10):  # the answering worker must be one that started the child
+        requests.get(server.url + "/health", timeout=60)
+        logs = requests.get(f"{server.url}/api/v1/mcp/servers/{listed['id']}/logs", headers=auth,
+                            timeout=30).json()
+        if logs["lines"]:
+            break
+    assert logs["server"] == "kid" and "stderr flood line 2" in "\n".join(logs["lines"])
     if NPX:
         everything_id = next(s["id"] for s in servers if s["name"] == "everything")
-        logs = {}
         for _ in range(10):  # the answering worker must be one that started the child
             requests.get(server.url + "/health", timeout=60)
             logs = requests.get(f"{server.url}/api/v1/mcp/servers/{everything_id}/logs", headers=auth,

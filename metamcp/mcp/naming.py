@@ -48,11 +48,6 @@ def server_candidates(exposed: str, servers: list[str]) -> list[str]:
     return []
 
 
-def original_name(exposed: str) -> str:
-    """What follows the first `__` (for an unshortened name, the upstream's own name)."""
-    return exposed.partition(SEPARATOR)[2]
-
-
 def encode_cursor(offset: int) -> str:
     raw = json.dumps({"o": offset}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
