@@ -112,6 +112,20 @@ def api_key(make_key: Callable[..., tuple[int, str]]) -> str:
     return make_key()[1]
 
 
+class TransactionCounter:
+    """Counts the transactions a Database opens (wraps the real method; queries still run)."""
+
+    def __init__(self, database: Database) -> None:
+        self.count = 0
+        real = database.transaction
+
+        def counting():  # type: ignore[no-untyped-def]
+            self.count += 1
+            return real()
+
+        database.transaction = counting  # type: ignore[method-assign]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ from metamcp import create_app, crypto, repository
 from metamcp.config import Settings
 from metamcp.db import Database
 
-from .conftest import TEST_JWT_SECRET
+from .conftest import TEST_JWT_SECRET, TransactionCounter
 
 
 def token_for(client: FlaskClient, key: str) -> str:
@@ -98,18 +98,10 @@ def test_warm_authentication_makes_no_database_query(app: Flask, client: FlaskCl
     database = app.extensions["metamcp"].db
     auth.authenticate(token)
     auth.authenticate(api_key)
-    calls = 0
-    real = database.transaction
-
-    def counting():  # type: ignore[no-untyped-def]
-        nonlocal calls
-        calls += 1
-        return real()
-
-    database.transaction = counting  # type: ignore[method-assign]
+    transactions = TransactionCounter(database)
     for _ in range(100):
         assert auth.authenticate(token).key_id == auth.authenticate(api_key).key_id
-    assert calls == 0
+    assert transactions.count == 0
 
 
 def test_inactivation_locks_out_jwts_within_a_second(settings: Settings, db: Database,

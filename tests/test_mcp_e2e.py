@@ -380,6 +380,18 @@ def test_rest_lists_and_executes_tools_live(deployment: Deployment) -> None:
     assert bad.status_code == 422
 
 
+def notifications_until(lines: Iterator[str], method: str, seconds: float = 10) -> list[str]:
+    """Methods of the notifications read from an SSE stream until `method` (or the deadline)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    for line in lines:  # keep-alives every 0.5 s keep this loop moving to its deadline
+        if line.startswith("data:"):
+            seen.append(json.loads(line[5:])["method"])
+        if method in seen or time.monotonic() > deadline:
+            break
+    return seen
+
+
 def test_registry_changes_reach_every_worker_at_once(deployment: Deployment) -> None:
     servers = {s["name"]: s["id"] for s in deployment.rest("GET", "/api/v1/mcp/servers").json()["servers"]}
     headers = deployment.open_session()
@@ -406,14 +418,8 @@ def test_registry_changes_reach_every_worker_at_once(deployment: Deployment) -> 
         patched = deployment.rest("PATCH", f"/api/v1/mcp/servers/{servers['beta']}", json={"is_active": False})
         assert patched.status_code == 200
         assert not any(n.startswith("beta__") for n in tool_names())
-        seen = []
-        deadline = time.monotonic() + 10
-        for line in lines:  # keep-alives every 0.5 s keep this loop moving to its deadline
-            if line.startswith("data:"):
-                seen.append(json.loads(line[5:])["method"])
-            if "notifications/tools/list_changed" in seen or time.monotonic() > deadline:
-                break
-        assert "notifications/tools/list_changed" in seen
+        assert "notifications/tools/list_changed" in notifications_until(
+            lines, "notifications/tools/list_changed")
     finally:
         stream.close()
         deployment.rest("PATCH", f"/api/v1/mcp/servers/{servers['beta']}", json={"is_active": True})
@@ -430,14 +436,8 @@ def test_upstream_list_changed_refreshes_and_reaches_clients(deployment: Deploym
         call = {"jsonrpc": "2.0", "id": 4, "method": "tools/call",
                 "params": {"name": "alpha__notify_changed", "arguments": {}}}
         assert "sent" in requests.post(url, headers=headers, json=call, timeout=30).text
-        seen = []
-        deadline = time.monotonic() + 10
-        for line in lines:  # keep-alives every 0.5 s keep this loop moving to its deadline
-            if line.startswith("data:"):
-                seen.append(json.loads(line[5:])["method"])
-            if "notifications/tools/list_changed" in seen or time.monotonic() > deadline:
-                break
-        assert "notifications/tools/list_changed" in seen
+        assert "notifications/tools/list_changed" in notifications_until(
+            lines, "notifications/tools/list_changed")
     finally:
         stream.close()
 

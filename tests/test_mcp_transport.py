@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from .conftest import TransactionCounter
 from .upstreams import UpstreamProcess
 
 ACCEPT = "application/json, text/event-stream"
@@ -178,20 +179,11 @@ def test_warm_tool_calls_make_no_database_query(app: Flask, mcp: Mcp) -> None:
         mcp.initialize()
         call = {"name": "warm__echo", "arguments": {"message": "hi"}}
         assert "warm: hi" in mcp.call("tools/call", call).get_data(as_text=True)
-        database = app.extensions["metamcp"].db
-        real = database.transaction
-        queries = 0
-
-        def counting():  # type: ignore[no-untyped-def]
-            nonlocal queries
-            queries += 1
-            return real()
-
-        database.transaction = counting  # type: ignore[method-assign]
+        transactions = TransactionCounter(app.extensions["metamcp"].db)
         for index in range(50):
             reply = mcp.call("tools/call", {**call, "arguments": {"message": f"n{index}"}})
             assert f"warm: n{index}" in reply.get_data(as_text=True)
         assert mcp.call("tools/list").json["result"]["tools"]
-        assert queries == 0
+        assert transactions.count == 0
     finally:
         upstream.stop()

@@ -100,6 +100,18 @@ def test_stdio_tools_through_mcp(gateway: tuple[Gunicorn, str]) -> None:
         assert "everything__echo" in tools and "hi there" in (everything or "")
 
 
+def fetch_logs(server: Gunicorn, server_id: str, auth: dict[str, str]) -> dict[str, Any]:
+    """The logs endpoint's answer, from a worker that runs the child (bounded retries)."""
+    logs: dict[str, Any] = {}
+    for _ in range(10):
+        requests.get(server.url + "/health", timeout=60)  # starts this worker's children
+        logs = requests.get(f"{server.url}/api/v1/mcp/servers/{server_id}/logs", headers=auth,
+                            timeout=30).json()
+        if logs["lines"]:
+            break
+    return logs
+
+
 def test_health_rest_and_logs_show_the_child(gateway: tuple[Gunicorn, str]) -> None:
     server, key = gateway
     auth = {"X-API-Key": key}
@@ -110,22 +122,11 @@ def test_health_rest_and_logs_show_the_child(gateway: tuple[Gunicorn, str]) -> N
     listed = next(s for s in servers if s["name"] == "kid")
     assert set(listed["process"] or {}) in ({"running", "pid", "restarts", "last_error"}, set())
     assert listed["env"] == {"KID_TOKEN": "****"}
-    logs: dict[str, Any] = {}
-    for _ in range(10):  # the answering worker must be one that started the child
-        requests.get(server.url + "/health", timeout=60)
-        logs = requests.get(f"{server.url}/api/v1/mcp/servers/{listed['id']}/logs", headers=auth,
-                            timeout=30).json()
-        if logs["lines"]:
-            break
+    logs = fetch_logs(server, listed["id"], auth)
     assert logs["server"] == "kid" and "stderr flood line 2" in "\n".join(logs["lines"])
     if NPX:
         everything_id = next(s["id"] for s in servers if s["name"] == "everything")
-        for _ in range(10):  # the answering worker must be one that started the child
-            requests.get(server.url + "/health", timeout=60)
-            logs = requests.get(f"{server.url}/api/v1/mcp/servers/{everything_id}/logs", headers=auth,
-                                timeout=30).json()
-            if logs["lines"]:
-                break
+        logs = fetch_logs(server, everything_id, auth)
         assert any("STDIO" in line or "server" in line.lower() for line in logs["lines"])
 
 
