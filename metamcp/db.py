@@ -168,3 +168,24 @@ class Database:
 
     def close(self) -> None:
         self._pool.closeall()
+
+
+@contextmanager
+def open_database() -> Iterator[tuple[Database, Settings]]:
+    """For the admin scripts: the database `make run` uses, started for the command if needed.
+
+    Generates the secrets on first use, as the gateway would; stops an embedded server only if
+    this command started it.
+    """
+    from metamcp.config import ensure_secrets, load_settings
+
+    ensure_secrets()
+    settings = load_settings()
+    url, embedded = prepare_database(settings)
+    db = Database(url, 2)
+    try:
+        yield db, settings
+    finally:
+        db.close()
+        if embedded is not None:
+            embedded.stop()

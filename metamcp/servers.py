@@ -7,6 +7,7 @@ change notification that tells every process to reload.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import psycopg2.errors
 from metamcp import repository
 from metamcp.crypto import CryptoError, SecretBox, mask_secret
 from metamcp.db import Database
-from metamcp.errors import Conflict, NotFound, ValidationFailed
+from metamcp.errors import Conflict, MetaMCPError, NotFound, ValidationFailed
 
 HTTP_TRANSPORTS = ("streamable_http", "sse")
 #: Accepted spellings of `transport` (the Rust port sends "protocol": "http").
@@ -41,6 +42,13 @@ DEFAULTS: dict[str, Any] = {
     "is_active": True,
 }
 TOPIC = "servers"
+logger = logging.getLogger(__name__)
+
+
+class Undecryptable(MetaMCPError):
+    """A server's stored secrets were sealed under another ENCRYPTION_KEY."""
+
+    status, code = 409, "undecryptable_secrets"
 
 
 @dataclass(frozen=True)
@@ -96,10 +104,19 @@ class ServerRegistry:
             return self._public(self._existing(cur, server_id))
 
     def configs(self, active_only: bool = True) -> list[ServerConfig]:
-        """Decrypted definitions for the gateway."""
+        """Decrypted definitions for the gateway; a server whose secrets cannot be decrypted
+        (ENCRYPTION_KEY changed) is left out and logged, never failing the others."""
         with self._db.transaction() as cur:
             rows = repository.list_servers(cur)
-        return [self._config(row) for row in rows if row["is_active"] or not active_only]
+        configs = []
+        for row in rows:
+            if not (row["is_active"] or not active_only):
+                continue
+            try:
+                configs.append(self._config(row))
+            except Undecryptable as e:
+                logger.error("%s", e.message)
+        return configs
 
     # --- writes --------------------------------------------------------------------------
 
@@ -208,6 +225,15 @@ class ServerRegistry:
         return public
 
     def _config(self, row: Mapping[str, Any]) -> ServerConfig:
+        try:
+            return self._decrypted(row)
+        except CryptoError:
+            raise Undecryptable(
+                f"The stored secrets of server {row['name']!r} cannot be decrypted with this "
+                "ENCRYPTION_KEY (was it changed?); enter them again with PUT or PATCH."
+            ) from None
+
+    def _decrypted(self, row: Mapping[str, Any]) -> ServerConfig:
         token = row["bearer_token"]
         return ServerConfig(
             id=row["id"],

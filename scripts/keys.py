@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -18,26 +17,12 @@ import psycopg2
 
 from metamcp import crypto, repository
 from metamcp.authn import TOPIC as KEYS_TOPIC
-from metamcp.config import ConfigError, ensure_secrets, load_settings
-from metamcp.db import Database, prepare_database
+from metamcp.config import ConfigError
+from metamcp.db import Database, open_database
 
 
 class CliError(Exception):
     """A failure reported as one line on stderr with exit status 1."""
-
-
-@contextmanager
-def open_database() -> Iterator[Database]:
-    ensure_secrets()
-    settings = load_settings()
-    url, embedded = prepare_database(settings)
-    db = Database(url, 2)
-    try:
-        yield db
-    finally:
-        db.close()
-        if embedded is not None:
-            embedded.stop()
 
 
 def _format(value: Any) -> str:
@@ -182,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "delete" and not args.confirm:
         parser.error(f"refusing to delete key {args.id} without --confirm")
     try:
-        with open_database() as db:
+        with open_database() as (db, _settings):
             args.handler(args, db)
     except (CliError, ConfigError) as e:
         print(f"keys.py: {e}", file=sys.stderr)

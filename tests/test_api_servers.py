@@ -164,3 +164,25 @@ def test_http_errors_are_json(api: Api, client: FlaskClient) -> None:
         assert response.json["error"] == code and response.json["message"]
         assert set(response.json) == {"error", "message", "details"}
         assert b"Traceback" not in response.data
+
+
+def test_secrets_under_another_encryption_key_fail_softly(api: Api, settings: Any, db: Database) -> None:
+    """Regression: a changed ENCRYPTION_KEY once turned /health and the registry into 500s."""
+    from dataclasses import replace
+
+    from metamcp import create_app
+
+    server = api.post("", json={**HTTP_SERVER, "bearer_token": "sealed-under-key-one-1234"}).json
+    other = create_app(replace(settings, encryption_key=bytes([7] * 32)), listen=False)
+    try:
+        client = other.test_client()
+        headers = api.headers
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json["upstreams"] == []
+        shown = client.get(f"/api/v1/mcp/servers/{server['id']}", headers=headers)
+        assert shown.status_code == 200 and shown.json["bearer_token"] == "****"
+        live = client.get(f"/api/v1/mcp/servers/{server['id']}/tools", headers=headers)
+        assert live.status_code == 409 and live.json["error"] == "undecryptable_secrets"
+        assert "ENCRYPTION_KEY" in live.json["message"]
+    finally:
+        other.extensions["metamcp"].close()

@@ -14,6 +14,8 @@ from pathlib import Path
 import psycopg2
 import requests
 
+from metamcp.db import Database
+
 from .conftest import ROOT, Gunicorn, child_env, run_keys
 
 
@@ -91,7 +93,7 @@ def test_make_run_default_embedded_database(tmp_path: Path, start_gunicorn: Call
         subprocess.run(["rm", "-rf", str(data)], check=False)
 
 
-def test_external_database_url_starts_nothing(tmp_path: Path, database_url: str,
+def test_external_database_url_starts_nothing(tmp_path: Path, database_url: str, db: Database,
                                               start_gunicorn: Callable[..., Gunicorn]) -> None:
     env = child_env(METAMCP_DATA_DIR=str(tmp_path), DATABASE_URL=database_url, METAMCP_WORKERS="2")
     server = start_gunicorn(env)

@@ -168,6 +168,32 @@ class LogsSchema(Schema):
     lines = fields.List(fields.String(), metadata={"example": ["Secure MCP Filesystem Server running on stdio"]})
 
 
+class ClientConfigSchema(Schema):
+    """The config file format of MCP clients; entries are checked one by one on import."""
+
+    mcpServers = fields.Dict(  # noqa: N815 - the name clients use
+        keys=fields.String(), values=fields.Raw(), required=True,
+        metadata={"description": "name -> {command, args, env, cwd} or {url, headers, type}"},
+    )
+
+
+class ImportQuerySchema(Schema):
+    partial_import = fields.Boolean(
+        data_key="partial", load_default=False,
+        metadata={"description": "import the valid entries even if some are not"})
+
+
+class ExportQuerySchema(Schema):
+    include_secrets = fields.Boolean(load_default=False,
+                                     metadata={"description": "show secrets in clear instead of masked"})
+
+
+class ImportReportSchema(Schema):
+    created = fields.List(fields.String(), metadata={"example": ["files"]})
+    updated = fields.List(fields.String(), metadata={"example": ["remote"]})
+    skipped = fields.List(fields.Dict(), metadata={"example": [{"name": "bad name", "reason": "name: ..."}]})
+
+
 class ExecuteSchema(Schema):
     class Meta:
         unknown = "raise"

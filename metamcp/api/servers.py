@@ -9,10 +9,15 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from metamcp import client_config
 from metamcp.api.auth import SECURITY, authenticate_request
 from metamcp.api.schemas import (
+    ClientConfigSchema,
     ErrorSchema,
     ExecuteSchema,
+    ExportQuerySchema,
+    ImportQuerySchema,
+    ImportReportSchema,
     LogsSchema,
     ServerInputSchema,
     ServerListSchema,
@@ -174,3 +179,33 @@ def _with_process(server: dict[str, Any]) -> dict[str, Any]:
 
 def _process(name: str) -> dict[str, Any] | None:
     return current_app.extensions["metamcp"].gateway.process_state(name)
+
+
+@blp.route("/import")
+class ImportServers(MethodView):
+    @_document_errors
+    @blp.arguments(ImportQuerySchema, location="query")
+    @blp.arguments(ClientConfigSchema, example={"mcpServers": {
+        "files": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/data"]},
+        "remote": {"type": "http", "url": "https://mcp.example.com/mcp",
+                   "headers": {"Authorization": "Bearer secret"}}}})
+    @blp.response(200, ImportReportSchema)
+    @blp.alt_response(422, schema=ErrorSchema, description="Invalid entries (nothing imported)")
+    def post(self, query: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        """Create or update servers from an MCP client config (`mcpServers`)
+
+        Existing names are updated, new ones created. With `partial=true` the valid entries
+        are imported and the invalid ones reported as skipped; otherwise one invalid entry
+        rejects the whole document.
+        """
+        return client_config.import_servers(registry(), body, partial=query["partial_import"])
+
+
+@blp.route("/export")
+class ExportServers(MethodView):
+    @_document_errors
+    @blp.arguments(ExportQuerySchema, location="query")
+    @blp.response(200, ClientConfigSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Every server as an MCP client config (`mcpServers`); secrets masked unless asked"""
+        return client_config.export_servers(registry(), include_secrets=query["include_secrets"])
