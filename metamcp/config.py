@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SECRETS_FILE = "secrets.env"
 GENERATED_SECRETS = ("JWT_SECRET", "ENCRYPTION_KEY")
@@ -155,30 +156,26 @@ def parse_encryption_key(value: str) -> bytes:
     return key
 
 
-def _int(values: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _number(values: Mapping[str, str], name: str, default: float, low: float, high: float,
+            parse: type[int] | type[float], what: str, unit: str = "") -> Any:
     raw = values.get(name)
     if raw is None or raw == "":
         return default
     try:
-        number = int(raw)
+        number = parse(raw)
     except ValueError:
-        raise ConfigError(name, f"must be a whole number, got {raw!r}") from None
+        raise ConfigError(name, f"must be {what}, got {raw!r}") from None
     if not low <= number <= high:
-        raise ConfigError(name, f"must be between {low} and {high}, got {number}")
+        raise ConfigError(name, f"must be between {low:g} and {high:g}{unit}, got {number:g}")
     return number
+
+
+def _int(values: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    return int(_number(values, name, default, low, high, int, "a whole number"))
 
 
 def _seconds(values: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = values.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        number = float(raw)
-    except ValueError:
-        raise ConfigError(name, f"must be a number of seconds, got {raw!r}") from None
-    if not low <= number <= high:
-        raise ConfigError(name, f"must be between {low:g} and {high:g} seconds, got {number:g}")
-    return number
+    return float(_number(values, name, default, low, high, float, "a number of seconds", " seconds"))
 
 
 def _origins(values: Mapping[str, str]) -> tuple[str, ...]:
