@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,3 +189,20 @@ def test_warm_tool_calls_make_no_database_query(app: Flask, mcp: Mcp) -> None:
         assert transactions.count == 0
     finally:
         upstream.stop()
+
+
+def test_upstream_without_prompts_or_resources_still_serves_its_tools(mcp: Mcp) -> None:
+    """Regression: prompts/list answered -32601 marked the whole upstream failed, hiding its tools."""
+    server = Path(__file__).resolve().parent / "servers" / "tools_only_server.py"
+    created = mcp.client.post("/api/v1/mcp/servers", headers={"X-API-Key": mcp.key}, json={
+        "name": "plain", "transport": "stdio", "command": sys.executable, "args": [str(server)]})
+    assert created.status_code == 201
+    mcp.initialize()
+    assert mcp.call("prompts/list").json["result"] == {"prompts": []}
+    assert mcp.call("resources/list").json["result"] == {"resources": []}
+    assert mcp.call("resources/templates/list").json["result"] == {"resourceTemplates": []}
+    assert [t["name"] for t in mcp.call("tools/list").json["result"]["tools"]] == ["plain__shout"]
+    reply = mcp.call("tools/call", {"name": "plain__shout", "arguments": {"text": "hi"}})
+    assert "HI" in reply.get_data(as_text=True)
+    health = mcp.client.get("/health").json["upstreams"]
+    assert [(u["name"], u["status"]) for u in health] == [("plain", "ok")]

@@ -19,7 +19,7 @@ from typing import Any
 
 from metamcp.config import Settings
 from metamcp.mcp import naming
-from metamcp.mcp.jsonrpc import INVALID_PARAMS, UPSTREAM_ERROR, RpcError
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, UPSTREAM_ERROR, RpcError
 from metamcp.mcp.upstream import (
     PendingCall,
     Upstream,
@@ -252,7 +252,16 @@ class Gateway:
         spec = KINDS[kind]
         try:
             upstream = self.upstream(name)
-            items = upstream.list_all(spec.method, spec.key, timeout=self._settings.list_timeout)
+            info = upstream.server_info
+            if info is not None and spec.capability not in (info.get("capabilities") or {}):
+                items = []  # it does not offer this kind: nothing to ask
+            else:
+                items = upstream.list_all(spec.method, spec.key, timeout=self._settings.list_timeout)
+        except UpstreamRpcError as e:
+            if e.code != METHOD_NOT_FOUND:
+                self._record_failure(name, f"{spec.method} refused ({e.code}: {e.message})")
+                return None
+            items = []  # an upstream may not declare what it lacks: the same as an empty list
         except (UpstreamError, RpcError) as e:
             self._record_failure(name, str(e))
             return None
