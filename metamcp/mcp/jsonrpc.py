@@ -11,8 +11,7 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
-#: Implementation-defined server errors (-32000..-32099); the first two as the SDK uses them.
-CONNECTION_CLOSED = -32000
+#: Implementation-defined server errors (-32000..-32099); the timeout as the SDK uses it.
 REQUEST_TIMEOUT = -32001
 #: An upstream server could not be reached or answered nonsense.
 UPSTREAM_ERROR = -32010

@@ -176,9 +176,7 @@ class Dispatcher:
             return outcome if isinstance(outcome, Streamed) else jsonrpc.result(message.id, outcome)
         except RpcError as e:
             return jsonrpc.error(message.id, e.code, e.message, e.data)
-        except UpstreamError as e:
-            return _upstream_failure(message.id, e)
-        except UpstreamRpcError as e:
+        except (UpstreamError, UpstreamRpcError) as e:
             return _upstream_failure(message.id, e)
 
     def receive(self, session: Session, message: Message) -> None:
