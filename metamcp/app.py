@@ -12,7 +12,10 @@ from werkzeug.exceptions import HTTPException
 
 from metamcp import repository
 from metamcp.api import auth as auth_api
+from metamcp.api import endpoints as endpoints_api
 from metamcp.api import health as health_api
+from metamcp.api import keys as keys_api
+from metamcp.api import namespaces as namespaces_api
 from metamcp.api import servers as servers_api
 from metamcp.api.schemas import ErrorSchema
 from metamcp.authn import TOPIC as KEYS_TOPIC
@@ -20,17 +23,20 @@ from metamcp.authn import Authenticator
 from metamcp.config import Settings, load_settings
 from metamcp.crypto import SecretBox
 from metamcp.db import Database
+from metamcp.endpoints import EndpointRegistry
 from metamcp.errors import (
     BadRequest,
     MetaMCPError,
     http_exception_response,
     register_error_handlers,
 )
-from metamcp.mcp import transport
+from metamcp.mcp import legacy_sse, tool_api, transport
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.methods import CANCEL_TOPIC, Dispatcher
 from metamcp.mcp.sessions import TOPIC as SESSIONS_TOPIC
 from metamcp.mcp.sessions import SessionStore
+from metamcp.namespaces import TOPIC as NAMESPACES_TOPIC
+from metamcp.namespaces import NamespaceRegistry
 from metamcp.notify import ChangeListener
 from metamcp.servers import TOPIC as SERVERS_TOPIC
 from metamcp.servers import ServerRegistry
@@ -52,12 +58,16 @@ class Services:
     sessions: SessionStore
     gateway: Gateway
     dispatcher: Dispatcher
+    namespaces: NamespaceRegistry
+    endpoints: EndpointRegistry
+    sse: legacy_sse.SseHub
     listener: ChangeListener | None
 
     def close(self) -> None:
         """Release what this process holds: the listener, upstream sessions, connections."""
         if self.listener is not None:
             self.listener.stop()
+        self.sse.close()
         self.gateway.close()
         self.db.close()
 
@@ -123,21 +133,30 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         with db.transaction() as cur:
             repository.notify_change(cur, topic, **details)
 
-    gateway = Gateway(registry, settings, publish if listen else None)
+    namespaces = NamespaceRegistry(db)
+    endpoints = EndpointRegistry(db)
+    gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync_tools)
     # The writing process reloads at once; the others hear it through LISTEN/NOTIFY.
-    registry.observers.append(gateway.on_registry_change)
+    registry.observers.extend([gateway.on_registry_change, namespaces.on_change])
+    namespaces.observers.append(gateway.on_namespace_change)
     dispatcher = Dispatcher(gateway, sessions, settings, health_api.package_version(), publish)
+    sse_hub = legacy_sse.SseHub(db, dispatcher, settings)
     listener = None
     if listen:
         listener = ChangeListener(settings.database_url)
         listener.subscribe(KEYS_TOPIC, lambda _message: authenticator.invalidate())
-        listener.subscribe(SERVERS_TOPIC, gateway.on_registry_change)
+        for callback in (gateway.on_registry_change, namespaces.on_change):
+            listener.subscribe(SERVERS_TOPIC, callback)
+        for callback in (namespaces.on_change, endpoints.on_change, gateway.on_namespace_change):
+            listener.subscribe(NAMESPACES_TOPIC, callback)
+        listener.subscribe(legacy_sse.TOPIC, sse_hub.on_notify)
         listener.subscribe("lists", gateway.on_list_change)
         listener.subscribe(SESSIONS_TOPIC, sessions.on_change)
         listener.subscribe(CANCEL_TOPIC, dispatcher.on_cancel)
         listener.start()
     app.extensions["metamcp"] = Services(
-        settings, db, authenticator, registry, sessions, gateway, dispatcher, listener
+        settings, db, authenticator, registry, sessions, gateway, dispatcher, namespaces, endpoints,
+        sse_hub, listener
     )
 
     register_error_handlers(app)
@@ -149,9 +168,11 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     api.spec.components.security_scheme(
         "apiKeyHeader", {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     )
-    for blueprint in (health_api.blp, auth_api.blp, servers_api.blp):
+    for blueprint in (health_api.blp, auth_api.blp, keys_api.blp, servers_api.blp,
+                      namespaces_api.blp, endpoints_api.blp):
         api.register_blueprint(blueprint)
-    app.register_blueprint(transport.bp)
+    for mcp_blueprint in (transport.bp, legacy_sse.bp, tool_api.bp):
+        app.register_blueprint(mcp_blueprint)
     app.before_request(check_json_body)
 
     @app.after_request

@@ -10,6 +10,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
 
 from metamcp import crypto, repository
 from metamcp.db import Database
@@ -29,6 +31,15 @@ class Principal:
 
     key_id: int
     key_name: str
+    #: None: an unscoped (admin) key; else the only namespaces it may reach (possibly none).
+    namespaces: frozenset[UUID] | None = None
+
+    @property
+    def is_scoped(self) -> bool:
+        return self.namespaces is not None
+
+    def may_reach(self, namespace_id: UUID) -> bool:
+        return self.namespaces is None or namespace_id in self.namespaces
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,11 @@ class _CachedKey:
     key_id: int
     name: str
     is_active: bool
+    namespaces: frozenset[UUID] | None
     expires: float
+
+    def principal(self) -> Principal:
+        return Principal(self.key_id, self.name, self.namespaces)
 
 
 class Authenticator:
@@ -66,10 +81,10 @@ class Authenticator:
         entry = self._by_id.get(key_id)
         if entry is None or entry.expires < time.monotonic():
             with self._db.transaction() as cur:
-                entry = self._remember(repository.get_key(cur, key_id), None)
+                entry = self._remember(cur, repository.get_key(cur, key_id), None)
         if entry is None or not entry.is_active:
             raise Unauthorized("The API key behind this token is inactive or deleted.")
-        return Principal(entry.key_id, entry.name)
+        return entry.principal()
 
     def exchange(self, api_key: str) -> tuple[str, Principal]:
         """Trade an active API key for a JWT."""
@@ -83,16 +98,17 @@ class Authenticator:
         entry = self._by_hash.get(key_hash)
         if entry is None or entry.expires < time.monotonic():
             with self._db.transaction() as cur:
-                entry = self._remember(repository.find_key_by_hash(cur, key_hash), key_hash)
+                entry = self._remember(cur, repository.find_key_by_hash(cur, key_hash), key_hash)
         if entry is None or not entry.is_active:
             raise Unauthorized("Unknown or inactive API key.")
         self._touch(entry.key_id)
-        return Principal(entry.key_id, entry.name)
+        return entry.principal()
 
-    def _remember(self, row: dict | None, key_hash: bytes | None) -> _CachedKey | None:
+    def _remember(self, cur: Any, row: dict | None, key_hash: bytes | None) -> _CachedKey | None:
         if row is None:
             return None
-        entry = _CachedKey(row["id"], row["name"], row["is_active"], time.monotonic() + self._ttl)
+        scope = frozenset(repository.key_namespace_ids(cur, row["id"])) if row["scoped"] else None
+        entry = _CachedKey(row["id"], row["name"], row["is_active"], scope, time.monotonic() + self._ttl)
         with self._lock:
             self._by_id[entry.key_id] = entry
             if key_hash is not None:

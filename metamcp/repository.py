@@ -7,14 +7,17 @@ into SQL are column names from the fixed SERVER_COLUMNS tuple.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
+import psycopg2.errors
 from psycopg2.extensions import cursor as Cursor
 from psycopg2.extras import Json
 
 from metamcp.db import NOTIFY_CHANNEL
+from metamcp.errors import Conflict
 
 Row = dict[str, Any]
 
@@ -45,51 +48,82 @@ def _returned(cur: Cursor) -> Row:
     return dict(row)
 
 
+@contextmanager
+def conflict_as(cur: Cursor, message: str,
+                violation: type[psycopg2.Error] = psycopg2.errors.UniqueViolation) -> Iterator[None]:
+    """Run writes in a savepoint; the constraint `violation` becomes Conflict(message) and the
+    transaction stays usable."""
+    cur.execute("SAVEPOINT conflict_as")
+    try:
+        yield
+    except violation:
+        cur.execute("ROLLBACK TO SAVEPOINT conflict_as")
+        raise Conflict(message) from None
+
+
 # --- API keys ---------------------------------------------------------------------------
+
+
+_KEY = (
+    "k.id, k.name, k.key_prefix, k.is_active, k.created_at, k.last_used_at, k.scoped,"
+    " ARRAY(SELECT n.name FROM api_key_namespaces kn JOIN namespaces n ON n.id = kn.namespace_id"
+    " WHERE kn.key_id = k.id ORDER BY n.name) AS namespaces"
+)
 
 
 def insert_key(cur: Cursor, name: str, key_hash: bytes, key_prefix: str) -> Row:
     cur.execute(
-        "INSERT INTO api_keys (name, key_hash, key_prefix) VALUES (%s, %s, %s)"
-        " RETURNING id, name, key_prefix, is_active, created_at, last_used_at",
+        "INSERT INTO api_keys (name, key_hash, key_prefix) VALUES (%s, %s, %s) RETURNING id",
         (name, key_hash, key_prefix),
     )
-    return _returned(cur)
+    created: Row = _returned(cur)
+    row = get_key(cur, created["id"])
+    assert row is not None
+    return row
 
 
 def list_keys(cur: Cursor, include_inactive: bool = False) -> list[Row]:
     cur.execute(
-        "SELECT id, name, key_prefix, is_active, created_at, last_used_at"
-        " FROM api_keys WHERE is_active OR %s ORDER BY id",
+        f"SELECT {_KEY} FROM api_keys k WHERE k.is_active OR %s ORDER BY k.id",  # noqa: S608
         (include_inactive,),
     )
     return [dict(row) for row in cur.fetchall()]
 
 
 def get_key(cur: Cursor, key_id: int) -> Row | None:
-    cur.execute(
-        "SELECT id, name, key_prefix, is_active, created_at, last_used_at FROM api_keys WHERE id = %s",
-        (key_id,),
-    )
+    cur.execute(f"SELECT {_KEY} FROM api_keys k WHERE k.id = %s", (key_id,))  # noqa: S608
     return _one(cur)
 
 
 def find_key_by_hash(cur: Cursor, key_hash: bytes) -> Row | None:
-    cur.execute(
-        "SELECT id, name, key_prefix, is_active, created_at, last_used_at"
-        " FROM api_keys WHERE key_hash = %s",
-        (key_hash,),
-    )
+    cur.execute(f"SELECT {_KEY} FROM api_keys k WHERE k.key_hash = %s", (key_hash,))  # noqa: S608
     return _one(cur)
+
+
+def key_namespace_ids(cur: Cursor, key_id: int) -> list[UUID]:
+    cur.execute("SELECT namespace_id FROM api_key_namespaces WHERE key_id = %s", (key_id,))
+    rows: list[Row] = [dict(row) for row in cur.fetchall()]
+    return [row["namespace_id"] for row in rows]
 
 
 def set_key_active(cur: Cursor, key_id: int, active: bool) -> Row | None:
-    cur.execute(
-        "UPDATE api_keys SET is_active = %s WHERE id = %s"
-        " RETURNING id, name, key_prefix, is_active, created_at, last_used_at",
-        (active, key_id),
-    )
-    return _one(cur)
+    cur.execute("UPDATE api_keys SET is_active = %s WHERE id = %s", (active, key_id))
+    return get_key(cur, key_id)
+
+
+def update_key(cur: Cursor, key_id: int, name: str, active: bool) -> Row | None:
+    cur.execute("UPDATE api_keys SET name = %s, is_active = %s WHERE id = %s", (name, active, key_id))
+    return get_key(cur, key_id)
+
+
+def set_key_scope(cur: Cursor, key_id: int, namespace_ids: list[UUID] | None) -> None:
+    """None: the key reaches everything; a list (maybe empty): only those namespaces."""
+    cur.execute("UPDATE api_keys SET scoped = %s WHERE id = %s", (namespace_ids is not None, key_id))
+    cur.execute("DELETE FROM api_key_namespaces WHERE key_id = %s", (key_id,))
+    for namespace_id in namespace_ids or []:
+        cur.execute(
+            "INSERT INTO api_key_namespaces (key_id, namespace_id) VALUES (%s, %s)", (key_id, namespace_id)
+        )
 
 
 def delete_key(cur: Cursor, key_id: int) -> bool:
@@ -163,19 +197,24 @@ def notify_change(cur: Cursor, topic: str, **details: Any) -> None:
 
 
 def insert_session(
-    cur: Cursor, session_id: str, key_id: int, protocol_version: str, client_info: dict[str, Any]
+    cur: Cursor,
+    session_id: str,
+    key_id: int | None,
+    protocol_version: str,
+    client_info: dict[str, Any],
+    endpoint_id: UUID | None = None,
 ) -> Row:
     cur.execute(
-        "INSERT INTO mcp_sessions (id, key_id, protocol_version, client_info)"
-        " VALUES (%s, %s, %s, %s) RETURNING id, key_id, protocol_version, log_level",
-        (session_id, key_id, protocol_version, Json(client_info)),
+        "INSERT INTO mcp_sessions (id, key_id, protocol_version, client_info, endpoint_id)"
+        " VALUES (%s, %s, %s, %s, %s) RETURNING id, key_id, protocol_version, log_level, endpoint_id",
+        (session_id, key_id, protocol_version, Json(client_info), endpoint_id),
     )
     return _returned(cur)
 
 
 def get_session(cur: Cursor, session_id: str) -> Row | None:
     cur.execute(
-        "SELECT id, key_id, protocol_version, log_level FROM mcp_sessions WHERE id = %s",
+        "SELECT id, key_id, protocol_version, log_level, endpoint_id FROM mcp_sessions WHERE id = %s",
         (session_id,),
     )
     return _one(cur)
@@ -203,3 +242,201 @@ def purge_sessions(cur: Cursor, idle_seconds: int) -> int:
         (idle_seconds,),
     )
     return cur.rowcount
+
+
+# --- Namespaces -------------------------------------------------------------------------
+
+_NAMESPACE = "id, name, description, created_at, updated_at"
+
+
+def list_namespaces(cur: Cursor) -> list[Row]:
+    cur.execute(f"SELECT {_NAMESPACE} FROM namespaces ORDER BY name")  # noqa: S608
+    return [dict(row) for row in cur.fetchall()]
+
+
+def get_namespace(cur: Cursor, namespace_id: UUID, lock: bool = False) -> Row | None:
+    cur.execute(
+        f"SELECT {_NAMESPACE} FROM namespaces WHERE id = %s" + (" FOR UPDATE" if lock else ""),  # noqa: S608
+        (namespace_id,),
+    )
+    return _one(cur)
+
+
+def find_namespaces(cur: Cursor, names_or_ids: list[str]) -> list[Row]:
+    """Namespaces whose name or id (as text) is among `names_or_ids`."""
+    cur.execute(
+        f"SELECT {_NAMESPACE} FROM namespaces WHERE name = ANY(%s) OR id::text = ANY(%s) ORDER BY name",  # noqa: S608
+        (names_or_ids, names_or_ids),
+    )
+    return [dict(row) for row in cur.fetchall()]
+
+
+def insert_namespace(cur: Cursor, name: str, description: str) -> Row:
+    cur.execute(
+        f"INSERT INTO namespaces (name, description) VALUES (%s, %s) RETURNING {_NAMESPACE}",  # noqa: S608
+        (name, description),
+    )
+    return _returned(cur)
+
+
+def update_namespace(cur: Cursor, namespace_id: UUID, name: str, description: str) -> Row | None:
+    cur.execute(
+        f"UPDATE namespaces SET name = %s, description = %s, updated_at = now() WHERE id = %s RETURNING {_NAMESPACE}",  # noqa: S608, E501
+        (name, description, namespace_id),
+    )
+    return _one(cur)
+
+
+def delete_namespace(cur: Cursor, namespace_id: UUID) -> bool:
+    cur.execute("DELETE FROM namespaces WHERE id = %s", (namespace_id,))
+    return cur.rowcount == 1
+
+
+def namespace_servers(cur: Cursor, namespace_id: UUID) -> list[Row]:
+    """The servers attached to a namespace, with their status there and their own state."""
+    cur.execute(
+        "SELECT s.id, s.name, s.transport, s.is_active, ns.status FROM namespace_servers ns"
+        " JOIN mcp_servers s ON s.id = ns.server_id WHERE ns.namespace_id = %s ORDER BY s.name",
+        (namespace_id,),
+    )
+    return [dict(row) for row in cur.fetchall()]
+
+
+def attach_server(cur: Cursor, namespace_id: UUID, server_id: UUID, status: str) -> None:
+    cur.execute(
+        "INSERT INTO namespace_servers (namespace_id, server_id, status) VALUES (%s, %s, %s)"
+        " ON CONFLICT (namespace_id, server_id) DO UPDATE SET status = EXCLUDED.status",
+        (namespace_id, server_id, status),
+    )
+
+
+def detach_server(cur: Cursor, namespace_id: UUID, server_id: UUID) -> bool:
+    cur.execute(
+        "DELETE FROM namespace_servers WHERE namespace_id = %s AND server_id = %s",
+        (namespace_id, server_id),
+    )
+    return cur.rowcount == 1
+
+
+# --- Tools seen upstream, and their settings per namespace -------------------------------
+
+
+def server_tools(cur: Cursor, server_id: UUID) -> list[Row]:
+    cur.execute(
+        "SELECT id, name, definition, listed FROM tools WHERE server_id = %s ORDER BY name",
+        (server_id,),
+    )
+    return [dict(row) for row in cur.fetchall()]
+
+
+def upsert_tools(cur: Cursor, server_id: UUID, definitions: list[dict[str, Any]]) -> int:
+    """Record a server's current tool list; only rows that differ are written. Returns how many."""
+    cur.execute(
+        "INSERT INTO tools (server_id, name, definition)"
+        " SELECT %s, d->>'name', d FROM jsonb_array_elements(%s::jsonb) AS d"
+        " ON CONFLICT (server_id, name) DO UPDATE"
+        " SET definition = EXCLUDED.definition, listed = TRUE, updated_at = now()"
+        " WHERE tools.definition IS DISTINCT FROM EXCLUDED.definition OR NOT tools.listed",
+        (server_id, Json(definitions)),
+    )
+    written = cur.rowcount
+    cur.execute(
+        "UPDATE tools SET listed = FALSE, updated_at = now()"
+        " WHERE server_id = %s AND listed AND NOT (name = ANY(%s))",
+        (server_id, [d["name"] for d in definitions]),
+    )
+    return written + cur.rowcount
+
+
+def namespace_tools(cur: Cursor, namespace_id: UUID) -> list[Row]:
+    """Every listed tool of the namespace's servers, with its settings there (NULL when none)."""
+    cur.execute(
+        "SELECT t.id, t.server_id, s.name AS server_name, t.name AS original_name, t.definition,"
+        " ns.status AS server_status, nt.status, nt.name, nt.title, nt.description, nt.annotations"
+        " FROM namespace_servers ns"
+        " JOIN mcp_servers s ON s.id = ns.server_id"
+        " JOIN tools t ON t.server_id = ns.server_id AND t.listed"
+        " LEFT JOIN namespace_tools nt ON nt.namespace_id = ns.namespace_id AND nt.tool_id = t.id"
+        " WHERE ns.namespace_id = %s ORDER BY s.name, t.name",
+        (namespace_id,),
+    )
+    return [dict(row) for row in cur.fetchall()]
+
+
+def upsert_namespace_tool(cur: Cursor, namespace_id: UUID, tool_id: UUID, settings: Mapping[str, Any]) -> None:
+    cur.execute(
+        "INSERT INTO namespace_tools (namespace_id, tool_id, status, name, title, description, annotations)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (namespace_id, tool_id) DO UPDATE SET status = EXCLUDED.status,"
+        " name = EXCLUDED.name, title = EXCLUDED.title, description = EXCLUDED.description,"
+        " annotations = EXCLUDED.annotations, updated_at = now()",
+        (namespace_id, tool_id, settings["status"], settings["name"], settings["title"],
+         settings["description"], Json(settings["annotations"])),
+    )
+
+
+# --- Endpoints --------------------------------------------------------------------------
+
+_ENDPOINT = (
+    "e.id, e.name, e.namespace_id, n.name AS namespace_name, e.description, e.auth_api_key,"
+    " e.auth_query_param, e.created_at, e.updated_at"
+)
+ENDPOINT_COLUMNS = ("name", "namespace_id", "description", "auth_api_key", "auth_query_param")
+
+
+def list_endpoints(cur: Cursor) -> list[Row]:
+    cur.execute(
+        f"SELECT {_ENDPOINT} FROM endpoints e JOIN namespaces n ON n.id = e.namespace_id ORDER BY e.name"  # noqa: S608
+    )
+    return [dict(row) for row in cur.fetchall()]
+
+
+def get_endpoint(cur: Cursor, endpoint_id: UUID | None = None, name: str | None = None) -> Row | None:
+    column, value = ("e.id", endpoint_id) if name is None else ("e.name", name)
+    cur.execute(
+        f"SELECT {_ENDPOINT} FROM endpoints e JOIN namespaces n ON n.id = e.namespace_id"  # noqa: S608
+        f" WHERE {column} = %s",
+        (value,),
+    )
+    return _one(cur)
+
+
+def insert_endpoint(cur: Cursor, fields: Mapping[str, Any]) -> UUID:
+    values = [fields[c] for c in ENDPOINT_COLUMNS]
+    cur.execute(
+        f"INSERT INTO endpoints ({', '.join(ENDPOINT_COLUMNS)}) VALUES (%s, %s, %s, %s, %s) RETURNING id",  # noqa: S608
+        values,
+    )
+    row: Row = _returned(cur)
+    return row["id"]
+
+
+def update_endpoint(cur: Cursor, endpoint_id: UUID, fields: Mapping[str, Any]) -> bool:
+    assignments = ", ".join(f"{c} = %s" for c in ENDPOINT_COLUMNS)
+    cur.execute(
+        f"UPDATE endpoints SET {assignments}, updated_at = now() WHERE id = %s",  # noqa: S608
+        [*(fields[c] for c in ENDPOINT_COLUMNS), endpoint_id],
+    )
+    return cur.rowcount == 1
+
+
+def delete_endpoint(cur: Cursor, endpoint_id: UUID) -> bool:
+    cur.execute("DELETE FROM endpoints WHERE id = %s", (endpoint_id,))
+    return cur.rowcount == 1
+
+
+# --- Legacy SSE outbox ------------------------------------------------------------------
+
+
+def push_outbox(cur: Cursor, session_id: str, message: dict[str, Any]) -> None:
+    cur.execute("INSERT INTO sse_outbox (session_id, message) VALUES (%s, %s)", (session_id, Json(message)))
+
+
+def take_outbox(cur: Cursor, session_id: str) -> list[dict[str, Any]]:
+    cur.execute(
+        "DELETE FROM sse_outbox WHERE id IN (SELECT id FROM sse_outbox WHERE session_id = %s"
+        " ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id, message",
+        (session_id,),
+    )
+    rows: list[Row] = [dict(row) for row in cur.fetchall()]
+    return [row["message"] for row in sorted(rows, key=lambda r: r["id"])]

@@ -14,12 +14,10 @@ from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
-import psycopg2.errors
-
 from metamcp import repository
 from metamcp.crypto import CryptoError, SecretBox, mask_secret
 from metamcp.db import Database
-from metamcp.errors import Conflict, MetaMCPError, NotFound, ValidationFailed
+from metamcp.errors import MetaMCPError, NotFound, ValidationFailed
 
 HTTP_TRANSPORTS = ("streamable_http", "sse")
 #: Accepted spellings of `transport` (the Rust port sends "protocol": "http").
@@ -166,8 +164,8 @@ class ServerRegistry:
         return self._public(row)
 
     def _write(self, cur: Any, server_id: UUID | None, fields: dict[str, Any]) -> dict[str, Any]:
-        try:
-            cur.execute("SAVEPOINT write_server")
+        taken = f"A server named {fields['name']!r} already exists; choose another name."
+        with repository.conflict_as(cur, taken):
             if server_id is None:
                 row = repository.insert_server(cur, fields)
             else:
@@ -175,11 +173,6 @@ class ServerRegistry:
                 if updated is None:
                     raise NotFound(f"No server with id {server_id}.")
                 row = updated
-        except psycopg2.errors.UniqueViolation:
-            cur.execute("ROLLBACK TO SAVEPOINT write_server")
-            raise Conflict(
-                f"A server named {fields['name']!r} already exists; choose another name."
-            ) from None
         repository.notify_change(cur, TOPIC, id=row["id"])
         return row
 

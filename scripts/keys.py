@@ -15,10 +15,11 @@ from typing import Any
 
 import psycopg2
 
-from metamcp import crypto, repository
+from metamcp import keys, repository
 from metamcp.authn import TOPIC as KEYS_TOPIC
 from metamcp.config import ConfigError
 from metamcp.db import Database, open_database
+from metamcp.errors import MetaMCPError
 
 
 class CliError(Exception):
@@ -35,10 +36,16 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def _scope(row: dict[str, Any]) -> str:
+    if not row["scoped"]:
+        return "*"
+    return ",".join(row["namespaces"]) or "-"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = ["id", "name", "key_prefix", "is_active", "created_at", "last_used_at"]
-    headers = ["ID", "NAME", "PREFIX", "ACTIVE", "CREATED", "LAST USED"]
-    cells = [[_format(row[c]) for c in columns] for row in rows]
+    headers = ["ID", "NAME", "PREFIX", "ACTIVE", "CREATED", "LAST USED", "NAMESPACES"]
+    cells = [[*(_format(row[c]) for c in columns), _scope(row)] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     for line in [headers, *cells]:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
@@ -79,16 +86,15 @@ def cmd_list(args: argparse.Namespace, db: Database) -> None:
 
 
 def cmd_create(args: argparse.Namespace, db: Database) -> None:
-    name = args.name.strip()
-    if not name:
-        raise CliError("the key name must not be empty")
-    if len(name) > 200:
-        raise CliError("the key name must be at most 200 characters")
-    new = crypto.generate_api_key()
     with db.transaction() as cur:
-        row = repository.insert_key(cur, name, new.hash, new.prefix)
-        repository.notify_change(cur, KEYS_TOPIC)
-    emit(args, [row], new.plain)
+        row, plain = keys.create(cur, args.name, args.namespace)
+    emit(args, [row], plain)
+
+
+def cmd_scope(args: argparse.Namespace, db: Database) -> None:
+    with db.transaction() as cur:
+        row = keys.change(cur, args.id, {"namespaces": None if args.unscoped else args.namespace})
+    emit(args, [row])
 
 
 def cmd_show(args: argparse.Namespace, db: Database) -> None:
@@ -118,15 +124,13 @@ def cmd_delete(args: argparse.Namespace, db: Database) -> None:
 
 
 def cmd_rotate(args: argparse.Namespace, db: Database) -> None:
-    new = crypto.generate_api_key()
     with db.transaction() as cur:
         old = _require(repository.get_key(cur, args.id), args.id)
         repository.set_key_active(cur, args.id, False)
-        row = repository.insert_key(cur, old["name"], new.hash, new.prefix)
-        repository.notify_change(cur, KEYS_TOPIC)
+        row, plain = keys.create(cur, old["name"], old["namespaces"] if old["scoped"] else None)
     if not args.json:
         print(f"key {old['id']} is now inactive; its replacement:")
-    emit(args, [row], new.plain)
+    emit(args, [row], plain)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,9 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_list, "list keys").add_argument(
         "--include-inactive", action="store_true", help="also list inactive keys"
     )
-    add("create", cmd_create, "create a key and print it once").add_argument(
-        "--name", required=True, help="what the key is for"
-    )
+    create = add("create", cmd_create, "create a key and print it once")
+    create.add_argument("--name", required=True, help="what the key is for")
+    create.add_argument("--namespace", action="append", metavar="NS",
+                        help="limit the key to this namespace (name or id; repeat for more)")
+    scope = add("scope", cmd_scope, "limit a key to namespaces, or lift the limit")
+    scope.add_argument("id", type=int, help="key id")
+    scope_choice = scope.add_mutually_exclusive_group(required=True)
+    scope_choice.add_argument("--namespace", action="append", metavar="NS",
+                              help="a namespace the key may reach (repeat for more)")
+    scope_choice.add_argument("--unscoped", action="store_true", help="the key reaches everything")
     for name, handler, help_text in (
         ("show", cmd_show, "show one key"),
         ("activate", _set_active(True), "activate a key"),
@@ -171,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             args.handler(args, db)
     except (CliError, ConfigError) as e:
         print(f"keys.py: {e}", file=sys.stderr)
+        return 1
+    except MetaMCPError as e:
+        print(f"keys.py: {e.message}", file=sys.stderr)
         return 1
     except psycopg2.Error as e:
         print(f"keys.py: database error: {str(e).strip().splitlines()[0]}", file=sys.stderr)

@@ -65,7 +65,7 @@ def database_url() -> Iterator[str]:
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url, 4)
     with database.transaction() as cur:
-        cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions RESTART IDENTITY CASCADE")
+        cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE")
     yield database
     database.close()
 

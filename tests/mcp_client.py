@@ -8,18 +8,24 @@ from typing import Any, TypeVar
 
 import anyio
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 T = TypeVar("T")
 
 
-def run_client(url: str, api_key: str, body: Callable[[Client], Awaitable[T]], *, mode: str = "legacy",
-               **client_options: Any) -> T:
-    """Connect to `url` with `api_key`, run `body(client)`, disconnect; returns body's value."""
+def run_client(url: str, api_key: str | None, body: Callable[[Client], Awaitable[T]], *,
+               mode: str = "legacy", sse: bool = False, **client_options: Any) -> T:
+    """Connect to `url` with `api_key` (None: no credential), run `body(client)`, disconnect;
+    returns body's value. `sse`: the legacy HTTP+SSE transport instead of Streamable HTTP."""
+    headers = {} if api_key is None else {"X-API-Key": api_key}
 
     async def main() -> T:
-        async with create_mcp_http_client(headers={"X-API-Key": api_key}) as http:
+        if sse:
+            async with Client(sse_client(url, headers=headers), mode="legacy", **client_options) as client:
+                return await body(client)
+        async with create_mcp_http_client(headers=headers) as http:
             async with Client(streamable_http_client(url, http_client=http), mode=mode,
                               **client_options) as client:
                 return await body(client)

@@ -31,6 +31,34 @@ def test_openapi_documents_every_route_with_security(client: FlaskClient) -> Non
     assert set(spec["components"]["schemas"]["Error"]["properties"]) == {"error", "message", "details"}
 
 
+def test_openapi_documents_namespaces_and_endpoints(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").json
+    paths = spec["paths"]
+    expected = {
+        "/api/v1/namespaces": {"get", "post"},
+        "/api/v1/namespaces/{namespace_id}": {"get", "patch", "delete"},
+        "/api/v1/namespaces/{namespace_id}/servers/{server_id}": {"put", "delete"},
+        "/api/v1/namespaces/{namespace_id}/tools": {"get", "patch"},
+        "/api/v1/namespaces/{namespace_id}/tools/{tool_id}": {"patch"},
+        "/api/v1/endpoints": {"get", "post"},
+        "/api/v1/endpoints/{endpoint_id}": {"get", "patch", "delete"},
+    }
+    for path, methods in expected.items():
+        assert set(paths[path]) - {"parameters"} == methods, path
+        for method in methods:
+            operation = paths[path][method]
+            assert operation["summary"] and {"bearerAuth": []} in operation["security"], (path, method)
+            assert {"401", "403"} <= set(operation["responses"]), (path, method)
+            if method in ("post", "put", "patch"):
+                assert "example" in operation["requestBody"]["content"]["application/json"], (path, method)
+    bulk = paths["/api/v1/namespaces/{namespace_id}/tools"]["patch"]["requestBody"]["content"]["application/json"]
+    assert bulk["schema"]["type"] == "array"
+    assert "409" in paths["/api/v1/namespaces/{namespace_id}/tools/{tool_id}"]["patch"]["responses"]
+    tool = spec["components"]["schemas"]["NamespaceTool"]["properties"]
+    assert {"server_name", "original_name", "name", "status", "overrides"} <= set(tool)
+    assert set(spec["components"]["schemas"]["EndpointAuth"]["properties"]) == {"api_key", "query_param"}
+
+
 def test_swagger_ui_page(client: FlaskClient) -> None:
     response = client.get("/swagger-ui")
     assert response.status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, g, request
@@ -10,7 +11,7 @@ from flask_smorest import Blueprint
 
 from metamcp.api.schemas import ErrorSchema, TokenRequestSchema, TokenResponseSchema
 from metamcp.authn import Authenticator, Principal
-from metamcp.errors import Unauthorized
+from metamcp.errors import Forbidden, Unauthorized
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Exchange an API key for a JWT")
 
@@ -33,11 +34,29 @@ def authenticate_request() -> None:
     credential = request_credential()
     if credential is None:
         raise Unauthorized("Send 'Authorization: Bearer <token or API key>' or 'X-API-Key: <API key>'.")
-    g.principal = authenticator().authenticate(credential)
+    principal = authenticator().authenticate(credential)
+    if principal.is_scoped:
+        raise Forbidden("This API key is limited to namespaces; it can use their endpoints "
+                        "(/metamcp/<endpoint>/...) but not the admin API.")
+    g.principal = principal
 
 
 def authenticator() -> Authenticator:
     return current_app.extensions["metamcp"].authenticator
+
+
+def documented(blp: Blueprint, descriptions: dict[int, str], *statuses: int) -> Callable[[Any], Any]:
+    """OpenAPI of a protected view: its security, 401, 403 and the given error statuses."""
+
+    def decorate(view: Any) -> Any:
+        view = blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credential")(view)
+        view = blp.alt_response(403, schema=ErrorSchema,
+                                description="A key limited to namespaces (no admin API)")(view)
+        for status in statuses:
+            view = blp.alt_response(status, schema=ErrorSchema, description=descriptions[status])(view)
+        return blp.doc(security=SECURITY)(view)
+
+    return decorate
 
 
 def current_principal() -> Principal:

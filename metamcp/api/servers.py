@@ -10,7 +10,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from metamcp import client_config
-from metamcp.api.auth import SECURITY, authenticate_request
+from metamcp.api.auth import authenticate_request, documented
 from metamcp.api.schemas import (
     ClientConfigSchema,
     ErrorSchema,
@@ -48,9 +48,8 @@ def registry() -> ServerRegistry:
     return current_app.extensions["metamcp"].servers
 
 
-def _document_errors(view: Any) -> Any:
-    view = blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credential")(view)
-    return blp.doc(security=SECURITY)(view)
+#: Security, 401 and 403 in the OpenAPI of every view here.
+_document_errors = documented(blp, {})
 
 
 @blp.route("")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from metamcp.config import Settings
 from metamcp.mcp import naming
@@ -27,6 +28,7 @@ from metamcp.mcp.upstream import (
     UpstreamRpcError,
     create_upstream,
 )
+from metamcp.namespaces import NamespaceView
 from metamcp.servers import ServerConfig, ServerRegistry
 
 logger = logging.getLogger(__name__)
@@ -78,16 +80,21 @@ class _State:
 
 
 class Gateway:
+    """Aggregates every active server (view None) or one namespace's (a NamespaceView)."""
+
     def __init__(
         self,
         registry: ServerRegistry,
         settings: Settings,
         publish: Callable[[str, dict[str, Any]], None] | None = None,
+        on_tools: Callable[[UUID, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self._registry = registry
         self._settings = settings
         #: Announces an upstream's list_changed to every process (LISTEN/NOTIFY).
         self._publish = publish
+        #: Receives each fresh tools/list of a server (the tools table is kept from it).
+        self._on_tools = on_tools
         self._state = _State()
         self._health: dict[str, UpstreamHealth] = {}
         self._lock = threading.RLock()
@@ -155,6 +162,9 @@ class Gateway:
         self._pool.submit(self.servers)
         self._announce(*KINDS)
 
+    def on_namespace_change(self, _message: dict[str, Any]) -> None:
+        self._announce(*KINDS)  # a server or tool came or went in some namespace
+
     def on_list_change(self, message: dict[str, Any]) -> None:
         server, kinds = message.get("server"), message.get("kinds") or list(KINDS)
         with self._lock:
@@ -208,10 +218,10 @@ class Gateway:
 
     # --- lists -----------------------------------------------------------------------------
 
-    def list_page(self, kind: str, cursor: object) -> dict[str, Any]:
+    def list_page(self, kind: str, cursor: object, view: NamespaceView | None = None) -> dict[str, Any]:
         """One page of the aggregated list of `kind` (tools, prompts, resources, ...)."""
         offset = naming.decode_cursor(cursor)
-        items = self.aggregate(kind)
+        items = self.aggregate(kind, view)
         size = self._settings.page_size
         if offset > len(items):
             raise RpcError(INVALID_PARAMS, "Invalid cursor")
@@ -220,10 +230,48 @@ class Gateway:
             page["nextCursor"] = naming.encode_cursor(offset + size)
         return page
 
-    def aggregate(self, kind: str) -> list[dict[str, Any]]:
-        servers = sorted(self.servers())
+    def aggregate(self, kind: str, view: NamespaceView | None = None) -> list[dict[str, Any]]:
+        servers = self._names(view)
         lists = self._server_lists(kind, servers)
+        if view is not None and kind == "tools":
+            return [shown for shown, _, _ in self._namespace_tools(view, servers, lists).values()]
         return [item for name in servers if name in lists for item in lists[name].items]
+
+    def refresh_tools(self, servers: list[str]) -> None:
+        """Make sure the tools of these (active) servers were listed lately, which records them."""
+        active = self.servers()
+        self._server_lists("tools", [name for name in servers if name in active])
+
+    def _names(self, view: NamespaceView | None) -> list[str]:
+        """The active servers a downstream session sees, sorted."""
+        names = sorted(self.servers())
+        return names if view is None else [name for name in names if name in view.servers]
+
+    @staticmethod
+    def _namespace_tools(
+        view: NamespaceView, servers: list[str], lists: dict[str, ServerList]
+    ) -> dict[str, tuple[dict[str, Any], str, str]]:
+        """The namespace's active tools by the name its clients use: (tool, server, upstream name).
+
+        Overrides are applied first, so a tool is found by its exposed name only and its
+        status is that of the tool the name stands for.
+        """
+        table: dict[str, tuple[dict[str, Any], str, str]] = {}
+        for server in servers:
+            server_list = lists.get(server)
+            if server_list is None:
+                continue
+            for item in server_list.items:
+                original = server_list.routes[item["name"]]
+                settings = view.settings(server, original)
+                if not settings.active:
+                    continue
+                shown = settings.apply(item, item["name"])
+                if shown["name"] in table:
+                    logger.warning("namespace %s: two tools named %s; keeping the first", view.name, shown["name"])
+                    continue
+                table[shown["name"]] = (shown, server, original)
+        return table
 
     def _server_lists(self, kind: str, servers: list[str]) -> dict[str, ServerList]:
         now = time.monotonic()
@@ -270,6 +318,12 @@ class Gateway:
             self._record_failure(name, type(e).__name__)
             return None
         self._record_success(name)
+        config = (self._state.configs or {}).get(name)
+        if kind == "tools" and self._on_tools is not None and config is not None:
+            try:
+                self._on_tools(config.id, items)
+            except Exception:  # noqa: BLE001 - recording is bookkeeping: the list is served anyway
+                logger.exception("recording the tools of %s failed", name)
         server_list = self._expose(name, kind, items)
         with self._lock:
             if name in (self._state.configs or {}):
@@ -303,9 +357,18 @@ class Gateway:
 
     # --- routing and forwarding ------------------------------------------------------------
 
-    def route(self, kind: str, exposed: str) -> tuple[str, str]:
+    def route(self, kind: str, exposed: str, view: NamespaceView | None = None) -> tuple[str, str]:
         """(server, upstream name) of an exposed tool or prompt name; -32602 when unknown."""
-        servers = sorted(self.servers())
+        servers = self._names(view)
+        namespaced = view is not None and kind == "tools"
+
+        def lookup() -> tuple[str, str] | None:
+            assert view is not None
+            found = self._namespace_tools(view, servers, self._server_lists(kind, servers)).get(exposed)
+            return None if found is None else (found[1], found[2])
+
+        if namespaced and (found := lookup()) is not None:
+            return found
         for server in naming.server_candidates(exposed, servers):
             for attempt in range(2):
                 if attempt:  # not in a cached list: the upstream may have added it since
@@ -315,14 +378,17 @@ class Gateway:
                 if server_list is None:
                     error = self._health_of(server).last_error or "no answer"
                     raise RpcError(UPSTREAM_ERROR, f"Server {server!r} is unavailable: {error}")
-                if exposed in server_list.routes:
+                if namespaced:
+                    if attempt and (found := lookup()) is not None:
+                        return found
+                elif exposed in server_list.routes:
                     return server, server_list.routes[exposed]
         label = "tool" if kind == "tools" else "prompt"
         raise RpcError(INVALID_PARAMS, f"Unknown {label}: {exposed}")
 
-    def route_resource(self, uri: str) -> str:
+    def route_resource(self, uri: str, view: NamespaceView | None = None) -> str:
         """The server that listed `uri`, or whose template matches it; -32602 when none."""
-        servers = sorted(self.servers())
+        servers = self._names(view)
         lists = self._server_lists("resources", servers)
         for server in servers:
             if server in lists and uri in lists[server].routes:

@@ -17,6 +17,7 @@ from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore
 from metamcp.mcp.upstream import PendingCall, UpstreamError, UpstreamRpcError, UpstreamTimeout
+from metamcp.namespaces import NamespaceView
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,10 @@ INSTRUCTIONS = (
     "'<server>__<name>'; resources keep their URIs."
 )
 CANCEL_TOPIC = "cancel"
-#: How often a standing stream looks whether its worker is shutting down.
-STOP_CHECK_SECONDS = 1.0
+#: How often a standing stream looks whether its client left or its worker is shutting down.
+STOP_CHECK_SECONDS = 0.25
+#: How long a legacy SSE client waits for a thread to hold its stream before getting 503.
+STREAM_WAIT_SECONDS = 5.0
 LIST_METHODS = {
     "tools/list": "tools",
     "prompts/list": "prompts",
@@ -133,14 +136,17 @@ class Dispatcher:
         self._publish = publish
         self._inflight: dict[tuple[str, str], Streamed] = {}
         self._lock = threading.Lock()
-        # Standing GET streams hold a worker thread each: keep half the threads for requests.
+        # Standing streams hold a worker thread each. Optional GET listeners take at most half
+        # the threads; legacy SSE streams (a client's only channel) may take all but two.
         self._listeners = threading.BoundedSemaphore(max(1, settings.threads // 2))
+        self._streams = threading.BoundedSemaphore(max(1, settings.threads - 2))
         #: Set when the worker begins a graceful shutdown: standing streams end.
         self.stopping = threading.Event()
         #: Readers of streamed calls: one per call in flight, so as many as request threads.
         self._pumps = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="metamcp-call")
-        self._handlers: dict[str, Callable[[Session, Message], dict[str, Any] | Streamed]] = {
-            "ping": lambda _s, _m: {},
+        self._handlers: dict[str, Callable[[Session, Message, NamespaceView | None],
+                                           dict[str, Any] | Streamed]] = {
+            "ping": lambda _s, _m, _v: {},
             "tools/call": self._call_tool,
             "prompts/get": self._get_prompt,
             "resources/read": self._read_resource,
@@ -162,17 +168,20 @@ class Dispatcher:
             "instructions": INSTRUCTIONS,
         }
 
-    def handle(self, session: Session, message: Message) -> dict[str, Any] | Streamed:
-        """Answer one request: a response dict, or a Streamed call."""
+    def handle(self, session: Session, message: Message,
+               view: NamespaceView | None = None) -> dict[str, Any] | Streamed:
+        """Answer one request: a response dict, or a Streamed call. `view`: the namespace of
+        an endpoint's session (None: every active server)."""
         method = message.method or ""
         try:
             if method in LIST_METHODS:
                 cursor = message.params.get("cursor")
-                return jsonrpc.result(message.id, self._gateway.list_page(LIST_METHODS[method], cursor))
+                page = self._gateway.list_page(LIST_METHODS[method], cursor, view)
+                return jsonrpc.result(message.id, page)
             handler = self._handlers.get(method)
             if handler is None:
                 raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
-            outcome = handler(session, message)
+            outcome = handler(session, message, view)
             return outcome if isinstance(outcome, Streamed) else jsonrpc.result(message.id, outcome)
         except RpcError as e:
             return jsonrpc.error(message.id, e.code, e.message, e.data)
@@ -228,9 +237,9 @@ class Dispatcher:
             raise RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object")
         return name, arguments
 
-    def _call_tool(self, session: Session, message: Message) -> Streamed:
+    def _call_tool(self, session: Session, message: Message, view: NamespaceView | None) -> Streamed:
         name, arguments = self._name_and_arguments(message)
-        server, original = self._gateway.route("tools", name)
+        server, original = self._gateway.route("tools", name, view)
         params = self._forward_params(message, name=original, arguments=arguments)
         call = self._gateway.call(server, "tools/call", params)
         key = (session.id, json.dumps(message.id))
@@ -244,36 +253,36 @@ class Dispatcher:
             self._inflight[key] = streamed
         return streamed
 
-    def _get_prompt(self, _session: Session, message: Message) -> dict[str, Any]:
+    def _get_prompt(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         name, arguments = self._name_and_arguments(message)
-        server, original = self._gateway.route("prompts", name)
+        server, original = self._gateway.route("prompts", name, view)
         params = self._forward_params(message, name=original, arguments=arguments)
         return self._gateway.request(server, "prompts/get", params)
 
-    def _read_resource(self, _session: Session, message: Message) -> dict[str, Any]:
+    def _read_resource(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         uri = message.params.get("uri")
         if not isinstance(uri, str) or not uri:
             raise RpcError(INVALID_PARAMS, "Invalid params: uri must be a non-empty string")
-        server = self._gateway.route_resource(uri)
+        server = self._gateway.route_resource(uri, view)
         return self._gateway.request(server, "resources/read", self._forward_params(message, uri=uri))
 
-    def _complete(self, _session: Session, message: Message) -> dict[str, Any]:
+    def _complete(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         ref = message.params.get("ref")
         argument = message.params.get("argument")
         if not isinstance(ref, dict) or not isinstance(argument, dict):
             raise RpcError(INVALID_PARAMS, "Invalid params: ref and argument must be objects")
         params = {k: v for k, v in message.params.items() if k != "ref"}
         if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
-            server, original = self._gateway.route("prompts", ref["name"])
+            server, original = self._gateway.route("prompts", ref["name"], view)
             params["ref"] = {**ref, "name": original}
         elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
-            server = self._gateway.route_resource(ref["uri"])
+            server = self._gateway.route_resource(ref["uri"], view)
             params["ref"] = ref
         else:
             raise RpcError(INVALID_PARAMS, "Invalid params: ref must be a ref/prompt or ref/resource")
         return self._gateway.request(server, "completion/complete", params)
 
-    def _set_level(self, session: Session, message: Message) -> dict[str, Any]:
+    def _set_level(self, session: Session, message: Message, _view: NamespaceView | None) -> dict[str, Any]:
         level = message.params.get("level")
         if level not in LOG_LEVELS:
             raise RpcError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
@@ -282,9 +291,26 @@ class Dispatcher:
 
     # --- the standing GET stream ---------------------------------------------------------
 
-    def open_listener(self, session: Session) -> StreamBody | None:
-        """An SSE body of list_changed notifications and keep-alives; None when none is free."""
-        if not self._listeners.acquire(blocking=False):
+    def hold_stream(self, listener: bool = False) -> bool:
+        """Take a thread for a standing stream: a GET listener (optional, so only if one is
+        free at once) or a legacy SSE stream (waits a little for one); False when none is."""
+        if listener and not self._listeners.acquire(blocking=False):
+            return False
+        if self._streams.acquire(timeout=0 if listener else STREAM_WAIT_SECONDS):
+            return True
+        if listener:
+            self._listeners.release()
+        return False
+
+    def release_stream(self, listener: bool = False) -> None:
+        self._streams.release()
+        if listener:
+            self._listeners.release()
+
+    def open_listener(self, session: Session, client: Any = None) -> StreamBody | None:
+        """An SSE body of list_changed notifications and keep-alives; None when none is free.
+        `client`: the connection's socket, watched so a departed client frees its thread."""
+        if not self.hold_stream(listener=True):
             return None
         methods: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._gateway.subscribe(methods.put)
@@ -298,6 +324,8 @@ class Dispatcher:
                     # Short waits, so a shutting-down worker is not held up by idle streams.
                     method = methods.get(timeout=min(keepalive, STOP_CHECK_SECONDS))
                 except queue.Empty:
+                    if sse.peer_closed(client):
+                        return
                     if time.monotonic() - quiet_since < keepalive:
                         continue
                     if self._sessions.get(session.id) is None:
@@ -311,6 +339,6 @@ class Dispatcher:
 
         def cleanup() -> None:
             self._gateway.unsubscribe(methods.put)
-            self._listeners.release()
+            self.release_stream(listener=True)
 
         return StreamBody(events(), cleanup)

@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
+from uuid import UUID
 
 from metamcp import repository
 from metamcp.db import Database
@@ -28,9 +29,10 @@ LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert"
 @dataclass(frozen=True)
 class Session:
     id: str
-    key_id: int
+    key_id: int | None  # None on a public endpoint
     protocol_version: str
     log_level: str | None = None
+    endpoint_id: UUID | None = None  # None: the session of /mcp
 
     def wants_log(self, level: str) -> bool:
         """Whether a notifications/message at `level` passes this session's logging/setLevel."""
@@ -46,11 +48,12 @@ class SessionStore:
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def create(self, key_id: int, protocol_version: str, client_info: dict[str, Any]) -> Session:
+    def create(self, key_id: int | None, protocol_version: str, client_info: dict[str, Any],
+               endpoint_id: UUID | None = None) -> Session:
         session_id = secrets.token_urlsafe(32)
         with self._db.transaction() as cur:
-            repository.insert_session(cur, session_id, key_id, protocol_version, client_info)
-        session = Session(session_id, key_id, protocol_version)
+            repository.insert_session(cur, session_id, key_id, protocol_version, client_info, endpoint_id)
+        session = Session(session_id, key_id, protocol_version, endpoint_id=endpoint_id)
         with self._lock:
             self._cache[session_id] = session
             self._touched[session_id] = time.monotonic()
@@ -63,7 +66,8 @@ class SessionStore:
                 row = repository.get_session(cur, session_id)
             if row is None:
                 return None
-            session = Session(row["id"], row["key_id"], row["protocol_version"], row["log_level"])
+            session = Session(row["id"], row["key_id"], row["protocol_version"], row["log_level"],
+                              row["endpoint_id"])
             with self._lock:
                 self._cache[session_id] = session
         self._touch(session_id)

@@ -8,6 +8,9 @@ only `id` or `retry` is still reported (with empty data) so a client can track w
 from __future__ import annotations
 
 import re
+import select
+import socket
+import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -121,3 +124,17 @@ def iter_events(lines: Iterable[bytes | str]) -> Iterator[SseEvent]:
 def decode(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
     """Events from raw body chunks: iter_events(iter_lines(chunks))."""
     return iter_events(iter_lines(chunks))
+
+
+def peer_closed(sock: socket.socket | None) -> bool:
+    """Whether the client of a standing stream hung up (it sends nothing more on it, so a
+    readable socket with nothing to read means closed). Without a socket: never known."""
+    if sock is None or isinstance(sock, ssl.SSLSocket):
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):
+        return True

@@ -1,6 +1,8 @@
-"""`/mcp`: the Streamable HTTP transport (MCP 2025-03-26, 2025-06-18, 2025-11-25).
+"""`/mcp` and `/metamcp/{endpoint}/mcp`: Streamable HTTP (MCP 2025-03-26, 2025-06-18, 2025-11-25).
 
-Checks run in a fixed order: Origin, credential, Accept, Content-Type, size, JSON, envelope,
+`/mcp` serves every active server to unscoped keys; an endpoint serves its namespace, with
+the endpoint's auth (public, API key, and optionally `?api_key=`). Checks run in a fixed
+order: Origin, endpoint, credential, scope, Accept, Content-Type, size, JSON, envelope,
 session, protocol version. Requests go to metamcp.mcp.methods; a tools/call is streamed back as
 SSE (upstream notifications first, then the result) with keep-alive comments, and a client
 that goes away closes the upstream call.
@@ -12,6 +14,7 @@ import json
 import logging
 import queue
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,12 +22,13 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from metamcp.api.auth import request_credential
-from metamcp.authn import Principal
+from metamcp.endpoints import Endpoint
 from metamcp.errors import Unauthorized
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
 from metamcp.mcp.sessions import Session
+from metamcp.namespaces import NamespaceView
 
 logger = logging.getLogger(__name__)
 
@@ -67,29 +71,79 @@ def _origin_allowed(origin: str | None) -> bool:
     return urlsplit(origin).hostname in ("localhost", "127.0.0.1", "::1")
 
 
-def _guard() -> tuple[Principal | None, Response | None]:
-    """Origin and credential checks shared by POST, GET and DELETE."""
+@dataclass(frozen=True)
+class Access:
+    """A caller let in: its key (None on a public endpoint), the endpoint and what it sees."""
+
+    key_id: int | None
+    endpoint: Endpoint | None  # None: /mcp
+    view: NamespaceView | None  # None: every active server
+    by_query: bool = False  # the key came as ?api_key=
+
+    @property
+    def endpoint_id(self) -> Any:
+        return None if self.endpoint is None else self.endpoint.id
+
+    def owns(self, session: Session | None) -> bool:
+        return session is not None and session.key_id == self.key_id and session.endpoint_id == self.endpoint_id
+
+
+class AccessDenied(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def authorize(endpoint_name: str | None = None) -> Access:
+    """Origin, endpoint, credential and scope checks of every MCP and endpoint route."""
     if not _origin_allowed(request.headers.get("Origin")):
-        return None, rpc_failure(403, INVALID_REQUEST, "Forbidden: Origin not allowed")
+        raise AccessDenied(403, "Forbidden: Origin not allowed")
+    services = current_app.extensions["metamcp"]
+    endpoint = view = None
+    if endpoint_name is not None:
+        endpoint = services.endpoints.by_name(endpoint_name)
+        view = None if endpoint is None else services.namespaces.view(endpoint.namespace_id)
+        if endpoint is None or view is None:
+            raise AccessDenied(404, f"Not Found: no endpoint named {endpoint_name!r}")
+        if not endpoint.api_key:
+            return Access(None, endpoint, view)
     credential = request_credential()
+    by_query = False
+    if credential is None and endpoint is not None and endpoint.query_param:
+        credential, by_query = request.args.get("api_key") or None, True
     if credential is None:
-        return None, rpc_failure(401, INVALID_REQUEST,
-                                 "Unauthorized: send X-API-Key or Authorization: Bearer")
+        hint = " or ?api_key=" if endpoint is not None and endpoint.query_param else ""
+        raise AccessDenied(401, f"Unauthorized: send X-API-Key or Authorization: Bearer{hint}")
     try:
-        principal = current_app.extensions["metamcp"].authenticator.authenticate(credential)
+        principal = services.authenticator.authenticate(credential)
     except Unauthorized as e:
-        return None, rpc_failure(401, INVALID_REQUEST, f"Unauthorized: {e.message}")
-    return principal, None
+        raise AccessDenied(401, f"Unauthorized: {e.message}") from None
+    if endpoint is None and principal.is_scoped:
+        raise AccessDenied(403, "Forbidden: this API key is limited to namespaces; use their endpoints "
+                                "at /metamcp/<endpoint>/mcp")
+    if endpoint is not None and not principal.may_reach(endpoint.namespace_id):
+        raise AccessDenied(403, f"Forbidden: this API key may not use endpoint {endpoint.name!r}")
+    return Access(principal.key_id, endpoint, view, by_query)
 
 
-def _session(principal: Principal) -> tuple[Session | None, Response | None]:
+def guard(endpoint_name: str | None = None) -> tuple[Access | None, Response | None]:
+    """authorize(), with a refusal as the JSON-RPC error answer of MCP routes."""
+    try:
+        return authorize(endpoint_name), None
+    except AccessDenied as e:
+        return None, rpc_failure(e.status, INVALID_REQUEST, e.message)
+
+
+def _session(access: Access) -> tuple[Session | None, Response | None]:
     session_id = request.headers.get(SESSION_HEADER)
     if not session_id:
         return None, rpc_failure(400, INVALID_REQUEST, f"Bad Request: {SESSION_HEADER} header required")
     session = current_app.extensions["metamcp"].sessions.get(session_id)
-    # A session of another key is answered exactly like an unknown one.
-    if session is None or session.key_id != principal.key_id:
+    # A session of another key or endpoint is answered exactly like an unknown one.
+    if not access.owns(session):
         return None, rpc_failure(404, INVALID_REQUEST, "Session not found")
+    assert session is not None
     version = request.headers.get(VERSION_HEADER)
     if version is not None and version not in SUPPORTED_VERSIONS:
         return None, rpc_failure(
@@ -100,9 +154,10 @@ def _session(principal: Principal) -> tuple[Session | None, Response | None]:
 
 
 @bp.post("/mcp")
-def post() -> Response:
-    principal, failure = _guard()
-    if failure is not None or principal is None:
+@bp.post("/metamcp/<endpoint>/mcp")
+def post(endpoint: str | None = None) -> Response:
+    access, failure = guard(endpoint)
+    if failure is not None or access is None:
         return failure  # type: ignore[return-value]
     if not (_accepts(JSON_TYPE) and _accepts(SSE_TYPE)):
         return rpc_failure(406, INVALID_REQUEST,
@@ -116,7 +171,7 @@ def post() -> Response:
     try:
         parsed = jsonrpc.parse_body(body)
         if isinstance(parsed, list):
-            return _batch(principal, parsed)
+            return _batch(access, parsed)
         message = jsonrpc.validate(parsed)
     except RpcError as e:
         return rpc_failure(400, e.code, e.message)
@@ -124,19 +179,19 @@ def post() -> Response:
     if message.method == "initialize":
         if not message.is_request:
             return rpc_failure(400, INVALID_REQUEST, "Invalid Request: initialize needs an id")
-        return _initialize(principal, message)
+        return _initialize(access, message)
     if message.method == "server/discover":
         # Revision 2026-07-28 probe: a plain error makes clients fall back to initialize.
         return rpc_failure(400, METHOD_NOT_FOUND,
                            "Method not found: server/discover; this server speaks 2025-11-25 and older "
                            "revisions, start with initialize", message.id)
-    session, failure = _session(principal)
+    session, failure = _session(access)
     if failure is not None or session is None:
         return failure  # type: ignore[return-value]
     if not message.is_request:
         _dispatcher().receive(session, message)
         return rpc_response(202, None)
-    outcome = _dispatcher().handle(session, message)
+    outcome = _dispatcher().handle(session, message, access.view)
     if isinstance(outcome, Streamed):
         if SSE_TYPE in request.headers.get("Accept", ""):
             keepalive = current_app.extensions["metamcp"].settings.keepalive_seconds
@@ -146,7 +201,7 @@ def post() -> Response:
     return rpc_response(200, outcome)
 
 
-def _initialize(principal: Principal, message: Message) -> Response:
+def _initialize(access: Access, message: Message) -> Response:
     params = message.params
     requested = params.get("protocolVersion")
     if not isinstance(requested, str):
@@ -154,15 +209,16 @@ def _initialize(principal: Principal, message: Message) -> Response:
                            message.id)
     version = requested if requested in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[0]
     client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
-    session = current_app.extensions["metamcp"].sessions.create(principal.key_id, version, client_info)
+    session = current_app.extensions["metamcp"].sessions.create(access.key_id, version, client_info,
+                                                                access.endpoint_id)
     result = _dispatcher().initialize_result(version)
     return rpc_response(200, jsonrpc.result(message.id, result), {SESSION_HEADER: session.id})
 
 
-def _batch(principal: Principal, items: list[Any]) -> Response:
+def _batch(access: Access, items: list[Any]) -> Response:
     if not items:
         return rpc_failure(400, INVALID_REQUEST, "Invalid Request: empty batch")
-    session, failure = _session(principal)
+    session, failure = _session(access)
     if failure is not None or session is None:
         return failure  # type: ignore[return-value]
     if session.protocol_version != BATCH_VERSION:
@@ -181,7 +237,7 @@ def _batch(principal: Principal, items: list[Any]) -> Response:
         if not message.is_request:
             _dispatcher().receive(session, message)
             continue
-        outcome = _dispatcher().handle(session, message)
+        outcome = _dispatcher().handle(session, message, access.view)
         responses.append(outcome.drain() if isinstance(outcome, Streamed) else outcome)
     return rpc_response(200, responses) if responses else rpc_response(202, None)
 
@@ -205,16 +261,17 @@ def _stream(outcome: Streamed, keepalive: float) -> Iterator[bytes]:
 
 
 @bp.get("/mcp")
-def get() -> Response:
-    principal, failure = _guard()
-    if failure is not None or principal is None:
+@bp.get("/metamcp/<endpoint>/mcp")
+def get(endpoint: str | None = None) -> Response:
+    access, failure = guard(endpoint)
+    if failure is not None or access is None:
         return failure  # type: ignore[return-value]
     if "text/event-stream" not in request.headers.get("Accept", ""):
         return rpc_failure(406, INVALID_REQUEST, "Not Acceptable: Accept must include text/event-stream")
-    session, failure = _session(principal)
+    session, failure = _session(access)
     if failure is not None or session is None:
         return failure  # type: ignore[return-value]
-    events = _dispatcher().open_listener(session)
+    events = _dispatcher().open_listener(session, request.environ.get("gunicorn.socket"))
     if events is None:
         # Every thread for standing streams is taken; clients treat 405 as "no stream offered".
         return Response(status=405, headers={"Allow": "POST, DELETE"})
@@ -223,11 +280,12 @@ def get() -> Response:
 
 
 @bp.delete("/mcp")
-def delete() -> Response:
-    principal, failure = _guard()
-    if failure is not None or principal is None:
+@bp.delete("/metamcp/<endpoint>/mcp")
+def delete(endpoint: str | None = None) -> Response:
+    access, failure = guard(endpoint)
+    if failure is not None or access is None:
         return failure  # type: ignore[return-value]
-    session, failure = _session(principal)
+    session, failure = _session(access)
     if failure is not None or session is None:
         return failure  # type: ignore[return-value]
     _dispatcher().end_session(session)

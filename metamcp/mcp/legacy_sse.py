@@ -1,0 +1,202 @@
+"""Legacy HTTP+SSE (MCP 2024-11-05) of endpoints: `GET /metamcp/{name}/sse` and
+`POST /metamcp/{name}/message?sessionId=...`.
+
+The GET opens the stream: first an `endpoint` event naming the URL to POST to, then every
+response and notification as a `message` event, with keep-alive comments while quiet. A POST is
+answered 202 at once; its request runs on a pool thread and the answer goes to the stream. The
+stream lives in one worker: a POST taken by another worker stores the answer in sse_outbox and
+NOTIFYs topic "sse", and the stream's worker picks it up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from metamcp import repository
+from metamcp.config import Settings
+from metamcp.db import Database
+from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp.jsonrpc import INVALID_REQUEST, Message, RpcError
+from metamcp.mcp.methods import STOP_CHECK_SECONDS, Dispatcher, StreamBody, Streamed
+from metamcp.mcp.sessions import Session
+from metamcp.mcp.transport import SUPPORTED_VERSIONS, guard, rpc_failure
+from metamcp.namespaces import NamespaceView
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("legacy_sse", __name__)
+
+TOPIC = "sse"
+LEGACY_VERSION = "2024-11-05"
+
+
+class SseHub:
+    """This process's legacy SSE streams, and delivery to streams held anywhere."""
+
+    def __init__(self, db: Database, dispatcher: Dispatcher, settings: Settings) -> None:
+        self._db = db
+        self._dispatcher = dispatcher
+        self._streams: dict[str, queue.SimpleQueue[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._work = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="metamcp-sse")
+
+    def open(self, session_id: str) -> queue.SimpleQueue[dict[str, Any]]:
+        messages: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        with self._lock:
+            self._streams[session_id] = messages
+        return messages
+
+    def close_stream(self, session_id: str) -> None:
+        with self._lock:
+            self._streams.pop(session_id, None)
+
+    def deliver(self, session_id: str, message: dict[str, Any]) -> None:
+        stream = self._streams.get(session_id)
+        if stream is not None:
+            stream.put(message)
+            return
+        with self._db.transaction() as cur:
+            repository.push_outbox(cur, session_id, message)
+            repository.notify_change(cur, TOPIC, session=session_id)
+
+    def on_notify(self, message: dict[str, Any]) -> None:
+        """Messages were stored for a stream; the listener reconnecting (no session) means maybe any."""
+        session_id = message.get("session")
+        targets = list(self._streams) if session_id is None else [session_id]
+        for target in targets:
+            if target in self._streams:
+                self.collect(target)
+
+    def collect(self, session_id: str) -> None:
+        """Move messages stored for a stream of this process onto it."""
+        stream = self._streams.get(session_id)
+        if stream is None:
+            return
+        with self._db.transaction() as cur:
+            for message in repository.take_outbox(cur, session_id):
+                stream.put(message)
+
+    def submit(self, session: Session, message: Message, view: NamespaceView | None) -> None:
+        self._work.submit(self._answer, session, message, view)
+
+    def _answer(self, session: Session, message: Message, view: NamespaceView | None) -> None:
+        try:
+            if message.method == "initialize":
+                requested = message.params.get("protocolVersion")
+                known = (*SUPPORTED_VERSIONS, LEGACY_VERSION)
+                version = requested if requested in known else SUPPORTED_VERSIONS[0]
+                self.deliver(session.id, jsonrpc.result(message.id, self._dispatcher.initialize_result(version)))
+                return
+            outcome = self._dispatcher.handle(session, message, view)
+            if isinstance(outcome, Streamed):
+                try:
+                    outcome.pump(lambda m: None if m is None else self.deliver(session.id, m))
+                finally:
+                    outcome.close()
+            else:
+                self.deliver(session.id, outcome)
+        except Exception:  # noqa: BLE001 - boundary: the client must get an answer, not silence
+            logger.exception("answering a legacy SSE request failed")
+            self.deliver(session.id, jsonrpc.error(message.id, jsonrpc.INTERNAL_ERROR, "Internal error"))
+
+    def close(self) -> None:
+        self._work.shutdown(wait=False, cancel_futures=True)
+
+
+def _hub() -> SseHub:
+    return current_app.extensions["metamcp"].sse
+
+
+@bp.get("/metamcp/<endpoint>/sse")
+def open_stream(endpoint: str) -> Response:
+    access, failure = guard(endpoint)
+    if failure is not None or access is None:
+        return failure  # type: ignore[return-value]
+    services = current_app.extensions["metamcp"]
+    dispatcher: Dispatcher = services.dispatcher
+    if not dispatcher.hold_stream():
+        return rpc_failure(503, INVALID_REQUEST, "Service Unavailable: too many open streams; retry later")
+    try:
+        session = services.sessions.create(access.key_id, LEGACY_VERSION, {}, access.endpoint_id)
+    except Exception:
+        dispatcher.release_stream()
+        raise
+    hub = _hub()
+    messages = hub.open(session.id)
+    post_url = f"/metamcp/{quote(endpoint)}/message?sessionId={session.id}"
+    if access.by_query:  # a client that can only put the key in the URL needs it on POSTs too
+        post_url += f"&api_key={quote(request.args.get('api_key', ''))}"
+    keepalive = services.settings.keepalive_seconds
+    client = request.environ.get("gunicorn.socket")
+
+    def events() -> Iterator[bytes]:
+        yield sse.encode_event(post_url, event="endpoint")
+        quiet_since = time.monotonic()
+        while not dispatcher.stopping.is_set():
+            try:
+                message = messages.get(timeout=min(keepalive, STOP_CHECK_SECONDS))
+            except queue.Empty:
+                if sse.peer_closed(client):
+                    return
+                if time.monotonic() - quiet_since >= keepalive:
+                    hub.collect(session.id)  # in case a NOTIFY was missed
+                    yield sse.comment()
+                    quiet_since = time.monotonic()
+                continue
+            yield sse.encode_event(json.dumps(message, separators=(",", ":")), event="message")
+            quiet_since = time.monotonic()
+
+    def cleanup() -> None:
+        hub.close_stream(session.id)
+        dispatcher.release_stream()
+        try:
+            dispatcher.end_session(session)
+        except Exception:  # noqa: BLE001 - e.g. the worker is exiting and its pool is closed
+            logger.info("a legacy SSE session was not ended at close (the worker is exiting)")
+
+    return Response(StreamBody(events(), cleanup), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@bp.post("/metamcp/<endpoint>/message")
+def post_message(endpoint: str) -> Response:
+    access, failure = guard(endpoint)
+    if failure is not None or access is None:
+        return failure  # type: ignore[return-value]
+    services = current_app.extensions["metamcp"]
+    session_id = request.args.get("sessionId")
+    if not session_id:
+        return rpc_failure(400, INVALID_REQUEST, "Bad Request: sessionId query parameter required")
+    session = services.sessions.get(session_id)
+    if not access.owns(session):
+        return rpc_failure(404, INVALID_REQUEST, "Session not found")
+    assert session is not None
+    if request.mimetype != "application/json":
+        return rpc_failure(415, INVALID_REQUEST, "Unsupported Media Type: send application/json")
+    try:
+        parsed = jsonrpc.parse_body(request.get_data(cache=False))
+        items = parsed if isinstance(parsed, list) else [parsed]
+        if not items:
+            raise RpcError(INVALID_REQUEST, "Invalid Request: empty batch")
+        messages = [jsonrpc.validate(item) for item in items]
+    except RequestEntityTooLarge:
+        return rpc_failure(413, INVALID_REQUEST, "Payload Too Large")
+    except RpcError as e:
+        return rpc_failure(400, e.code, e.message)
+    for message in messages:
+        if message.is_request:
+            _hub().submit(session, message, access.view)
+        else:
+            services.dispatcher.receive(session, message)
+    return Response("Accepted", status=202, mimetype="text/plain")

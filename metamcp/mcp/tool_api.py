@@ -1,0 +1,137 @@
+"""An endpoint's tools as plain REST: `GET /metamcp/{name}/api/openapi.json` describes each
+active tool as `POST /metamcp/{name}/api/{tool}` with its input schema as the request body.
+
+A call answers 200 with the tool's result. Errors use the REST error format: 400 for a body
+that is not a JSON object or arguments the upstream rejects, 404 for a tool the namespace
+does not offer, 422 `tool_error` (with the tool's content) for a tool that ran and failed,
+502 when the upstream fails, 504 when it does not answer in time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from metamcp.api.health import package_version
+from metamcp.errors import error_response
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, UPSTREAM_ERROR, RpcError
+from metamcp.mcp.transport import Access, AccessDenied, authorize
+from metamcp.mcp.upstream import UpstreamError, UpstreamRpcError, UpstreamTimeout
+
+bp = Blueprint("tool_api", __name__)
+
+_ERRORS = {
+    "400": "The body is not a JSON object, or the tool rejected the arguments",
+    "401": "Missing or invalid credential",
+    "403": "This key may not use this endpoint",
+    "404": "No such tool in this endpoint's namespace",
+    "422": "The tool ran and reported an error (its content is in details)",
+    "502": "The upstream server failed",
+    "504": "The upstream server did not answer in time",
+}
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+}
+
+
+def _denied(e: AccessDenied) -> Response:
+    return error_response(e.status, {401: "unauthorized", 403: "forbidden"}.get(e.status, "not_found"),
+                          e.message.split(": ", 1)[-1])
+
+
+def _security(access: Access) -> tuple[dict[str, Any], list[dict[str, list[str]]]]:
+    endpoint = access.endpoint
+    if endpoint is None or not endpoint.api_key:
+        return {}, []
+    schemes: dict[str, Any] = {
+        "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or mcp_ API key"},
+        "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    if endpoint.query_param:
+        schemes["apiKeyQuery"] = {"type": "apiKey", "in": "query", "name": "api_key"}
+    return schemes, [{name: []} for name in schemes]
+
+
+@bp.get("/metamcp/<endpoint>/api/openapi.json")
+def openapi(endpoint: str) -> Response:
+    try:
+        access = authorize(endpoint)
+    except AccessDenied as e:
+        return _denied(e)
+    tools = current_app.extensions["metamcp"].gateway.aggregate("tools", access.view)
+    schemes, security = _security(access)
+    paths = {}
+    for tool in tools:
+        responses: dict[str, Any] = {
+            "200": {"description": "The tool's result (MCP CallToolResult)",
+                    "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "properties": {"content": {"type": "array", "items": {"type": "object"}},
+                                       "structuredContent": tool.get("outputSchema") or {"type": "object"},
+                                       "isError": {"type": "boolean"}}}}}},
+        }
+        for status, description in _ERRORS.items():
+            responses[status] = {"description": description,
+                                 "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+        operation: dict[str, Any] = {
+            "operationId": tool["name"],
+            "summary": tool.get("title") or (tool.get("annotations") or {}).get("title") or tool["name"],
+            "description": tool.get("description") or "",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": tool.get("inputSchema") or {"type": "object"}}}},
+            "responses": responses,
+        }
+        if security:
+            operation["security"] = security
+        paths[f"/metamcp/{endpoint}/api/{tool['name']}"] = {"post": operation}
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": f"MetaMCP endpoint {endpoint}", "version": package_version(),
+                 "description": f"The active tools of namespace {access.view.name if access.view else ''}, "
+                                "each callable with its arguments as the JSON body."},
+        "servers": [{"url": request.host_url.rstrip("/")}],
+        "paths": paths,
+    }
+    if schemes:
+        document["components"] = {"securitySchemes": schemes}
+    return jsonify(document)
+
+
+@bp.post("/metamcp/<endpoint>/api/<tool>")
+def call_tool(endpoint: str, tool: str) -> Response:
+    try:
+        access = authorize(endpoint)
+    except AccessDenied as e:
+        return _denied(e)
+    if request.mimetype != "application/json":
+        return error_response(415, "unsupported_media_type", "Send the arguments as a JSON object.")
+    try:
+        arguments = request.get_json(silent=True)
+    except RequestEntityTooLarge:
+        return error_response(413, "payload_too_large", "The request body is too large.")
+    if not isinstance(arguments, dict):
+        return error_response(400, "bad_request", "The body must be a JSON object of the tool's arguments.")
+    gateway = current_app.extensions["metamcp"].gateway
+    try:
+        server, original = gateway.route("tools", tool, access.view)
+        result = gateway.request(server, "tools/call", {"name": original, "arguments": arguments})
+    except RpcError as e:
+        if e.code == INVALID_PARAMS:
+            return error_response(404, "not_found", f"No tool named {tool!r} in this endpoint.")
+        status = 502 if e.code == UPSTREAM_ERROR else 500
+        return error_response(status, "bad_gateway" if status == 502 else "internal_error", e.message)
+    except UpstreamRpcError as e:
+        if e.code == INVALID_PARAMS:
+            return error_response(400, "bad_request", e.message, {"code": e.code})
+        return error_response(502, "bad_gateway", e.message, {"code": e.code})
+    except UpstreamTimeout as e:
+        return error_response(504, "gateway_timeout", str(e))
+    except UpstreamError as e:
+        return error_response(502, "bad_gateway", str(e))
+    if result.get("isError"):
+        text = " ".join(c.get("text", "") for c in result.get("content") or [] if isinstance(c, dict)).strip()
+        return error_response(422, "tool_error", text or f"The tool {tool!r} reported an error.", result)
+    return jsonify(result)
