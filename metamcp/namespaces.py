@@ -171,8 +171,9 @@ class NamespaceRegistry:
     def delete(self, namespace_id: UUID) -> None:
         with self._db.transaction() as cur:
             self._existing(cur, namespace_id)
+            # PostgreSQL reports an ON DELETE RESTRICT as either, depending on the version.
             with repository.conflict_as(cur, "Endpoints still publish this namespace; delete them first.",
-                                        psycopg2.errors.RestrictViolation):
+                                        psycopg2.errors.RestrictViolation, psycopg2.errors.ForeignKeyViolation):
                 repository.delete_namespace(cur, namespace_id)
             self._notify(cur, namespace_id)
             repository.notify_change(cur, "keys")  # keys scoped to it now reach less

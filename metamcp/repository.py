@@ -50,13 +50,14 @@ def _returned(cur: Cursor) -> Row:
 
 @contextmanager
 def conflict_as(cur: Cursor, message: str,
-                violation: type[psycopg2.Error] = psycopg2.errors.UniqueViolation) -> Iterator[None]:
-    """Run writes in a savepoint; the constraint `violation` becomes Conflict(message) and the
-    transaction stays usable."""
+                *violations: type[psycopg2.Error]) -> Iterator[None]:
+    """Run writes in a savepoint; a violation of these constraint kinds (default: unique)
+    becomes Conflict(message) and the transaction stays usable."""
+    caught = violations or (psycopg2.errors.UniqueViolation,)
     cur.execute("SAVEPOINT conflict_as")
     try:
         yield
-    except violation:
+    except caught:
         cur.execute("ROLLBACK TO SAVEPOINT conflict_as")
         raise Conflict(message) from None
 

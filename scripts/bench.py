@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Benchmark: the same tools/call direct to an upstream and through the gateway, and a warm
-aggregated tools/list over many upstreams. Prints a table.
+"""Benchmark: the same tools/call direct to an upstream, through the gateway's /mcp and
+through an endpoint (a namespace with a renamed tool), as REST, and warm aggregated
+tools/lists over many upstreams. Prints tables.
 
     .venv/bin/python scripts/bench.py [--calls 2000] [--upstreams 10] [--tools 50]
 
@@ -144,17 +145,31 @@ def main() -> int:
             cwd=ROOT, env=gateway_env, capture_output=True, text=True, check=True)
         key = json.loads(created.stdout)["key"]
         auth = {"X-API-Key": key}
+        namespace = requests.post(f"{base}/api/v1/namespaces", headers=auth, timeout=30,
+                                  json={"name": "bench"}).json()["id"]
         for index, port in enumerate(ports):
-            requests.post(f"{base}/api/v1/mcp/servers", headers=auth, timeout=30, json={
+            server = requests.post(f"{base}/api/v1/mcp/servers", headers=auth, timeout=30, json={
                 "name": f"up{index}", "transport": "streamable_http",
-                "url": f"http://127.0.0.1:{port}/mcp"}).raise_for_status()
+                "url": f"http://127.0.0.1:{port}/mcp"})
+            server.raise_for_status()
+            requests.put(f"{base}/api/v1/namespaces/{namespace}/servers/{server.json()['id']}",
+                         headers=auth, timeout=30, json={}).raise_for_status()
+        requests.post(f"{base}/api/v1/endpoints", headers=auth, timeout=30,
+                      json={"name": "bench", "namespace_id": namespace}).raise_for_status()
+        tools = requests.get(f"{base}/api/v1/namespaces/{namespace}/tools", headers=auth, timeout=60).json()
+        echo_id = next(t["id"] for t in tools["tools"] if t["name"] == "up0__echo")
+        requests.patch(f"{base}/api/v1/namespaces/{namespace}/tools/{echo_id}", headers=auth, timeout=30,
+                       json={"name": "say", "description": "Echo, renamed"}).raise_for_status()
+        endpoint = base + "/metamcp/bench"
 
         direct_url = f"http://127.0.0.1:{ports[0]}/mcp"
         echo = {"name": "echo", "arguments": {"message": "bench"}}
         echo_via = {"name": "up0__echo", "arguments": {"message": "bench"}}
         rows = []
+        echo_renamed = {"name": "say", "arguments": {"message": "bench"}}
         for label, url, headers, params in (("direct", direct_url, {}, echo),
-                                            ("gateway", base + "/mcp", auth, echo_via)):
+                                            ("gateway", base + "/mcp", auth, echo_via),
+                                            ("endpoint", endpoint + "/mcp", auth, echo_renamed)):
             sessions = [McpSession(url, headers) for _ in range(32)]
             check = sessions[0].rpc("tools/call", params)  # warm-up, and a check
             assert "result" in check, check
@@ -172,6 +187,19 @@ def main() -> int:
         first = lister.rpc("tools/list", {})
         count = len(first["result"]["tools"])
         list_latencies, _ = measure([lister], 300, lambda s: s.rpc("tools/list", {}))
+        endpoint_lister = McpSession(endpoint + "/mcp", auth)
+        assert any(t["name"] == "say" for t in endpoint_lister.rpc("tools/list", {})["result"]["tools"])
+        endpoint_list_latencies, _ = measure([endpoint_lister], 300, lambda s: s.rpc("tools/list", {}))
+
+        rest = [requests.Session() for _ in range(8)]
+
+        def rest_call(session: requests.Session) -> Any:
+            reply = session.post(endpoint + "/api/say", headers=auth, json={"message": "bench"}, timeout=30)
+            reply.raise_for_status()
+
+        measure(rest, 200, rest_call)
+        rest_latencies, rest_rate1 = measure(rest[:1], args.calls, rest_call)
+        _, rest_rate8 = measure(rest, args.calls, rest_call)
 
         # Stdio: the example server as a child, direct (our client in this process, over its
         # pipes) and through the gateway (each gateway worker runs its own child).
@@ -202,7 +230,12 @@ def main() -> int:
         print(f"{'path':<10}{'p50 ms':>9}{'p99 ms':>9}{'calls/s c=1':>13}{'c=8':>9}{'c=32':>9}")
         for label, p50, p99, r1, r8, r32 in rows:
             print(f"{label:<10}{p50:>9.2f}{p99:>9.2f}{r1:>13.0f}{r8:>9.0f}{r32:>9.0f}")
-        print(f"{'added':<10}{rows[1][1] - rows[0][1]:>9.2f}{rows[1][2] - rows[0][2]:>9.2f}")
+        print(f"{'added':<10}{rows[1][1] - rows[0][1]:>9.2f}{rows[1][2] - rows[0][2]:>9.2f}"
+              "   (gateway /mcp over direct)")
+        print(f"{'added':<10}{rows[2][1] - rows[0][1]:>9.2f}{rows[2][2] - rows[0][2]:>9.2f}"
+              "   (endpoint, renamed tool, over direct)")
+        print(f"{'REST':<10}{pct(rest_latencies, 50):>9.2f}{pct(rest_latencies, 99):>9.2f}"
+              f"{rest_rate1:>13.0f}{rest_rate8:>9.0f}   (POST /metamcp/bench/api/say)")
         print()
         print("stdio tools/call echo (scripts/example_server.py as a child)")
         for label, p50, p99, r1, r8, r32 in stdio_rows:
@@ -212,6 +245,8 @@ def main() -> int:
         print()
         print(f"warm aggregated tools/list: {count} tools from {args.upstreams} upstreams, "
               f"p50 {pct(list_latencies, 50):.2f} ms, p99 {pct(list_latencies, 99):.2f} ms")
+        print(f"the same through the endpoint (namespace, one override): "
+              f"p50 {pct(endpoint_list_latencies, 50):.2f} ms, p99 {pct(endpoint_list_latencies, 99):.2f} ms")
         return 0
     finally:
         for process in reversed(processes):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio
@@ -47,3 +49,15 @@ async def list_all(client: Client, what: str) -> list[Any]:
         if cursor is None:
             return items
     raise AssertionError("pagination did not end")
+
+
+def notifications_until(lines: Iterator[str], method: str, seconds: float = 10) -> list[str]:
+    """Methods of the notifications read from an SSE stream until `method` (or the deadline)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    for line in lines:  # keep-alives every 0.5 s keep this loop moving to its deadline
+        if line.startswith("data:"):
+            seen.append(json.loads(line[5:])["method"])
+        if method in seen or time.monotonic() > deadline:
+            break
+    return seen

@@ -22,7 +22,7 @@ from metamcp import crypto, repository
 from metamcp.db import Database
 
 from .conftest import ROOT, Gunicorn, child_env, free_port
-from .mcp_client import list_all, run_client
+from .mcp_client import list_all, notifications_until, run_client
 from .upstreams import UpstreamProcess
 
 PAGE_SIZE = 5
@@ -378,18 +378,6 @@ def test_rest_lists_and_executes_tools_live(deployment: Deployment) -> None:
     bad = deployment.rest("POST", f"/api/v1/mcp/servers/{servers['beta']}/tools/add/execute",
                           json={"arguments": "nope"})
     assert bad.status_code == 422
-
-
-def notifications_until(lines: Iterator[str], method: str, seconds: float = 10) -> list[str]:
-    """Methods of the notifications read from an SSE stream until `method` (or the deadline)."""
-    seen: list[str] = []
-    deadline = time.monotonic() + seconds
-    for line in lines:  # keep-alives every 0.5 s keep this loop moving to its deadline
-        if line.startswith("data:"):
-            seen.append(json.loads(line[5:])["method"])
-        if method in seen or time.monotonic() > deadline:
-            break
-    return seen
 
 
 def test_registry_changes_reach_every_worker_at_once(deployment: Deployment) -> None:

@@ -18,7 +18,7 @@ from metamcp import crypto, repository
 from metamcp.db import Database
 
 from .conftest import Gunicorn, child_env, free_port
-from .mcp_client import list_all, run_client
+from .mcp_client import list_all, notifications_until, run_client
 from .upstreams import Log, UpstreamProcess
 
 ADMIN_HEADERS_KEY = "X-API-Key"
@@ -406,3 +406,40 @@ def test_import_a_claude_desktop_config(deployment: Deployment) -> None:
     for name in config["mcpServers"]:
         server = next(s for s in deployment.rest("GET", "/api/v1/mcp/servers").json()["servers"] if s["name"] == name)
         assert deployment.rest("DELETE", f"/api/v1/mcp/servers/{server['id']}").status_code == 204
+
+
+def test_namespace_changes_reach_every_worker_and_stream_at_once(deployment: Deployment) -> None:
+    """A tool switched off disappears from the next list in both workers, and the endpoint's
+    GET stream announces tools/list_changed; prompts, too, come from the namespace's servers only."""
+    key = deployment.keys["admin"]
+    headers = {"X-API-Key": key, "Accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    url = deployment.url("open")
+    reply = requests.post(url, json=init, headers=headers, timeout=30)
+    session = {**headers, "Mcp-Session-Id": reply.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-11-25"}
+
+    def names(method: str, key: str) -> set[str]:
+        found: set[str] = set()
+        for _ in range(6):  # several requests: both workers answer some
+            result = requests.post(url, json={"jsonrpc": "2.0", "id": 2, "method": method}, headers=session,
+                                   timeout=30).json()["result"]
+            found |= {item["name"] for item in result[key]}
+        return found
+
+    assert names("prompts/list", "prompts") == {"beta__greet"}
+    assert "beta__echo" in names("tools/list", "tools")
+    tool_id = deployment.tool_ids("other")["beta:echo"]
+    stream = requests.get(url, headers={**session, "Accept": "text/event-stream"}, stream=True, timeout=30)
+    try:
+        assert stream.status_code == 200
+        lines = stream.iter_lines(decode_unicode=True)
+        assert next(lines).startswith(":")
+        assert deployment.patch_tool("other", tool_id, status="inactive").status_code == 200
+        assert "beta__echo" not in names("tools/list", "tools")
+        assert "notifications/tools/list_changed" in notifications_until(
+            lines, "notifications/tools/list_changed")
+    finally:
+        stream.close()
+        deployment.patch_tool("other", tool_id, status="active")
+    assert "beta__echo" in names("tools/list", "tools")

@@ -100,6 +100,9 @@ class Gateway:
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="metamcp-fanout")
         self._subscribers: list[Callable[[str], None]] = []
+        #: Each namespace's tool table, with the view and lists it was made from.
+        self._tables: dict[UUID, tuple[NamespaceView, tuple[tuple[str, ServerList | None], ...],
+                                       dict[str, tuple[dict[str, Any], str, str]]]] = {}
         #: Stdio children this process may run at once.
         self._children = threading.BoundedSemaphore(settings.stdio_max_children)
 
@@ -247,15 +250,20 @@ class Gateway:
         names = sorted(self.servers())
         return names if view is None else [name for name in names if name in view.servers]
 
-    @staticmethod
     def _namespace_tools(
-        view: NamespaceView, servers: list[str], lists: dict[str, ServerList]
+        self, view: NamespaceView, servers: list[str], lists: dict[str, ServerList]
     ) -> dict[str, tuple[dict[str, Any], str, str]]:
         """The namespace's active tools by the name its clients use: (tool, server, upstream name).
 
         Overrides are applied first, so a tool is found by its exposed name only and its
-        status is that of the tool the name stands for.
+        status is that of the tool the name stands for. Kept until the view or a list changes
+        (both are replaced, never modified, so identity tells).
         """
+        sources = tuple((server, lists.get(server)) for server in servers)
+        cached = self._tables.get(view.id)
+        if (cached is not None and cached[0] is view and len(cached[1]) == len(sources)
+                and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(cached[1], sources, strict=True))):
+            return cached[2]
         table: dict[str, tuple[dict[str, Any], str, str]] = {}
         for server in servers:
             server_list = lists.get(server)
@@ -271,6 +279,7 @@ class Gateway:
                     logger.warning("namespace %s: two tools named %s; keeping the first", view.name, shown["name"])
                     continue
                 table[shown["name"]] = (shown, server, original)
+        self._tables[view.id] = (view, sources, table)
         return table
 
     def _server_lists(self, kind: str, servers: list[str]) -> dict[str, ServerList]:

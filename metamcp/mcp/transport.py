@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+from uuid import UUID
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -81,7 +82,7 @@ class Access:
     by_query: bool = False  # the key came as ?api_key=
 
     @property
-    def endpoint_id(self) -> Any:
+    def endpoint_id(self) -> UUID | None:
         return None if self.endpoint is None else self.endpoint.id
 
     def owns(self, session: Session | None) -> bool:
@@ -89,6 +90,8 @@ class Access:
 
 
 class AccessDenied(Exception):
+    """A request refused before it reaches the dispatcher: the HTTP status and why."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
