@@ -333,6 +333,44 @@ def test_sessions_belong_to_their_endpoint(deployment: Deployment) -> None:
     for url in (deployment.gateway.url + "/mcp", deployment.url("qp")):
         assert requests.post(url, json=listing, headers=session, timeout=30).status_code == 404
     assert requests.post(deployment.url("nowhere"), json=init, headers=headers, timeout=30).status_code == 404
+    reply = requests.get(deployment.url("nowhere", "api/openapi.json"), headers=headers, timeout=30)
+    assert reply.status_code == 404 and reply.json()["error"] == "not_found"
+    # a legacy SSE session is not reachable through another endpoint or by another key
+    stream = requests.get(deployment.url("research", "sse"), headers={"X-API-Key": key}, stream=True, timeout=30)
+    try:
+        lines = stream.iter_lines(decode_unicode=True)
+        assert next(lines) == "event: endpoint"
+        session_id = next(lines).split("sessionId=")[1]
+        ping = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
+        for url, who in ((deployment.url("qp", "message"), key), (deployment.url("research", "message"),
+                                                                   deployment.keys["elsewhere"])):
+            reply = requests.post(url, params={"sessionId": session_id}, json=ping, headers={"X-API-Key": who},
+                                  timeout=30)
+            assert reply.status_code == 404, url
+        reply = requests.post(deployment.url("research", "message"), params={"sessionId": session_id},
+                              data="{", headers={"X-API-Key": key, "Content-Type": "application/json"}, timeout=30)
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == -32700
+    finally:
+        stream.close()
+
+
+def test_a_deleted_endpoint_stops_serving_at_once(deployment: Deployment) -> None:
+    key = deployment.keys["admin"]
+    reply = deployment.rest("POST", "/api/v1/endpoints", json={"name": "brief", "namespace_id": deployment.ids["other"]})
+    assert reply.status_code == 201
+    endpoint_id = reply.json()["id"]
+    headers = {"X-API-Key": key, "Accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    reply = requests.post(deployment.url("brief"), json=init, headers=headers, timeout=30)
+    session = {**headers, "Mcp-Session-Id": reply.headers["Mcp-Session-Id"]}
+    assert deployment.rest("DELETE", f"/api/v1/endpoints/{endpoint_id}").status_code == 204
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    for _ in range(4):  # both workers
+        assert requests.post(deployment.url("brief"), json=listing, headers=session, timeout=30).status_code == 404
+    with deployment.db.transaction() as cur:
+        cur.execute("SELECT count(*) AS n FROM mcp_sessions WHERE id = %s", (session["Mcp-Session-Id"],))
+        assert cur.fetchone()["n"] == 0
 
 
 def test_legacy_sse_stream_keepalive_and_delivery_across_processes(

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from metamcp.api.schemas import ErrorSchema, TokenRequestSchema, TokenResponseSchema
-from metamcp.authn import Authenticator, Principal
+from metamcp.authn import Authenticator
 from metamcp.errors import Forbidden, Unauthorized
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Exchange an API key for a JWT")
@@ -30,7 +30,8 @@ def request_credential() -> str | None:
 
 
 def authenticate_request() -> None:
-    """before_request of protected blueprints: sets g.principal or answers 401."""
+    """before_request of protected (admin) blueprints: 401 without a valid credential, 403 for
+    a key limited to namespaces."""
     credential = request_credential()
     if credential is None:
         raise Unauthorized("Send 'Authorization: Bearer <token or API key>' or 'X-API-Key: <API key>'.")
@@ -38,7 +39,6 @@ def authenticate_request() -> None:
     if principal.is_scoped:
         raise Forbidden("This API key is limited to namespaces; it can use their endpoints "
                         "(/metamcp/<endpoint>/...) but not the admin API.")
-    g.principal = principal
 
 
 def authenticator() -> Authenticator:
@@ -57,10 +57,6 @@ def documented(blp: Blueprint, descriptions: dict[int, str], *statuses: int) -> 
         return blp.doc(security=SECURITY)(view)
 
     return decorate
-
-
-def current_principal() -> Principal:
-    return g.principal
 
 
 @blp.route("/token")
