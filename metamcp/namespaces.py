@@ -22,13 +22,12 @@ from uuid import UUID
 import psycopg2.errors
 
 from metamcp import repository
+from metamcp.authn import TOPIC as KEYS_TOPIC
 from metamcp.db import Database
 from metamcp.errors import Conflict, NotFound
 from metamcp.mcp import naming
 
 TOPIC = "namespaces"
-#: Fields of a tool an admin may override per namespace.
-OVERRIDES = ("name", "title", "description", "annotations")
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +90,13 @@ def _public_tool(row: Mapping[str, Any]) -> dict[str, Any]:
         "description": shown.get("description"),
         "annotations": shown.get("annotations") or {},
         "input_schema": definition.get("inputSchema") or {},
-        "overrides": {k: getattr(settings, k) for k in OVERRIDES if k != "annotations"}
-        | {"annotations": dict(settings.annotations)},
+        "overrides": {"name": settings.name, "title": settings.title, "description": settings.description,
+                      "annotations": dict(settings.annotations)},
     }
+
+
+def _taken(name: str) -> str:
+    return f"A namespace named {name!r} already exists; choose another name."
 
 
 def _settings(row: Mapping[str, Any]) -> ToolSettings:
@@ -144,11 +147,8 @@ class NamespaceRegistry:
 
     def create(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         with self._db.transaction() as cur:
-            row = self._unique_name(
-                fields["name"],
-                lambda: repository.insert_namespace(cur, fields["name"], fields.get("description", "")),
-                cur,
-            )
+            with repository.conflict_as(cur, _taken(fields["name"])):
+                row = repository.insert_namespace(cur, fields["name"], fields.get("description", ""))
             self._notify(cur, row["id"])
             public = self._public(cur, row)
         self._changed(row["id"])
@@ -158,13 +158,10 @@ class NamespaceRegistry:
         with self._db.transaction() as cur:
             current = self._existing(cur, namespace_id)
             merged = {**current, **fields}
-            row = self._unique_name(
-                merged["name"],
-                lambda: repository.update_namespace(cur, namespace_id, merged["name"], merged["description"]),
-                cur,
-            )
+            with repository.conflict_as(cur, _taken(merged["name"])):
+                repository.update_namespace(cur, namespace_id, merged["name"], merged["description"])
             self._notify(cur, namespace_id)
-            public = self._public(cur, row)
+            public = self._public(cur, self._existing(cur, namespace_id))
         self._changed(namespace_id)
         return public
 
@@ -176,7 +173,7 @@ class NamespaceRegistry:
                                         psycopg2.errors.RestrictViolation, psycopg2.errors.ForeignKeyViolation):
                 repository.delete_namespace(cur, namespace_id)
             self._notify(cur, namespace_id)
-            repository.notify_change(cur, "keys")  # keys scoped to it now reach less
+            repository.notify_change(cur, KEYS_TOPIC)  # keys scoped to it now reach less
         self._changed(namespace_id)
 
     def attach(self, namespace_id: UUID, server_id: UUID, status: str) -> dict[str, Any]:
@@ -265,7 +262,9 @@ class NamespaceRegistry:
             view = None
             if row is not None:
                 servers = repository.namespace_servers(cur, namespace_id)
-                tools = repository.namespace_tools(cur, namespace_id)
+                # Settings of tools the upstream does not list right now too: when it lists
+                # them again (the view is not reloaded for that), they must still apply.
+                tools = repository.namespace_tools(cur, namespace_id, listed_only=False)
                 view = NamespaceView(
                     namespace_id,
                     row["name"],
@@ -290,14 +289,6 @@ class NamespaceRegistry:
         self.on_change()
         for observer in self.observers:
             observer({"topic": TOPIC, "id": str(namespace_id)})
-
-    @staticmethod
-    def _unique_name(name: str, write: Callable[[], dict[str, Any] | None], cur: Any) -> dict[str, Any]:
-        with repository.conflict_as(cur, f"A namespace named {name!r} already exists; choose another name."):
-            row = write()
-        if row is None:
-            raise NotFound("No such namespace.")
-        return row
 
     @staticmethod
     def _existing(cur: Any, namespace_id: UUID, lock: bool = False) -> dict[str, Any]:

@@ -349,17 +349,18 @@ def upsert_tools(cur: Cursor, server_id: UUID, definitions: list[dict[str, Any]]
     return written + cur.rowcount
 
 
-def namespace_tools(cur: Cursor, namespace_id: UUID) -> list[Row]:
-    """Every listed tool of the namespace's servers, with its settings there (NULL when none)."""
+def namespace_tools(cur: Cursor, namespace_id: UUID, listed_only: bool = True) -> list[Row]:
+    """The tools of the namespace's servers (those the upstream lists now, unless
+    `listed_only` is false), with their settings there (NULL when none)."""
     cur.execute(
         "SELECT t.id, t.server_id, s.name AS server_name, t.name AS original_name, t.definition,"
         " ns.status AS server_status, nt.status, nt.name, nt.title, nt.description, nt.annotations"
         " FROM namespace_servers ns"
         " JOIN mcp_servers s ON s.id = ns.server_id"
-        " JOIN tools t ON t.server_id = ns.server_id AND t.listed"
+        " JOIN tools t ON t.server_id = ns.server_id AND (t.listed OR NOT %s)"
         " LEFT JOIN namespace_tools nt ON nt.namespace_id = ns.namespace_id AND nt.tool_id = t.id"
         " WHERE ns.namespace_id = %s ORDER BY s.name, t.name",
-        (namespace_id,),
+        (listed_only, namespace_id),
     )
     return [dict(row) for row in cur.fetchall()]
 

@@ -135,6 +135,13 @@ def test_view_maps_settings_by_server_and_upstream_name(
     assert view is not None and view.servers == frozenset({"files"})
     assert view.settings("files", "read") == ToolSettings("inactive", "r", None, None, {})
     assert view.settings("files", "other").active
+    # The upstream drops the tool, the view is rebuilt, then the tool comes back (which does not
+    # rebuild the view): it must still be off, not active under its default name.
+    registry.sync_tools(files, [])
+    registry.on_change()
+    view = registry.view(ns)
+    registry.sync_tools(files, _tools("read"))
+    assert view is not None and view.settings("files", "read") == ToolSettings("inactive", "r", None, None, {})
 
 
 def test_tool_settings_apply() -> None:
