@@ -481,3 +481,29 @@ def test_namespace_changes_reach_every_worker_and_stream_at_once(deployment: Dep
         stream.close()
         deployment.patch_tool("other", tool_id, status="active")
     assert "beta__echo" in names("tools/list", "tools")
+
+
+def test_tools_an_upstream_adds_are_recorded_without_anyone_listing(deployment: Deployment) -> None:
+    """The upstream announces tools/list_changed; the gateway records the new tool by itself.
+    (A raw client without a GET stream: the SDK client would list again on the announcement.)"""
+    url = deployment.gateway.url + "/mcp"
+    headers = {"X-API-Key": deployment.keys["admin"], "Accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    session = {**headers, "Mcp-Session-Id": requests.post(url, json=init, headers=headers,
+                                                          timeout=30).headers["Mcp-Session-Id"]}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "alpha__grow", "arguments": {"name": "grown"}}}
+    reply = requests.post(url, json=call, headers=session, timeout=30)
+    data = [json.loads(line[5:]) for line in reply.text.splitlines() if line.startswith("data:")]
+    assert data[-1]["result"]["content"][0]["text"] == "grown"
+    deadline = time.monotonic() + 10
+    found = 0
+    while time.monotonic() < deadline and not found:
+        with deployment.db.transaction() as cur:
+            cur.execute("SELECT count(*) AS n FROM tools t JOIN mcp_servers s ON s.id = t.server_id"
+                        " WHERE s.name = 'alpha' AND t.name = 'grown' AND t.listed")
+            found = cur.fetchone()["n"]
+        time.sleep(0.1)
+    assert found == 1
+    assert "alpha__grown" in mcp_tools(deployment.url("research"), deployment.keys["admin"])

@@ -218,6 +218,15 @@ class Gateway:
             self._publish("lists", {"server": server, "kinds": kinds})
         else:
             self.on_list_change({"server": server, "kinds": kinds})
+        if "tools" in kinds and self._on_tools is not None:
+            # Record the new tools now rather than at the next list (only the processes whose
+            # client heard the upstream do this; unchanged rows are not written twice).
+            self._pool.submit(self._refetch, server, "tools")
+
+    def _refetch(self, server: str, kind: str) -> None:
+        with self._lock:
+            self._state.lists.pop((server, kind), None)
+        self._server_lists(kind, [server])
 
     # --- lists -----------------------------------------------------------------------------
 

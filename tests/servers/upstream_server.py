@@ -117,6 +117,13 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPSe
         await ctx.session.send_tool_list_changed()
         return "sent"
 
+    @server.tool(description="Add a tool named `name` (it answers its name), then send "
+                             "tools/list_changed.")
+    async def grow(name: str, ctx: Context) -> str:
+        server.add_tool(lambda: name, name=name, description="Added at run time.")
+        await ctx.session.send_tool_list_changed()
+        return "grown"
+
     @server.tool(description="Ping the client on this call's stream, then answer.")
     async def ask_ping(ctx: Context) -> str:
         await ctx.session.send_request(
