@@ -2,6 +2,11 @@
 """End-to-end smoke test of a running gateway: health, token, servers, and one MCP session.
 
     .venv/bin/python scripts/test_client.py --api-key mcp_...   (or METAMCP_API_KEY / METAMCP_URL)
+    .venv/bin/python scripts/test_client.py --endpoint NAME [--api-key mcp_...]
+
+With --endpoint the MCP session is opened at /metamcp/NAME/mcp (the key may be omitted for a
+public endpoint, and may be limited to the endpoint's namespace), and the endpoint's OpenAPI
+document is fetched instead of the admin server list.
 
 Prints each step; exits 0 when every step passed, 1 at the first failure.
 """
@@ -41,22 +46,30 @@ def read_reply(response: requests.Response) -> dict[str, Any]:
     return response.json()
 
 
-def run(base: str, api_key: str, timeout: float) -> None:
+def run(base: str, api_key: str | None, timeout: float, endpoint: str | None = None) -> None:
     http = requests.Session()
     health = http.get(f"{base}/health", timeout=timeout)
     step("health", health.status_code == 200, health.text.strip()[:200])
 
-    token = http.post(f"{base}/api/v1/auth/token", json={"api_key": api_key}, timeout=timeout)
-    step("token", token.status_code == 200, f"HTTP {token.status_code}")
-    auth = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    key_header = {"X-API-Key": api_key} if api_key else {}
+    if api_key:
+        token = http.post(f"{base}/api/v1/auth/token", json={"api_key": api_key}, timeout=timeout)
+        step("token", token.status_code == 200, f"HTTP {token.status_code}")
+    if endpoint is None:
+        auth = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        servers = http.get(f"{base}/api/v1/mcp/servers", headers=auth, timeout=timeout)
+        names = [s["name"] for s in servers.json().get("servers", [])] if servers.ok else []
+        step("list servers", servers.ok, ", ".join(names) or "(none registered)")
+        mcp_url = f"{base}/mcp"
+    else:
+        spec = http.get(f"{base}/metamcp/{endpoint}/api/openapi.json", headers=key_header, timeout=timeout)
+        paths = list(spec.json().get("paths", {})) if spec.ok else []
+        step(f"endpoint {endpoint} OpenAPI", spec.ok, f"HTTP {spec.status_code}, {len(paths)} tool paths")
+        mcp_url = f"{base}/metamcp/{endpoint}/mcp"
 
-    servers = http.get(f"{base}/api/v1/mcp/servers", headers=auth, timeout=timeout)
-    names = [s["name"] for s in servers.json().get("servers", [])] if servers.ok else []
-    step("list servers", servers.ok, ", ".join(names) or "(none registered)")
-
-    mcp_headers = {"X-API-Key": api_key, "Accept": "application/json, text/event-stream",
+    mcp_headers = {**key_header, "Accept": "application/json, text/event-stream",
                    "Content-Type": "application/json"}
-    init = http.post(f"{base}/mcp", headers=mcp_headers, timeout=timeout, json={
+    init = http.post(mcp_url, headers=mcp_headers, timeout=timeout, json={
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
                    "clientInfo": {"name": "metamcp-test-client", "version": "1"}}})
@@ -65,14 +78,14 @@ def run(base: str, api_key: str, timeout: float) -> None:
     step("initialize", bool(session_id) and "protocolVersion" in result,
          f"protocol {result.get('protocolVersion')}, session {session_id[:8]}...")
     mcp_headers.update({"Mcp-Session-Id": session_id, "MCP-Protocol-Version": result["protocolVersion"]})
-    http.post(f"{base}/mcp", headers=mcp_headers, timeout=timeout,
+    http.post(mcp_url, headers=mcp_headers, timeout=timeout,
               json={"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     tools: list[dict[str, Any]] = []
     cursor = None
     for page in range(100):
         params: dict[str, Any] = {"cursor": cursor} if cursor else {}
-        reply = read_reply(http.post(f"{base}/mcp", headers=mcp_headers, timeout=timeout, json={
+        reply = read_reply(http.post(mcp_url, headers=mcp_headers, timeout=timeout, json={
             "jsonrpc": "2.0", "id": 2 + page, "method": "tools/list", "params": params}))
         tools += reply.get("result", {}).get("tools", [])
         cursor = reply.get("result", {}).get("nextCursor")
@@ -86,13 +99,13 @@ def run(base: str, api_key: str, timeout: float) -> None:
 
     tool = next((t for t in tools if t["name"].endswith("__echo")), tools[0])
     arguments = {"message": "hello from test_client"} if tool["name"].endswith("__echo") else {}
-    reply = read_reply(http.post(f"{base}/mcp", headers=mcp_headers, timeout=timeout, json={
+    reply = read_reply(http.post(mcp_url, headers=mcp_headers, timeout=timeout, json={
         "jsonrpc": "2.0", "id": 200, "method": "tools/call",
         "params": {"name": tool["name"], "arguments": arguments}}))
     call = reply.get("result")
     step(f"tools/call {tool['name']}", call is not None,
          json.dumps(call if call is not None else reply.get("error"))[:300])
-    http.delete(f"{base}/mcp", headers=mcp_headers, timeout=timeout)
+    http.delete(mcp_url, headers=mcp_headers, timeout=timeout)
 
 
 def main() -> int:
@@ -102,11 +115,12 @@ def main() -> int:
     parser.add_argument("--url", default=os.environ.get("METAMCP_URL", "http://127.0.0.1:12009"),
                         help="the gateway's base URL (default: $METAMCP_URL or http://127.0.0.1:12009)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
+    parser.add_argument("--endpoint", metavar="NAME", help="test the endpoint /metamcp/NAME instead of /mcp")
     args = parser.parse_args()
-    if not args.api_key:
+    if not args.api_key and not args.endpoint:
         parser.error("an API key is required: --api-key or METAMCP_API_KEY")
     try:
-        run(args.url.rstrip("/"), args.api_key, args.timeout)
+        run(args.url.rstrip("/"), args.api_key, args.timeout, args.endpoint)
     except StepFailed as e:
         print(f"failed at: {e}", file=sys.stderr)
         return 1

@@ -4,6 +4,8 @@ real SDK upstreams, the SDK as client over Streamable HTTP and legacy SSE, plain
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 from metamcp import crypto, repository
 from metamcp.db import Database
 
-from .conftest import Gunicorn, child_env, free_port
+from .conftest import ROOT, Gunicorn, child_env, free_port
 from .mcp_client import list_all, notifications_until, run_client
 from .upstreams import Log, UpstreamProcess
 
@@ -507,3 +509,14 @@ def test_tools_an_upstream_adds_are_recorded_without_anyone_listing(deployment: 
         time.sleep(0.1)
     assert found == 1
     assert "alpha__grown" in mcp_tools(deployment.url("research"), deployment.keys["admin"])
+
+
+def test_smoke_test_script_against_endpoints(deployment: Deployment) -> None:
+    script = [sys.executable, str(ROOT / "scripts" / "test_client.py"), "--url", deployment.gateway.url]
+    for extra in (["--endpoint", "research", "--api-key", deployment.keys["scoped"]], ["--endpoint", "open"]):
+        result = subprocess.run([*script, *extra], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "OpenAPI: HTTP 200" in result.stdout and "all steps passed" in result.stdout
+    result = subprocess.run([*script, "--endpoint", "others", "--api-key", deployment.keys["scoped"]],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "HTTP 403" in result.stdout
