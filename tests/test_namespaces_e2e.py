@@ -284,6 +284,11 @@ def test_public_endpoint_needs_no_credential(deployment: Deployment) -> None:
     reply = requests.get(deployment.url("open", "api/openapi.json"), timeout=30)
     assert reply.status_code == 200 and "components" not in reply.json()
 
+    async def call_in_auto_mode(client: Client) -> str:  # the SDK's default: probes server/discover first
+        return (await client.call_tool("beta__echo", {"message": "auto"})).content[0].text
+
+    assert run_client(deployment.url("open"), None, call_in_auto_mode, mode="auto") == "beta: auto"
+
 
 def test_query_param_key(deployment: Deployment) -> None:
     key = deployment.keys["admin"]
