@@ -10,12 +10,9 @@ NOTIFYs topic "sse", and the stream's worker picks it up.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +25,7 @@ from metamcp.config import Settings
 from metamcp.db import Database
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.jsonrpc import INVALID_REQUEST, Message, RpcError
-from metamcp.mcp.methods import STOP_CHECK_SECONDS, Dispatcher, StreamBody, Streamed
+from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
 from metamcp.mcp.sessions import Session
 from metamcp.mcp.transport import SUPPORTED_VERSIONS, guard, rpc_failure
 from metamcp.namespaces import NamespaceView
@@ -137,25 +134,13 @@ def open_stream(endpoint: str) -> Response:
     post_url = f"/metamcp/{quote(endpoint)}/message?sessionId={session.id}"
     if access.by_query:  # a client that can only put the key in the URL needs it on POSTs too
         post_url += f"&api_key={quote(request.args.get('api_key', ''))}"
-    keepalive = services.settings.keepalive_seconds
-    client = request.environ.get("gunicorn.socket")
 
-    def events() -> Iterator[bytes]:
-        yield sse.encode_event(post_url, event="endpoint")
-        quiet_since = time.monotonic()
-        while not dispatcher.stopping.is_set():
-            try:
-                message = messages.get(timeout=min(keepalive, STOP_CHECK_SECONDS))
-            except queue.Empty:
-                if sse.peer_closed(client):
-                    return
-                if time.monotonic() - quiet_since >= keepalive:
-                    hub.collect(session.id)  # in case a NOTIFY was missed
-                    yield sse.comment()
-                    quiet_since = time.monotonic()
-                continue
-            yield sse.encode_event(json.dumps(message, separators=(",", ":")), event="message")
-            quiet_since = time.monotonic()
+    def collect() -> bool:
+        hub.collect(session.id)  # in case a NOTIFY was missed
+        return True
+
+    events = dispatcher.standing_stream(sse.encode_event(post_url, event="endpoint"), messages,
+                                        request.environ.get("gunicorn.socket"), collect)
 
     def cleanup() -> None:
         hub.close_stream(session.id)
@@ -165,7 +150,7 @@ def open_stream(endpoint: str) -> Response:
         except Exception:  # noqa: BLE001 - e.g. the worker is exiting and its pool is closed
             logger.info("a legacy SSE session was not ended at close (the worker is exiting)")
 
-    return Response(StreamBody(events(), cleanup), mimetype="text/event-stream",
+    return Response(StreamBody(events, cleanup), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

@@ -307,38 +307,48 @@ class Dispatcher:
         if listener:
             self._listeners.release()
 
+    def standing_stream(self, first: bytes, messages: queue.SimpleQueue[dict[str, Any]], client: Any,
+                        when_quiet: Callable[[], bool]) -> Iterator[bytes]:
+        """SSE body of a standing stream: `first`, then each queued message as it comes, and a
+        keep-alive comment after each quiet period (`when_quiet()` runs first; False ends the
+        stream). It also ends when the client hangs up (`client`: its socket) or the worker
+        stops; short waits keep both prompt."""
+        keepalive = self._settings.keepalive_seconds
+        yield first
+        quiet_since = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                message = messages.get(timeout=min(keepalive, STOP_CHECK_SECONDS))
+            except queue.Empty:
+                if sse.peer_closed(client):
+                    return
+                if time.monotonic() - quiet_since >= keepalive:
+                    if not when_quiet():
+                        return
+                    yield sse.comment()
+                    quiet_since = time.monotonic()
+                continue
+            yield sse.encode_event(json.dumps(message, separators=(",", ":")), event="message")
+            quiet_since = time.monotonic()
+
     def open_listener(self, session: Session, client: Any = None) -> StreamBody | None:
         """An SSE body of list_changed notifications and keep-alives; None when none is free.
         `client`: the connection's socket, watched so a departed client frees its thread."""
         if not self.hold_stream(listener=True):
             return None
-        methods: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._gateway.subscribe(methods.put)
-        keepalive = self._settings.keepalive_seconds
+        messages: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
 
-        def events() -> Iterator[bytes]:
-            yield sse.comment("stream open")
-            quiet_since = time.monotonic()
-            while not self.stopping.is_set():
-                try:
-                    # Short waits, so a shutting-down worker is not held up by idle streams.
-                    method = methods.get(timeout=min(keepalive, STOP_CHECK_SECONDS))
-                except queue.Empty:
-                    if sse.peer_closed(client):
-                        return
-                    if time.monotonic() - quiet_since < keepalive:
-                        continue
-                    if self._sessions.get(session.id) is None:
-                        return  # the session was deleted
-                    yield sse.comment()
-                    quiet_since = time.monotonic()
-                    continue
-                body = json.dumps(jsonrpc.notification(method), separators=(",", ":"))
-                yield sse.encode_event(body, event="message")
-                quiet_since = time.monotonic()
+        def announce(method: str) -> None:
+            messages.put(jsonrpc.notification(method))
+
+        def session_alive() -> bool:
+            return self._sessions.get(session.id) is not None  # ends when the session is deleted
+
+        self._gateway.subscribe(announce)
+        events = self.standing_stream(sse.comment("stream open"), messages, client, session_alive)
 
         def cleanup() -> None:
-            self._gateway.unsubscribe(methods.put)
+            self._gateway.unsubscribe(announce)
             self.release_stream(listener=True)
 
-        return StreamBody(events(), cleanup)
+        return StreamBody(events, cleanup)
