@@ -50,6 +50,9 @@ class _Child(Inboxes):
         #: Whether its place among the worker's children was given back.
         self.released = False
         self.release_lock = threading.Lock()
+        #: Whether its unplanned exit was counted (by its reader or by the next request;
+        #: under release_lock).
+        self.exit_noted = False
 
     def write(self, message: dict[str, Any]) -> None:
         data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
@@ -140,6 +143,10 @@ class StdioUpstream(Upstream):
             if child is not None and child.alive and child.process.poll() is None:
                 return child
             if child is not None:
+                # Count the crash now: its reader may not have seen it yet, and the backoff
+                # must hold for this very request.
+                code = child.process.poll()
+                self._note_exit(child, f"exited with status {code}" if code is not None else "closed its output")
                 self._stop(child)  # reap the dead one and free its place
             wait = self._restart_at - time.monotonic()
             if wait > 0:
@@ -235,9 +242,8 @@ class StdioUpstream(Upstream):
                     code = child.process.wait(timeout=GRACE_SECONDS)
                 except subprocess.TimeoutExpired:
                     code = None
-            if not self._closed.is_set() and child is self._child:
-                self._record_crash(f"exited with status {code}" if code is not None
-                                   else "closed its output")
+            if child is self._child:
+                self._note_exit(child, f"exited with status {code}" if code is not None else "closed its output")
 
     def _dispatch(self, child: _Child, line: bytes) -> None:
         text = line.strip()
@@ -267,8 +273,16 @@ class StdioUpstream(Upstream):
         except (OSError, ValueError):
             pass
 
-    def _record_crash(self, error: str) -> None:
-        child = self._child
+    def _note_exit(self, child: _Child, error: str) -> None:
+        """Count a child's unplanned exit once, whoever notices it first."""
+        with child.release_lock:
+            if child.exit_noted or self._closed.is_set():
+                return
+            child.exit_noted = True
+        self._record_crash(error, child)
+
+    def _record_crash(self, error: str, child: _Child | None = None) -> None:
+        child = child or self._child
         lived = time.monotonic() - child.started if child is not None else 0.0
         self._crashes = self._crashes + 1 if lived < STABLE_AFTER else 1
         self.restarts += 1
