@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
 
     db = Database(settings.database_url, settings.db_pool_size)
     authenticator = Authenticator(db, settings.jwt_secret, settings.jwt_lifetime, settings.cache_ttl)
-    registry = ServerRegistry(db, SecretBox(settings.encryption_key))
+    registry = ServerRegistry(db, SecretBox(settings.encryption_key), settings.upstream_policy)
     sessions = SessionStore(db)
 
     def publish(topic: str, details: dict[str, Any]) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 
 from marshmallow import ValidationError
 
+from metamcp.addresses import AddressPolicy
 from metamcp.api.schemas import ServerInputSchema
 from metamcp.errors import MetaMCPError, ValidationFailed
-from metamcp.servers import DEFAULTS, ServerRegistry, check_server
+from metamcp.servers import DEFAULTS, ServerRegistry, check_address, check_server
 
 #: `type` values clients write for each transport.
 TYPES = {"sse": "sse", "http": "streamable_http", "streamable-http": "streamable_http",
@@ -21,7 +22,7 @@ _ENTRY_KEYS = {"command", "args", "env", "cwd", "url", "headers", "type", "trans
                "description"}
 
 
-def _fields(name: str, entry: Any) -> dict[str, Any]:
+def _fields(name: str, entry: Any, policy: AddressPolicy) -> dict[str, Any]:
     """The registry fields of one entry; ValueError with a reason when it cannot be one."""
     if not isinstance(entry, dict):
         raise ValueError("an entry must be an object")
@@ -56,6 +57,7 @@ def _fields(name: str, entry: Any) -> dict[str, Any]:
     try:
         loaded = ServerInputSchema().load(fields)
         check_server({**DEFAULTS, **loaded})
+        check_address({**DEFAULTS, **loaded}, policy)
     except ValidationError as e:
         raise ValueError(_flatten(e.messages)) from None
     except ValidationFailed as e:
@@ -83,7 +85,7 @@ def import_servers(registry: ServerRegistry, document: Any, partial: bool = Fals
     invalid: dict[str, str] = {}
     for name, entry in document["mcpServers"].items():
         try:
-            valid[name] = _fields(name, entry)
+            valid[name] = _fields(name, entry, registry.policy)
         except ValueError as e:
             invalid[name] = str(e)
     if invalid and not partial:

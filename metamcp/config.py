@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metamcp.addresses import DENIABLE, AddressPolicy, parse_allow_entry
+
 SECRETS_FILE = "secrets.env"
 GENERATED_SECRETS = ("JWT_SECRET", "ENCRYPTION_KEY")
 
@@ -65,6 +67,8 @@ class Settings:
     stdio_idle_timeout: float = 600.0
     #: Stdio children one worker process may run at once.
     stdio_max_children: int = 16
+    #: Which addresses upstream URLs may reach (METAMCP_UPSTREAM_DENY, METAMCP_UPSTREAM_ALLOW).
+    upstream_policy: AddressPolicy = field(default_factory=AddressPolicy)
 
     @property
     def embedded(self) -> bool:
@@ -187,6 +191,28 @@ def _origins(values: Mapping[str, str]) -> tuple[str, ...]:
     return origins
 
 
+def _upstream_policy(values: Mapping[str, str]) -> AddressPolicy:
+    deny = {d.strip().lower() for d in values.get("METAMCP_UPSTREAM_DENY", "").split(",") if d.strip()}
+    unknown = sorted(deny - set(DENIABLE))
+    if unknown:
+        raise ConfigError("METAMCP_UPSTREAM_DENY",
+                          f"{unknown[0]!r} is not one of {', '.join(DENIABLE)} (comma-separated)")
+    networks, hosts = [], []
+    for raw in values.get("METAMCP_UPSTREAM_ALLOW", "").split(","):
+        if not raw.strip():
+            continue
+        try:
+            entry = parse_allow_entry(raw)
+        except ValueError as e:
+            raise ConfigError("METAMCP_UPSTREAM_ALLOW",
+                              f"{raw.strip()!r} is not a CIDR, an IP address or a host name") from e
+        if isinstance(entry, str):
+            hosts.append(entry)
+        else:
+            networks.append(entry)
+    return AddressPolicy(frozenset(deny), tuple(networks), tuple(hosts))
+
+
 #: What a stdio child inherits of the gateway's environment (plus LC_*); never its secrets.
 INHERITED_ENV = (
     "PATH", "HOME", "LANG", "LANGUAGE", "TMPDIR", "TZ", "USER", "LOGNAME", "SHELL", "TERM",
@@ -256,4 +282,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stdio_start_timeout=_seconds(values, "METAMCP_STDIO_START_TIMEOUT", 30.0, 0.1, 600),
         stdio_idle_timeout=_seconds(values, "METAMCP_STDIO_IDLE_TIMEOUT", 600.0, 1, 86400 * 7),
         stdio_max_children=_int(values, "METAMCP_STDIO_MAX_CHILDREN", 16, 1, 1024),
+        upstream_policy=_upstream_policy(values),
     )

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 from metamcp import repository
+from metamcp.addresses import AddressPolicy, AddressRefused, resolve
 from metamcp.crypto import CryptoError, SecretBox, mask_secret
 from metamcp.db import Database
 from metamcp.errors import MetaMCPError, NotFound, ValidationFailed
@@ -40,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "is_active": True,
 }
 TOPIC = "servers"
+#: Seconds registration waits for a host name to resolve (then the connect-time check decides).
+RESOLVE_TIMEOUT = 3.0
 logger = logging.getLogger(__name__)
 
 
@@ -84,10 +87,31 @@ def check_server(fields: Mapping[str, Any]) -> None:
         raise ValidationFailed("The server definition is incomplete; see details.", errors)
 
 
+def check_address(fields: Mapping[str, Any], policy: AddressPolicy) -> None:
+    """An HTTP server's URL must point where the address policy allows (422 naming the rule).
+
+    A host name is resolved (for at most RESOLVE_TIMEOUT) and refused when any address it
+    resolves to is; one that does not resolve now is accepted, since every connection checks
+    the addresses it actually uses.
+    """
+    url = fields.get("url")
+    if fields["transport"] not in HTTP_TRANSPORTS or not url:
+        return
+    host = urlsplit(url).hostname
+    if not host:
+        return
+    try:
+        policy.check_host(host, lambda name: resolve(name, RESOLVE_TIMEOUT))
+    except AddressRefused as e:
+        raise ValidationFailed(f"The server's URL is refused: {e}.", {"url": [f"{e}."]}) from None
+
+
 class ServerRegistry:
-    def __init__(self, db: Database, box: SecretBox) -> None:
+    def __init__(self, db: Database, box: SecretBox, policy: AddressPolicy | None = None) -> None:
         self._db = db
         self._box = box
+        #: Where upstream URLs may point (the default refuses only the always-refused ranges).
+        self.policy = policy or AddressPolicy()
         #: Called in this process after each committed change (other processes get NOTIFY).
         self.observers: list[Callable[[dict[str, Any]], None]] = []
 
@@ -121,6 +145,7 @@ class ServerRegistry:
     def create(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         merged = {**DEFAULTS, **self._seal(fields, {})}
         check_server(merged)
+        check_address(merged, self.policy)
         with self._db.transaction() as cur:
             row = self._write(cur, None, merged)
         self._changed(row["id"])
@@ -159,6 +184,7 @@ class ServerRegistry:
                 base = {column: current[column] for column in repository.SERVER_COLUMNS}
             merged = {**base, **self._seal(fields, current)}
             check_server(merged)
+            check_address(merged, self.policy)
             row = self._write(cur, server_id, merged)
         self._changed(server_id)
         return self._public(row)

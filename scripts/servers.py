@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
             document = json.loads(text)
         with open_database() as (db, settings):
-            registry = ServerRegistry(db, SecretBox(settings.encryption_key))
+            registry = ServerRegistry(db, SecretBox(settings.encryption_key), settings.upstream_policy)
             if args.command == "import":
                 output = client_config.import_servers(registry, document, partial=args.partial)
             else:

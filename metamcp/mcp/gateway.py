@@ -20,12 +20,19 @@ from uuid import UUID
 
 from metamcp.config import Settings
 from metamcp.mcp import naming
-from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, UPSTREAM_ERROR, RpcError
+from metamcp.mcp.jsonrpc import (
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    REQUEST_TIMEOUT,
+    UPSTREAM_ERROR,
+    RpcError,
+)
 from metamcp.mcp.upstream import (
     PendingCall,
     Upstream,
     UpstreamError,
     UpstreamRpcError,
+    UpstreamTimeout,
     create_upstream,
 )
 from metamcp.namespaces import NamespaceView
@@ -37,6 +44,17 @@ logger = logging.getLogger(__name__)
 RETRY_FAILED_AFTER = 5.0
 #: Seconds a health state is trusted before /health pings the upstream again.
 HEALTH_MAX_AGE = 30.0
+
+
+def client_error(server: str, error: UpstreamError | None = None) -> RpcError:
+    """What an MCP client (or an endpoint's REST tool API) is told of an upstream failure: which
+    server, and whether it timed out; never the cause. Causes (connection refused, HTTP 404, ...)
+    would make the gateway a port scanner of the network behind it: they go to the log and to
+    the admin routes. An upstream's own JSON-RPC error answer is not a failure and passes as is.
+    """
+    if isinstance(error, UpstreamTimeout):
+        return RpcError(REQUEST_TIMEOUT, f"Upstream server {server!r} timed out")
+    return RpcError(UPSTREAM_ERROR, f"Upstream server {server!r} is unavailable")
 
 
 @dataclass(frozen=True)
@@ -150,6 +168,7 @@ class Gateway:
             connect_timeout=self._settings.upstream_connect_timeout,
             read_timeout=self._settings.upstream_timeout,
             on_notification=self._upstream_notification if listen else None,
+            policy=self._settings.upstream_policy,
             **extra,
         )
 
@@ -393,9 +412,8 @@ class Gateway:
                     with self._lock:
                         self._state.lists.pop((server, kind), None)
                 server_list = self._server_lists(kind, [server]).get(server)
-                if server_list is None:
-                    error = self._health_of(server).last_error or "no answer"
-                    raise RpcError(UPSTREAM_ERROR, f"Server {server!r} is unavailable: {error}")
+                if server_list is None:  # its failure was logged (and kept for admins) when it happened
+                    raise client_error(server)
                 if namespaced:
                     if attempt and (found := lookup()) is not None:
                         return found
@@ -420,19 +438,21 @@ class Gateway:
         raise RpcError(INVALID_PARAMS, f"Unknown resource: {uri}")
 
     def call(self, server: str, method: str, params: dict[str, Any]) -> PendingCall:
+        """A client's call: its failure is recorded and logged, the client gets client_error."""
         try:
             call = self.upstream(server).call(method, params)
         except UpstreamError as e:
             self._record_failure(server, str(e))
-            raise
+            raise client_error(server, e) from None
         return call
 
     def request(self, server: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A client's request (UpstreamRpcError: the upstream's answer); failures as in call()."""
         try:
             result = self.upstream(server).request(method, params)
         except UpstreamError as e:
             self._record_failure(server, str(e))
-            raise
+            raise client_error(server, e) from None
         self._record_success(server)
         return result
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from metamcp.config import Settings
 from metamcp.mcp import jsonrpc, sse
-from metamcp.mcp.gateway import Gateway
+from metamcp.mcp.gateway import Gateway, client_error
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore
-from metamcp.mcp.upstream import PendingCall, UpstreamError, UpstreamRpcError, UpstreamTimeout
+from metamcp.mcp.upstream import PendingCall, UpstreamError, UpstreamRpcError
 from metamcp.namespaces import NamespaceView
 
 logger = logging.getLogger(__name__)
@@ -37,15 +37,6 @@ LIST_METHODS = {
     "resources/list": "resources",
     "resources/templates/list": "resourceTemplates",
 }
-
-
-def _upstream_failure(request_id: Any, error: Exception) -> dict[str, Any]:
-    """The JSON-RPC error a client gets for an upstream failure (one place for all methods)."""
-    if isinstance(error, UpstreamRpcError):
-        return jsonrpc.error(request_id, error.code, error.message, error.data)
-    if isinstance(error, UpstreamTimeout):
-        return jsonrpc.error(request_id, jsonrpc.REQUEST_TIMEOUT, str(error))
-    return jsonrpc.error(request_id, jsonrpc.UPSTREAM_ERROR, str(error))
 
 
 class StreamBody:
@@ -71,8 +62,9 @@ class Streamed:
     """An upstream call whose messages go back to the client as they arrive."""
 
     def __init__(self, call: PendingCall, request_id: Any, session: Session,
-                 on_close: Callable[[], None], pumps: ThreadPoolExecutor) -> None:
+                 on_close: Callable[[], None], pumps: ThreadPoolExecutor, server: str) -> None:
         self._call = call
+        self._server = server
         self.request_id = request_id
         self._session = session
         self._on_close = on_close
@@ -97,7 +89,9 @@ class Streamed:
             put(jsonrpc.error(self.request_id, jsonrpc.UPSTREAM_ERROR,
                               "The upstream closed the call without a response"))
         except UpstreamError as e:
-            put(_upstream_failure(self.request_id, e))
+            logger.warning("%s", e.message)  # the detail, once; the client gets the generic text
+            error = client_error(self._server, e)
+            put(jsonrpc.error(self.request_id, error.code, error.message))
         except Exception:  # noqa: BLE001 - boundary: the client must get an answer, not a hang
             logger.exception("streaming a call failed")
             put(jsonrpc.error(self.request_id, jsonrpc.INTERNAL_ERROR, "Internal error"))
@@ -185,8 +179,8 @@ class Dispatcher:
             return outcome if isinstance(outcome, Streamed) else jsonrpc.result(message.id, outcome)
         except RpcError as e:
             return jsonrpc.error(message.id, e.code, e.message, e.data)
-        except (UpstreamError, UpstreamRpcError) as e:
-            return _upstream_failure(message.id, e)
+        except UpstreamRpcError as e:  # the upstream's own answer (the gateway maps failures)
+            return jsonrpc.error(message.id, e.code, e.message, e.data)
 
     def receive(self, session: Session, message: Message) -> None:
         """A notification (or a response) from the client."""
@@ -248,7 +242,7 @@ class Dispatcher:
             with self._lock:
                 self._inflight.pop(key, None)
 
-        streamed = Streamed(call, message.id, session, forget, self._pumps)
+        streamed = Streamed(call, message.id, session, forget, self._pumps, server)
         with self._lock:
             self._inflight[key] = streamed
         return streamed

@@ -16,9 +16,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from metamcp.api.health import package_version
 from metamcp.errors import error_response
-from metamcp.mcp.jsonrpc import INVALID_PARAMS, UPSTREAM_ERROR, RpcError
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, REQUEST_TIMEOUT, UPSTREAM_ERROR, RpcError
 from metamcp.mcp.transport import Access, AccessDenied, authorize
-from metamcp.mcp.upstream import UpstreamError, UpstreamRpcError, UpstreamTimeout
+from metamcp.mcp.upstream import UpstreamRpcError
 
 bp = Blueprint("tool_api", __name__)
 
@@ -31,6 +31,8 @@ _ERRORS = {
     "502": "The upstream server failed",
     "504": "The upstream server did not answer in time",
 }
+#: REST status of each JSON-RPC code the gateway answers an upstream failure with.
+_STATUS = {UPSTREAM_ERROR: (502, "bad_gateway"), REQUEST_TIMEOUT: (504, "gateway_timeout")}
 _ERROR_SCHEMA = {
     "type": "object",
     "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "details": {}},
@@ -118,19 +120,15 @@ def call_tool(endpoint: str, tool: str) -> Response:
     try:
         server, original = gateway.route("tools", tool, access.view)
         result = gateway.request(server, "tools/call", {"name": original, "arguments": arguments})
-    except RpcError as e:
+    except RpcError as e:  # upstream failures arrive as the gateway's client_error
         if e.code == INVALID_PARAMS:
             return error_response(404, "not_found", f"No tool named {tool!r} in this endpoint.")
-        status = 502 if e.code == UPSTREAM_ERROR else 500
-        return error_response(status, "bad_gateway" if status == 502 else "internal_error", e.message)
+        status, code = _STATUS.get(e.code, (500, "internal_error"))
+        return error_response(status, code, e.message)
     except UpstreamRpcError as e:
         if e.code == INVALID_PARAMS:
             return error_response(400, "bad_request", e.message, {"code": e.code})
         return error_response(502, "bad_gateway", e.message, {"code": e.code})
-    except UpstreamTimeout as e:
-        return error_response(504, "gateway_timeout", str(e))
-    except UpstreamError as e:
-        return error_response(502, "bad_gateway", str(e))
     if result.get("isError"):
         text = " ".join(c.get("text", "") for c in result.get("content") or [] if isinstance(c, dict)).strip()
         return error_response(422, "tool_error", text or f"The tool {tool!r} reported an error.", result)

@@ -24,8 +24,8 @@ from typing import Any
 
 import requests
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 
+from metamcp.addresses import AddressPolicy, AddressRefused
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.upstream_call import (
     TRANSPORT_ERRORS,
@@ -39,6 +39,7 @@ from metamcp.mcp.upstream_call import (
     is_response,
     result_of,
 )
+from metamcp.mcp.upstream_guard import GuardedAdapter
 from metamcp.servers import ServerConfig
 
 __all__ = [
@@ -66,7 +67,7 @@ class Upstream:
     """What the gateway needs of any upstream; subclasses speak one transport."""
 
     def __init__(self, config: ServerConfig, *, connect_timeout: float, read_timeout: float,
-                 on_notification: Notify | None = None) -> None:
+                 on_notification: Notify | None = None, policy: AddressPolicy | None = None) -> None:
         if not config.url and config.transport != "stdio":
             raise UpstreamError(f"upstream {config.name!r}: no URL configured")
         #: The server's name in the registry (used in every message and log line).
@@ -81,7 +82,8 @@ class Upstream:
         self._closed = threading.Event()
         self._info: dict[str, Any] | None = None
         self._init_failure: tuple[float, UpstreamError] | None = None
-        self._http = _new_session(config)
+        #: Checked on every connection, after DNS resolution (the default: always-refused only).
+        self._http = _new_session(config, policy or AddressPolicy())
 
     @property
     def server_info(self) -> dict[str, Any] | None:
@@ -196,6 +198,9 @@ class Upstream:
         """The UpstreamError for a transport exception: which server, what failed; no URL."""
         causes = _causes(error)
         where = f"upstream {self.name!r}"
+        refused = next((c for c in causes if isinstance(c, AddressRefused)), None)
+        if refused is not None:
+            return UpstreamError(f"{where}: {refused} while {action}")
         if any(isinstance(c, ConnectionRefusedError) for c in causes):
             return UpstreamError(f"{where}: connection refused while {action}")
         if any(isinstance(c, urllib3.exceptions.NameResolutionError) for c in causes):
@@ -268,11 +273,11 @@ def _causes(error: BaseException) -> list[BaseException]:
     return seen
 
 
-def _new_session(config: ServerConfig) -> requests.Session:
+def _new_session(config: ServerConfig, policy: AddressPolicy) -> requests.Session:
     http = requests.Session()
     # Nothing from the environment: no proxies, no .netrc credentials, only what is configured.
     http.trust_env = False
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE, max_retries=0)
+    adapter = GuardedAdapter(policy, pool_connections=1, pool_maxsize=POOL_SIZE, max_retries=0)
     http.mount("http://", adapter)
     http.mount("https://", adapter)
     http.headers.clear()
