@@ -52,6 +52,9 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("DATABASE_URL", "mysql://x"),
         ("JWT_SECRET", "too-short"),
         ("METAMCP_LOG_LEVEL", "LOUD"),
+        ("METAMCP_UPSTREAM_DENY", "loopback,public"),
+        ("METAMCP_UPSTREAM_ALLOW", "10.0.0.0/8,not a host"),
+        ("METAMCP_UPSTREAM_ALLOW", "10.0.0.0/40"),
     ],
 )
 def test_bad_setting_is_named(name: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,6 +62,21 @@ def test_bad_setting_is_named(name: str, value: str, tmp_path: Path, monkeypatch
     with pytest.raises(ConfigError) as caught:
         load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path), name: value})
     assert caught.value.setting == name
+
+
+def test_upstream_address_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = {**GOOD, "METAMCP_DATA_DIR": str(tmp_path)}
+    default = load_settings(base).upstream_policy
+    assert default.deny == frozenset() and not default.narrowed
+    policy = load_settings({**base, "METAMCP_UPSTREAM_DENY": " Private , loopback",
+                            "METAMCP_UPSTREAM_ALLOW": "10.1.0.0/16, MCP.Internal.,*.corp.example,::ffff:192.168.0.9"}
+                           ).upstream_policy
+    assert policy.deny == frozenset({"private", "loopback"})
+    assert [str(n) for n in policy.allow_networks] == ["10.1.0.0/16", "192.168.0.9/32"]
+    assert policy.allow_hosts == ("mcp.internal", "*.corp.example")
+    with pytest.raises(ConfigError, match=r"^METAMCP_UPSTREAM_DENY: 'public' is not one of private, loopback"):
+        load_settings({**base, "METAMCP_UPSTREAM_DENY": "public"})
 
 
 def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
