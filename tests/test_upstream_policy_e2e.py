@@ -38,8 +38,8 @@ def _admin_key(env: dict[str, str]) -> str:
     return str(json.loads(result.stdout)["key"])
 
 
-def _call_error(url: str, key: str, tool: str) -> str:
-    """The JSON-RPC error message an MCP client gets for calling `tool`."""
+def _call_error(url: str, key: str, tool: str, sse: bool = False) -> str:
+    """The JSON-RPC error message an MCP client gets for calling `tool` (`sse`: legacy SSE)."""
 
     async def body(client: Client) -> str:
         try:
@@ -48,7 +48,7 @@ def _call_error(url: str, key: str, tool: str) -> str:
             return e.error.message
         raise AssertionError(f"{tool} did not fail: {result}")
 
-    return str(run_client(url, key, body))
+    return str(run_client(url, key, body, sse=sse))
 
 
 def _tool_names(url: str, key: str) -> list[str]:
@@ -121,8 +121,9 @@ def test_clients_get_a_generic_upstream_error_and_admins_the_cause(
     mcp_url = gateway.url + "/mcp"
     assert "beta__echo" in _tool_names(mcp_url, key)  # beta listed (and its client kept) ...
     beta.stop()  # ... then it goes away: the call itself fails (connection refused)
-    for url in (mcp_url, gateway.url + "/metamcp/team/mcp"):
-        message = _call_error(url, key, "beta__echo")
+    for url, sse in ((mcp_url, False), (gateway.url + "/metamcp/team/mcp", False),
+                     (gateway.url + "/metamcp/team/sse", True)):
+        message = _call_error(url, key, "beta__echo", sse=sse)
         assert message == "Upstream server 'beta' is unavailable"
         assert not LEAKS.search(message)
     message = _call_error(mcp_url, key, "down__echo")  # never reachable: refused while routing
@@ -138,5 +139,5 @@ def test_clients_get_a_generic_upstream_error_and_admins_the_cause(
     down = rest("GET", f"/api/v1/mcp/servers/{ids['down']}/tools")
     assert down.status_code == 502 and "connection refused" in down.json()["message"]
     output = gateway.output()
-    assert output.count("upstream 'beta': connection refused while calling tools/call") == 3
+    assert output.count("upstream 'beta': connection refused while calling tools/call") == 4
     assert "Traceback" not in output

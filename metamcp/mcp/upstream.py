@@ -3,7 +3,8 @@
 One client per upstream server per process, shared by every downstream session and thread.
 Each owns one requests.Session (a keep-alive pool sized for concurrency), initializes lazily
 (once, under a lock) and sends only the credentials configured for its server. The
-transports live in upstream_http.py (Streamable HTTP) and upstream_sse.py (HTTP+SSE).
+transports live in upstream_http.py (Streamable HTTP) and upstream_sse.py (HTTP+SSE); every
+connection they open obeys the address policy (upstream_guard.py).
 
 Timeouts: `connect_timeout` bounds opening a connection; `read_timeout` bounds the wait for
 the *next piece of data*, not the whole call, so each progress notification (or SSE comment)
