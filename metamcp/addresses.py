@@ -28,12 +28,13 @@ def _networks(*cidrs: str) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
 
 
-#: Link-local ranges (every cloud's 169.254.169.254 lies in the first) and the metadata
-#: services that live elsewhere: AWS IMDS over IPv6 (fd00:ec2::254), Google Cloud's IPv6
-#: metadata server (fd20:ce::254), Alibaba Cloud (100.100.100.200), Oracle Cloud Classic
-#: (192.0.0.192).
-METADATA = _networks("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "fd20:ce::254/128",
-                     "100.100.100.200/32", "192.0.0.192/32")
+#: Link-local ranges (169.254.169.254 of AWS, GCP, Azure, OpenStack..., and 169.254.170.23,
+#: 169.254.42.42 lie in the first) and the metadata services that live elsewhere: AWS IMDS and
+#: EKS Pod Identity over IPv6 (fd00:ec2::254, fd00:ec2::23), Google Cloud's IPv6 metadata
+#: server (fd20:ce::254), Scaleway's (fd00:42::42), Alibaba Cloud (100.100.100.200) and
+#: Oracle Cloud Classic (192.0.0.192).
+METADATA = _networks("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "fd00:ec2::23/128",
+                     "fd20:ce::254/128", "fd00:42::42/128", "100.100.100.200/32", "192.0.0.192/32")
 MULTICAST = _networks("224.0.0.0/4", "ff00::/8")
 #: Connecting to 0.0.0.0 (or ::) reaches the local host on Linux: never a real upstream.
 UNSPECIFIED = _networks("0.0.0.0/8", "::/128")
