@@ -18,6 +18,7 @@ from metamcp import repository
 from metamcp.crypto import CryptoError, SecretBox, mask_secret
 from metamcp.db import Database
 from metamcp.errors import MetaMCPError, NotFound, ValidationFailed
+from metamcp.stdio_policy import StdioPolicy
 
 HTTP_TRANSPORTS = ("streamable_http", "sse")
 #: Accepted spellings of `transport` (the Rust port sends "protocol": "http").
@@ -40,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "is_active": True,
 }
 TOPIC = "servers"
+#: Fields a change may touch on a stdio server the policy no longer allows, to switch it off.
+SWITCH_OFF_FIELDS = frozenset({"is_active", "name", "description"})
 logger = logging.getLogger(__name__)
 
 
@@ -85,9 +88,10 @@ def check_server(fields: Mapping[str, Any]) -> None:
 
 
 class ServerRegistry:
-    def __init__(self, db: Database, box: SecretBox) -> None:
+    def __init__(self, db: Database, box: SecretBox, stdio: StdioPolicy | None = None) -> None:
         self._db = db
         self._box = box
+        self._stdio = stdio or StdioPolicy()
         #: Called in this process after each committed change (other processes get NOTIFY).
         self.observers: list[Callable[[dict[str, Any]], None]] = []
 
@@ -121,6 +125,7 @@ class ServerRegistry:
     def create(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         merged = {**DEFAULTS, **self._seal(fields, {})}
         check_server(merged)
+        self._check_stdio(merged)
         with self._db.transaction() as cur:
             row = self._write(cur, None, merged)
         self._changed(row["id"])
@@ -159,9 +164,22 @@ class ServerRegistry:
                 base = {column: current[column] for column in repository.SERVER_COLUMNS}
             merged = {**base, **self._seal(fields, current)}
             check_server(merged)
+            if merged["is_active"] or not set(fields) <= SWITCH_OFF_FIELDS:
+                self._check_stdio(merged)
             row = self._write(cur, server_id, merged)
         self._changed(server_id)
         return self._public(row)
+
+    def _check_stdio(self, merged: Mapping[str, Any]) -> None:
+        """The stdio policy on the complete server (its env decrypted: a PATH set there decides
+        which file a bare command names)."""
+        if merged["transport"] != "stdio":
+            return
+        try:
+            env = {name: self._box.decrypt(value) for name, value in (merged["env"] or {}).items()}
+        except CryptoError:
+            env = {}  # sealed under another key: the start re-checks with what it can decrypt
+        self._stdio.executable(merged["command"], merged["cwd"], env)
 
     def _write(self, cur: Any, server_id: UUID | None, fields: dict[str, Any]) -> dict[str, Any]:
         taken = f"A server named {fields['name']!r} already exists; choose another name."
