@@ -170,16 +170,20 @@ class ServerRegistry:
         self._changed(server_id)
         return self._public(row)
 
+    def check_stdio(self, fields: Mapping[str, Any]) -> None:
+        """The stdio policy on a server's plain fields (env in clear: a PATH set there decides
+        which file a bare command names); StdioRefused (422) naming the setting that refuses."""
+        if fields.get("transport") == "stdio":
+            self._stdio.executable(fields.get("command") or "", fields.get("cwd"), fields.get("env") or {})
+
     def _check_stdio(self, merged: Mapping[str, Any]) -> None:
-        """The stdio policy on the complete server (its env decrypted: a PATH set there decides
-        which file a bare command names)."""
         if merged["transport"] != "stdio":
             return
         try:
             env = {name: self._box.decrypt(value) for name, value in (merged["env"] or {}).items()}
         except CryptoError:
-            env = {}  # sealed under another key: the start re-checks with what it can decrypt
-        self._stdio.executable(merged["command"], merged["cwd"], env)
+            env = {}  # sealed under another key: the start checks again with what it can decrypt
+        self.check_stdio({**merged, "env": env})
 
     def _write(self, cur: Any, server_id: UUID | None, fields: dict[str, Any]) -> dict[str, Any]:
         taken = f"A server named {fields['name']!r} already exists; choose another name."
