@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from metamcp.config import Settings, child_environment
 from metamcp.errors import ValidationFailed
 
+#: Environment variables that make the dynamic loader run code of the caller's choosing inside
+#: any program; with an allow-list they would turn an allowed executable into any other.
+LOADER_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT")
+
 
 class StdioRefused(ValidationFailed):
     """A stdio server this gateway's policy does not allow (422 at registration)."""
@@ -57,6 +61,10 @@ class StdioPolicy:
                                {"transport": ["stdio is not allowed (METAMCP_STDIO=off)."]})
         if self.commands is None:
             return None
+        loader = sorted(name for name in env if name in LOADER_VARIABLES)
+        if loader:
+            raise StdioRefused(f"With METAMCP_STDIO_COMMANDS set, a stdio server may not set {', '.join(loader)}.",
+                               {"env": [f"{name} is not allowed." for name in loader]})
         found = resolve(command, cwd, child_environment(env).get("PATH"))
         if found is None:
             raise StdioRefused(f"The command {command!r} cannot be found, so METAMCP_STDIO_COMMANDS "

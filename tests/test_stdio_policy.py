@@ -78,6 +78,9 @@ def test_allow_list_refuses_others_however_they_are_spelled(tmp_path: Path) -> N
     message = refused(by_name, os.path.basename(PYTHON), str(tmp_path), {"PATH": "."})
     assert str(fake) in message
     assert "cannot be found" in refused(policy, "no-such-command-metamcp", None, {"PATH": str(tmp_path)})
+    # Nor can the loader be told to run other code inside an allowed program.
+    assert "LD_PRELOAD" in refused(policy, PYTHON, None, {"LD_PRELOAD": str(fake)})
+    assert StdioPolicy().executable(PYTHON, None, {"LD_LIBRARY_PATH": "/opt/lib"}) is None  # no list: as before
 
 
 def stdio_server(name: str, command: str = PYTHON, **extra: Any) -> dict[str, Any]:
