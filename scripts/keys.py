@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     change_scope.add_argument("--unscoped", action="store_true", help="lift the namespace limit")
     change.add_argument("--rate-limit", type=_rate_limit, metavar="N|default",
                         help="requests per minute for this key, or 'default' for METAMCP_RATE_LIMIT")
-    scope = add("scope", cmd_scope, "limit a key to namespaces, or lift the limit")
+    scope = add("scope", cmd_scope, "limit a key to namespaces (it becomes a client key), or lift the limit")
     scope.add_argument("id", type=int, help="key id")
     scope_choice = scope.add_mutually_exclusive_group(required=True)
     scope_choice.add_argument("--namespace", action="append", metavar="NS",
