@@ -40,6 +40,7 @@ from metamcp.namespaces import NamespaceRegistry
 from metamcp.notify import ChangeListener
 from metamcp.servers import TOPIC as SERVERS_TOPIC
 from metamcp.servers import ServerRegistry
+from metamcp.stdio_policy import StdioPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
 
     db = Database(settings.database_url, settings.db_pool_size)
     authenticator = Authenticator(db, settings.jwt_secret, settings.jwt_lifetime, settings.cache_ttl)
-    registry = ServerRegistry(db, SecretBox(settings.encryption_key), settings.upstream_policy)
+    registry = ServerRegistry(db, SecretBox(settings.encryption_key), settings.upstream_policy,
+                              StdioPolicy.from_settings(settings))
     sessions = SessionStore(db)
 
     def publish(topic: str, details: dict[str, Any]) -> None:

@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 TOPIC = "keys"
 #: Write last_used_at at most this often per key, to keep writes off the hot path.
 TOUCH_INTERVAL = 60.0
+#: Roles of API keys: admin manages the gateway (and can run commands on its host through
+#: stdio servers); client only uses MCP.
+ADMIN, CLIENT = "admin", "client"
+ROLES = (ADMIN, CLIENT)
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,15 @@ class Principal:
 
     key_id: int
     key_name: str
-    #: None: an unscoped (admin) key; else the only namespaces it may reach (possibly none).
+    #: None: an unscoped key; else the only namespaces it may reach (possibly none).
     namespaces: frozenset[UUID] | None = None
+    role: str = CLIENT
+    #: Requests per minute for this key; None: the METAMCP_RATE_LIMIT default.
+    rate_limit: int | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
 
     @property
     def is_scoped(self) -> bool:
@@ -48,10 +59,12 @@ class _CachedKey:
     name: str
     is_active: bool
     namespaces: frozenset[UUID] | None
+    role: str
+    rate_limit: int | None
     expires: float
 
     def principal(self) -> Principal:
-        return Principal(self.key_id, self.name, self.namespaces)
+        return Principal(self.key_id, self.name, self.namespaces, self.role, self.rate_limit)
 
 
 class Authenticator:
@@ -75,15 +88,20 @@ class Authenticator:
         if crypto.looks_like_api_key(credential):
             return self._check_api_key(credential)
         try:
-            key_id = crypto.verify_jwt(credential, self._secret)
+            claims = crypto.verify_jwt(credential, self._secret)
         except crypto.CryptoError:
             raise Unauthorized("The token is invalid or expired; get a new one at /api/v1/auth/token.") from None
-        entry = self._by_id.get(key_id)
+        entry = self._by_id.get(claims.key_id)
         if entry is None or entry.expires < time.monotonic():
             with self._db.transaction() as cur:
-                entry = self._remember(cur, repository.get_key(cur, key_id), None)
+                entry = self._remember(cur, repository.get_key(cur, claims.key_id), None)
         if entry is None or not entry.is_active:
             raise Unauthorized("The API key behind this token is inactive or deleted.")
+        # The key's current role decides; a token that states another one was issued before
+        # the role changed and is refused as stale rather than silently reinterpreted.
+        if claims.role != entry.role:
+            raise Unauthorized("The role of the API key behind this token changed; get a new token "
+                               "at /api/v1/auth/token.")
         return entry.principal()
 
     def exchange(self, api_key: str) -> tuple[str, Principal]:
@@ -91,7 +109,8 @@ class Authenticator:
         if not crypto.looks_like_api_key(api_key):
             raise Unauthorized("Unknown or inactive API key.")
         principal = self._check_api_key(api_key)
-        return crypto.issue_jwt(principal.key_id, self._secret, self.jwt_lifetime), principal
+        token = crypto.issue_jwt(principal.key_id, self._secret, self.jwt_lifetime, role=principal.role)
+        return token, principal
 
     def _check_api_key(self, plain: str) -> Principal:
         key_hash = crypto.hash_api_key(plain)
@@ -108,7 +127,8 @@ class Authenticator:
         if row is None:
             return None
         scope = frozenset(repository.key_namespace_ids(cur, row["id"])) if row["scoped"] else None
-        entry = _CachedKey(row["id"], row["name"], row["is_active"], scope, time.monotonic() + self._ttl)
+        entry = _CachedKey(row["id"], row["name"], row["is_active"], scope, row["role"], row["rate_limit"],
+                           time.monotonic() + self._ttl)
         with self._lock:
             self._by_id[entry.key_id] = entry
             if key_hash is not None:

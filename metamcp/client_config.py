@@ -86,8 +86,12 @@ def import_servers(registry: ServerRegistry, document: Any, partial: bool = Fals
     for name, entry in document["mcpServers"].items():
         try:
             valid[name] = _fields(name, entry, registry.policy)
+            registry.check_stdio(valid[name])
         except ValueError as e:
             invalid[name] = str(e)
+        except ValidationFailed as e:  # the stdio policy (METAMCP_STDIO, METAMCP_STDIO_COMMANDS)
+            valid.pop(name, None)
+            invalid[name] = e.message
     if invalid and not partial:
         raise ValidationFailed("Some entries are invalid; nothing was imported. Fix them, or import "
                                "the valid ones with partial=true.", invalid)

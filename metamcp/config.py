@@ -69,6 +69,11 @@ class Settings:
     stdio_max_children: int = 16
     #: Which addresses upstream URLs may reach (METAMCP_UPSTREAM_DENY, METAMCP_UPSTREAM_ALLOW).
     upstream_policy: AddressPolicy = field(default_factory=AddressPolicy)
+    #: Whether stdio servers may be registered and started at all (METAMCP_STDIO).
+    stdio_enabled: bool = True
+    #: Executables stdio servers may run (absolute paths or bare names looked up on PATH);
+    #: None: any (METAMCP_STDIO_COMMANDS unset).
+    stdio_commands: tuple[str, ...] | None = None
 
     @property
     def embedded(self) -> bool:
@@ -233,6 +238,29 @@ def child_environment(configured: Mapping[str, str], env: Mapping[str, str] | No
     return child
 
 
+def _switch(values: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (values.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off"):
+        raise ConfigError(name, f"must be on or off, got {raw!r}")
+    return raw == "on"
+
+
+def _commands(values: Mapping[str, str]) -> tuple[str, ...] | None:
+    """METAMCP_STDIO_COMMANDS: absolute paths or bare names; a relative path would depend on
+    the directory a check runs in, so it is refused."""
+    raw = values.get("METAMCP_STDIO_COMMANDS")
+    if raw is None or not raw.strip():
+        return None
+    commands = tuple(c.strip() for c in raw.split(",") if c.strip())
+    for command in commands:
+        if "/" in command and not command.startswith("/"):
+            raise ConfigError("METAMCP_STDIO_COMMANDS",
+                              f"{command!r} is a relative path; give an absolute path or a bare name")
+    return commands
+
+
 def _default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
@@ -283,4 +311,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stdio_idle_timeout=_seconds(values, "METAMCP_STDIO_IDLE_TIMEOUT", 600.0, 1, 86400 * 7),
         stdio_max_children=_int(values, "METAMCP_STDIO_MAX_CHILDREN", 16, 1, 1024),
         upstream_policy=_upstream_policy(values),
+        stdio_enabled=_switch(values, "METAMCP_STDIO", True),
+        stdio_commands=_commands(values),
     )

@@ -49,10 +49,19 @@ def looks_like_api_key(value: str) -> bool:
     return value.startswith(KEY_PREFIX)
 
 
-def issue_jwt(key_id: int, secret: str, lifetime: int, now: float | None = None) -> str:
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a valid JWT says: the key it was issued for and that key's role at the time."""
+
+    key_id: int
+    role: str
+
+
+def issue_jwt(key_id: int, secret: str, lifetime: int, now: float | None = None, *, role: str) -> str:
     issued = int(time.time() if now is None else now)
     claims = {
         "sub": str(key_id),
+        "role": role,
         "iat": issued,
         "exp": issued + lifetime,
         "jti": uuid.uuid4().hex,
@@ -60,16 +69,16 @@ def issue_jwt(key_id: int, secret: str, lifetime: int, now: float | None = None)
     return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
 
 
-def verify_jwt(token: str, secret: str) -> int:
-    """Return the key id a valid token was issued for; raise CryptoError otherwise."""
+def verify_jwt(token: str, secret: str) -> TokenClaims:
+    """Return the key id and role a valid token was issued for; raise CryptoError otherwise."""
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["sub", "iat", "exp", "jti"]},
+            options={"require": ["sub", "role", "iat", "exp", "jti"]},
         )
-        return int(claims["sub"])
+        return TokenClaims(int(claims["sub"]), str(claims["role"]))
     except (jwt.PyJWTError, ValueError, TypeError) as e:
         raise CryptoError("invalid or expired token") from e
 

@@ -66,16 +66,18 @@ def conflict_as(cur: Cursor, message: str,
 
 
 _KEY = (
-    "k.id, k.name, k.key_prefix, k.is_active, k.created_at, k.last_used_at, k.scoped,"
+    "k.id, k.name, k.key_prefix, k.role, k.rate_limit, k.is_active, k.created_at, k.last_used_at, k.scoped,"
     " ARRAY(SELECT n.name FROM api_key_namespaces kn JOIN namespaces n ON n.id = kn.namespace_id"
     " WHERE kn.key_id = k.id ORDER BY n.name) AS namespaces"
 )
 
 
-def insert_key(cur: Cursor, name: str, key_hash: bytes, key_prefix: str) -> Row:
+def insert_key(cur: Cursor, name: str, key_hash: bytes, key_prefix: str, role: str = "admin",
+               rate_limit: int | None = None) -> Row:
     cur.execute(
-        "INSERT INTO api_keys (name, key_hash, key_prefix) VALUES (%s, %s, %s) RETURNING id",
-        (name, key_hash, key_prefix),
+        "INSERT INTO api_keys (name, key_hash, key_prefix, role, rate_limit) VALUES (%s, %s, %s, %s, %s)"
+        " RETURNING id",
+        (name, key_hash, key_prefix, role, rate_limit),
     )
     created: Row = _returned(cur)
     row = get_key(cur, created["id"])
@@ -112,14 +114,20 @@ def set_key_active(cur: Cursor, key_id: int, active: bool) -> Row | None:
     return get_key(cur, key_id)
 
 
-def update_key(cur: Cursor, key_id: int, name: str, active: bool) -> Row | None:
-    cur.execute("UPDATE api_keys SET name = %s, is_active = %s WHERE id = %s", (name, active, key_id))
+def update_key(cur: Cursor, key_id: int, name: str, active: bool, rate_limit: int | None) -> Row | None:
+    cur.execute(
+        "UPDATE api_keys SET name = %s, is_active = %s, rate_limit = %s WHERE id = %s",
+        (name, active, rate_limit, key_id),
+    )
     return get_key(cur, key_id)
 
 
-def set_key_scope(cur: Cursor, key_id: int, namespace_ids: list[UUID] | None) -> None:
-    """None: the key reaches everything; a list (maybe empty): only those namespaces."""
-    cur.execute("UPDATE api_keys SET scoped = %s WHERE id = %s", (namespace_ids is not None, key_id))
+def set_key_access(cur: Cursor, key_id: int, role: str, namespace_ids: list[UUID] | None) -> None:
+    """The key's role and scope, in one statement (an admin key is never scoped).
+    None: the key reaches everything; a list (maybe empty): only those namespaces."""
+    cur.execute(
+        "UPDATE api_keys SET role = %s, scoped = %s WHERE id = %s", (role, namespace_ids is not None, key_id)
+    )
     cur.execute("DELETE FROM api_key_namespaces WHERE key_id = %s", (key_id,))
     for namespace_id in namespace_ids or []:
         cur.execute(

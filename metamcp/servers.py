@@ -19,6 +19,7 @@ from metamcp.addresses import AddressPolicy, AddressRefused, resolve
 from metamcp.crypto import CryptoError, SecretBox, mask_secret
 from metamcp.db import Database
 from metamcp.errors import MetaMCPError, NotFound, ValidationFailed
+from metamcp.stdio_policy import StdioPolicy
 
 HTTP_TRANSPORTS = ("streamable_http", "sse")
 #: Accepted spellings of `transport` (the Rust port sends "protocol": "http").
@@ -43,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
 TOPIC = "servers"
 #: Seconds registration waits for a host name to resolve (then the connect-time check decides).
 RESOLVE_TIMEOUT = 3.0
+#: Fields a change may touch on a stdio server the policy no longer allows, to switch it off.
+SWITCH_OFF_FIELDS = frozenset({"is_active", "name", "description"})
 logger = logging.getLogger(__name__)
 
 
@@ -107,11 +110,13 @@ def check_address(fields: Mapping[str, Any], policy: AddressPolicy) -> None:
 
 
 class ServerRegistry:
-    def __init__(self, db: Database, box: SecretBox, policy: AddressPolicy | None = None) -> None:
+    def __init__(self, db: Database, box: SecretBox, policy: AddressPolicy | None = None,
+                 stdio: StdioPolicy | None = None) -> None:
         self._db = db
         self._box = box
         #: Where upstream URLs may point (the default refuses only the always-refused ranges).
         self.policy = policy or AddressPolicy()
+        self._stdio = stdio or StdioPolicy()
         #: Called in this process after each committed change (other processes get NOTIFY).
         self.observers: list[Callable[[dict[str, Any]], None]] = []
 
@@ -146,6 +151,7 @@ class ServerRegistry:
         merged = {**DEFAULTS, **self._seal(fields, {})}
         check_server(merged)
         check_address(merged, self.policy)
+        self._check_stdio(merged)
         with self._db.transaction() as cur:
             row = self._write(cur, None, merged)
         self._changed(row["id"])
@@ -185,9 +191,26 @@ class ServerRegistry:
             merged = {**base, **self._seal(fields, current)}
             check_server(merged)
             check_address(merged, self.policy)
+            if merged["is_active"] or not set(fields) <= SWITCH_OFF_FIELDS:
+                self._check_stdio(merged)
             row = self._write(cur, server_id, merged)
         self._changed(server_id)
         return self._public(row)
+
+    def check_stdio(self, fields: Mapping[str, Any]) -> None:
+        """The stdio policy on a server's plain fields (env in clear: a PATH set there decides
+        which file a bare command names); StdioRefused (422) naming the setting that refuses."""
+        if fields.get("transport") == "stdio":
+            self._stdio.executable(fields.get("command") or "", fields.get("cwd"), fields.get("env") or {})
+
+    def _check_stdio(self, merged: Mapping[str, Any]) -> None:
+        if merged["transport"] != "stdio":
+            return
+        try:
+            env = {name: self._box.decrypt(value) for name, value in (merged["env"] or {}).items()}
+        except CryptoError:
+            env = {}  # sealed under another key: the start checks again with what it can decrypt
+        self.check_stdio({**merged, "env": env})
 
     def _write(self, cur: Any, server_id: UUID | None, fields: dict[str, Any]) -> dict[str, Any]:
         taken = f"A server named {fields['name']!r} already exists; choose another name."

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg2
 
 from metamcp import keys, repository
+from metamcp.authn import ADMIN, CLIENT, ROLES
 from metamcp.authn import TOPIC as KEYS_TOPIC
 from metamcp.config import ConfigError
 from metamcp.db import Database, open_database
@@ -42,10 +43,14 @@ def _scope(row: dict[str, Any]) -> str:
     return ",".join(row["namespaces"]) or "-"
 
 
+def _rate(row: dict[str, Any]) -> str:
+    return "default" if row["rate_limit"] is None else f"{row['rate_limit']}/min"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
-    columns = ["id", "name", "key_prefix", "is_active", "created_at", "last_used_at"]
-    headers = ["ID", "NAME", "PREFIX", "ACTIVE", "CREATED", "LAST USED", "NAMESPACES"]
-    cells = [[*(_format(row[c]) for c in columns), _scope(row)] for row in rows]
+    columns = ["id", "name", "key_prefix", "role", "is_active", "created_at", "last_used_at"]
+    headers = ["ID", "NAME", "PREFIX", "ROLE", "ACTIVE", "CREATED", "LAST USED", "NAMESPACES", "RATE LIMIT"]
+    cells = [[*(_format(row[c]) for c in columns), _scope(row), _rate(row)] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     for line in [headers, *cells]:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
@@ -86,9 +91,26 @@ def cmd_list(args: argparse.Namespace, db: Database) -> None:
 
 
 def cmd_create(args: argparse.Namespace, db: Database) -> None:
+    # Without --role: an admin key (the seed's behaviour), or a client key when limited.
+    role = args.role or (CLIENT if args.namespace is not None else ADMIN)
     with db.transaction() as cur:
-        row, plain = keys.create(cur, args.name, args.namespace)
+        row, plain = keys.create(cur, args.name, role, args.namespace, args.rate_limit)
     emit(args, [row], plain)
+
+
+def cmd_set(args: argparse.Namespace, db: Database) -> None:
+    fields: dict[str, Any] = {}
+    if args.role is not None:
+        fields["role"] = args.role
+    if args.rate_limit is not None:
+        fields["rate_limit"] = None if args.rate_limit == "default" else int(args.rate_limit)
+    if args.unscoped:
+        fields["namespaces"] = None
+    elif args.namespace is not None:
+        fields["namespaces"] = args.namespace
+    with db.transaction() as cur:
+        row = keys.change(cur, args.id, fields)
+    emit(args, [row])
 
 
 def cmd_scope(args: argparse.Namespace, db: Database) -> None:
@@ -127,10 +149,25 @@ def cmd_rotate(args: argparse.Namespace, db: Database) -> None:
     with db.transaction() as cur:
         old = _require(repository.get_key(cur, args.id), args.id)
         repository.set_key_active(cur, args.id, False)
-        row, plain = keys.create(cur, old["name"], old["namespaces"] if old["scoped"] else None)
+        row, plain = keys.create(cur, old["name"], old["role"], old["namespaces"] if old["scoped"] else None,
+                                 old["rate_limit"])
     if not args.json:
         print(f"key {old['id']} is now inactive; its replacement:")
     emit(args, [row], plain)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _rate_limit(text: str) -> str:
+    return text if text == "default" else str(_positive(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,9 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create = add("create", cmd_create, "create a key and print it once")
     create.add_argument("--name", required=True, help="what the key is for")
+    create.add_argument("--role", choices=ROLES,
+                        help="admin: the admin API and MCP (can run commands on the host through stdio "
+                             "servers); client: MCP only. Default: admin, or client with --namespace")
     create.add_argument("--namespace", action="append", metavar="NS",
-                        help="limit the key to this namespace (name or id; repeat for more)")
-    scope = add("scope", cmd_scope, "limit a key to namespaces, or lift the limit")
+                        help="limit the key to this namespace (name or id; repeat for more); "
+                             "makes a client key when --role is absent")
+    create.add_argument("--rate-limit", type=_positive, metavar="N",
+                        help="requests per minute for this key (default: METAMCP_RATE_LIMIT)")
+    change = add("set", cmd_set, "change the role, namespaces or rate limit of a key")
+    change.add_argument("id", type=int, help="key id")
+    change.add_argument("--role", choices=ROLES, help="admin or client (admin lifts a namespace limit)")
+    change_scope = change.add_mutually_exclusive_group()
+    change_scope.add_argument("--namespace", action="append", metavar="NS",
+                              help="limit the key to this namespace (repeat for more; client keys only)")
+    change_scope.add_argument("--unscoped", action="store_true", help="lift the namespace limit")
+    change.add_argument("--rate-limit", type=_rate_limit, metavar="N|default",
+                        help="requests per minute for this key, or 'default' for METAMCP_RATE_LIMIT")
+    scope = add("scope", cmd_scope, "limit a key to namespaces (it becomes a client key), or lift the limit")
     scope.add_argument("id", type=int, help="key id")
     scope_choice = scope.add_mutually_exclusive_group(required=True)
     scope_choice.add_argument("--namespace", action="append", metavar="NS",
@@ -177,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "delete" and not args.confirm:
         parser.error(f"refusing to delete key {args.id} without --confirm")
+    if args.command in ("create", "set") and args.role == ADMIN and args.namespace is not None:
+        parser.error("--role admin cannot be combined with --namespace: admin keys reach everything; "
+                     "limit a client key instead (--role client --namespace NS)")
+    if args.command == "set" and not (args.role or args.namespace or args.unscoped or args.rate_limit):
+        parser.error("set: give at least one of --role, --namespace, --unscoped, --rate-limit")
     try:
         with open_database() as (db, _settings):
             args.handler(args, db)

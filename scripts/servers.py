@@ -23,6 +23,7 @@ from metamcp.crypto import SecretBox
 from metamcp.db import open_database
 from metamcp.errors import MetaMCPError
 from metamcp.servers import ServerRegistry
+from metamcp.stdio_policy import StdioPolicy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
             document = json.loads(text)
         with open_database() as (db, settings):
-            registry = ServerRegistry(db, SecretBox(settings.encryption_key), settings.upstream_policy)
+            registry = ServerRegistry(db, SecretBox(settings.encryption_key), settings.upstream_policy,
+                                      StdioPolicy.from_settings(settings))
             if args.command == "import":
                 output = client_config.import_servers(registry, document, partial=args.partial)
             else:

@@ -69,7 +69,7 @@ def test_protected_routes_take_jwt_raw_key_or_x_api_key(client: FlaskClient, api
 
 
 def test_bad_credentials_get_json_401(client: FlaskClient) -> None:
-    expired = crypto.issue_jwt(1, TEST_JWT_SECRET, 60, now=time.time() - 3600)
+    expired = crypto.issue_jwt(1, TEST_JWT_SECRET, 60, now=time.time() - 3600, role="admin")
     for headers in (
         {"Authorization": "Bearer nonsense"},
         {"Authorization": f"Bearer {expired}"},

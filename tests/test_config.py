@@ -55,6 +55,8 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("METAMCP_UPSTREAM_DENY", "loopback,public"),
         ("METAMCP_UPSTREAM_ALLOW", "10.0.0.0/8,not a host"),
         ("METAMCP_UPSTREAM_ALLOW", "10.0.0.0/40"),
+        ("METAMCP_STDIO", "maybe"),
+        ("METAMCP_STDIO_COMMANDS", "/usr/bin/node,./sh"),
     ],
 )
 def test_bad_setting_is_named(name: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,3 +113,13 @@ def test_configured_secrets_are_not_generated(tmp_path: Path, monkeypatch: pytes
     monkeypatch.chdir(tmp_path)
     ensure_secrets({**GOOD, "METAMCP_DATA_DIR": str(tmp_path)})
     assert not (tmp_path / "secrets.env").exists()
+
+
+def test_stdio_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = {**GOOD, "METAMCP_DATA_DIR": str(tmp_path)}
+    default = load_settings(base)
+    assert default.stdio_enabled is True and default.stdio_commands is None
+    off = load_settings({**base, "METAMCP_STDIO": "OFF", "METAMCP_STDIO_COMMANDS": " npx, /usr/bin/node ,"})
+    assert off.stdio_enabled is False and off.stdio_commands == ("npx", "/usr/bin/node")
+    assert load_settings({**base, "METAMCP_STDIO": "on", "METAMCP_STDIO_COMMANDS": " "}).stdio_commands is None

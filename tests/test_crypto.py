@@ -31,10 +31,10 @@ def test_hash_is_stable_and_prefix_is_short() -> None:
 
 
 def test_jwt_round_trip_and_claims() -> None:
-    token = crypto.issue_jwt(7, SECRET, 900)
-    assert crypto.verify_jwt(token, SECRET) == 7
+    token = crypto.issue_jwt(7, SECRET, 900, role="client")
+    assert crypto.verify_jwt(token, SECRET) == crypto.TokenClaims(7, "client")
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
-    assert set(claims) == {"sub", "iat", "exp", "jti"}
+    assert set(claims) == {"sub", "role", "iat", "exp", "jti"}
     assert claims["exp"] - claims["iat"] == 900
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
 
@@ -42,9 +42,11 @@ def test_jwt_round_trip_and_claims() -> None:
 @pytest.mark.parametrize(
     "token",
     [
-        crypto.issue_jwt(7, SECRET, 60, now=time.time() - 120),  # expired
-        crypto.issue_jwt(7, "other" * 10, 60),  # wrong secret
+        crypto.issue_jwt(7, SECRET, 60, now=time.time() - 120, role="admin"),  # expired
+        crypto.issue_jwt(7, "other" * 10, 60, role="admin"),  # wrong secret
         jwt.encode({"sub": "7", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),  # no jti/iat
+        jwt.encode({"sub": "7", "iat": 1, "exp": int(time.time()) + 60, "jti": "x"}, SECRET,
+                   algorithm="HS256"),  # no role (issued before roles existed)
         jwt.encode({"sub": "7", "iat": 1, "exp": int(time.time()) + 60, "jti": "x"}, SECRET,
                    algorithm="HS512"),  # other algorithm
         "not-a-jwt",

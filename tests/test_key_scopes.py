@@ -24,20 +24,22 @@ def namespaces(db: Database) -> dict[str, str]:
 
 def test_keys_rest_api(client: FlaskClient, api_key: str, namespaces: dict[str, str]) -> None:
     auth = {"X-API-Key": api_key}
-    reply = client.post("/api/v1/keys", headers=auth, json={"name": "bot", "namespaces": ["research", namespaces["ops"]]})
+    reply = client.post("/api/v1/keys", headers=auth, json={"name": "bot", "role": "client",
+                                                                 "namespaces": ["research", namespaces["ops"]]})
     assert reply.status_code == 201, reply.json
     created = reply.json
-    assert created["key"].startswith("mcp_") and created["scoped"] is True
+    assert created["key"].startswith("mcp_") and created["scoped"] is True and created["role"] == "client"
     assert created["namespaces"] == ["ops", "research"] and "key_hash" not in created
     shown = client.get(f"/api/v1/keys/{created['id']}", headers=auth).json
     assert "key" not in shown and shown["namespaces"] == ["ops", "research"]
     listed = client.get("/api/v1/keys", headers=auth).json["keys"]
-    assert [k["scoped"] for k in listed] == [False, True]
-    reply = client.post("/api/v1/keys", headers=auth, json={"name": "x", "namespaces": ["nope"]})
+    assert [(k["role"], k["scoped"]) for k in listed] == [("admin", False), ("client", True)]
+    reply = client.post("/api/v1/keys", headers=auth, json={"name": "x", "role": "client", "namespaces": ["nope"]})
     assert reply.status_code == 422 and reply.json["details"] == {"namespaces": ["nope"]}
-    assert client.post("/api/v1/keys", headers=auth, json={"name": ""}).status_code == 422
+    assert client.post("/api/v1/keys", headers=auth, json={"name": "", "role": "client"}).status_code == 422
     reply = client.patch(f"/api/v1/keys/{created['id']}", headers=auth, json={"namespaces": None, "name": "b2"})
     assert reply.json["scoped"] is False and reply.json["name"] == "b2" and reply.json["namespaces"] == []
+    assert reply.json["role"] == "client"  # lifting the limit does not make it an admin key
     reply = client.patch(f"/api/v1/keys/{created['id']}", headers=auth, json={"is_active": False})
     assert reply.json["is_active"] is False
     assert client.get("/api/v1/keys", headers=auth).json["keys"][-1]["id"] != created["id"]
@@ -50,7 +52,7 @@ def test_keys_rest_api(client: FlaskClient, api_key: str, namespaces: dict[str, 
 def test_a_scoped_key_is_refused_by_the_admin_api(
         client: FlaskClient, api_key: str, namespaces: dict[str, str]) -> None:
     scoped = client.post("/api/v1/keys", headers={"X-API-Key": api_key},
-                         json={"name": "bot", "namespaces": ["research"]}).json["key"]
+                         json={"name": "bot", "role": "client", "namespaces": ["research"]}).json["key"]
     token = client.post("/api/v1/auth/token", json={"api_key": scoped}).json["access_token"]
     for headers in ({"X-API-Key": scoped}, {"Authorization": f"Bearer {token}"}):
         for path in ("/api/v1/mcp/servers", "/api/v1/keys", "/api/v1/namespaces", "/api/v1/endpoints"):
@@ -62,7 +64,8 @@ def test_a_scoped_key_is_refused_by_the_admin_api(
 def test_principal_scope_and_deleting_its_namespace_narrows_it(
         app: Flask, client: FlaskClient, api_key: str, namespaces: dict[str, str]) -> None:
     auth = {"X-API-Key": api_key}
-    scoped = client.post("/api/v1/keys", headers=auth, json={"name": "bot", "namespaces": ["research"]}).json["key"]
+    scoped = client.post("/api/v1/keys", headers=auth,
+                         json={"name": "bot", "role": "client", "namespaces": ["research"]}).json["key"]
     authenticator = app.extensions["metamcp"].authenticator
     principal = authenticator.authenticate(scoped)
     assert principal.is_scoped and principal.namespaces == frozenset({UUID(namespaces["research"])})
@@ -86,13 +89,16 @@ def test_keys_cli_scopes(env: dict[str, str], namespaces: dict[str, str]) -> Non
     assert "NAMESPACES" in result.stdout and "ops,research" in result.stdout
     created = json.loads(run_keys(env, "show", "1", "--json").stdout)
     assert created["scoped"] is True and created["namespaces"] == ["ops", "research"]
+    assert created["role"] == "client"  # --namespace without --role makes a client key
     result = run_keys(env, "scope", "1", "--unscoped", "--json")
     assert result.returncode == 0 and json.loads(result.stdout)["scoped"] is False
-    assert run_keys(env, "list").stdout.splitlines()[1].rstrip().endswith("*")
+    assert json.loads(result.stdout)["role"] == "client"
+    assert run_keys(env, "list").stdout.splitlines()[1].split()[-2:] == ["*", "default"]
     result = run_keys(env, "scope", "1", "--namespace", "ops", "--json")
     assert json.loads(result.stdout)["namespaces"] == ["ops"]
     rotated = json.loads(run_keys(env, "rotate", "1", "--json").stdout)
     assert rotated["scoped"] is True and rotated["namespaces"] == ["ops"]  # the replacement keeps the scope
+    assert rotated["role"] == "client"
     unknown = run_keys(env, "create", "--name", "x", "--namespace", "nope")
     assert unknown.returncode == 1 and "nope" in unknown.stderr and unknown.stdout == ""
     assert run_keys(env, "scope", "1").returncode == 2

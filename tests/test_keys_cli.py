@@ -77,3 +77,43 @@ def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("keys.py: DATABASE_URL: cannot connect")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_roles_and_rate_limits(env: dict[str, str], db: Database) -> None:
+    with db.transaction() as cur:
+        cur.execute("INSERT INTO namespaces (name) VALUES ('research')")
+    seed = keys_json(env, "create", "--name", "seed")
+    assert (seed["role"], seed["scoped"], seed["rate_limit"]) == ("admin", False, None)  # as before roles
+    bot = keys_json(env, "create", "--name", "bot", "--role", "client", "--rate-limit", "120")
+    assert (bot["role"], bot["scoped"], bot["rate_limit"]) == ("client", False, 120)
+    limited = keys_json(env, "create", "--name", "lim", "--namespace", "research")
+    assert (limited["role"], limited["namespaces"]) == ("client", ["research"])
+    table = run_keys(env, "list").stdout.splitlines()
+    assert table[0].split()[:4] == ["ID", "NAME", "PREFIX", "ROLE"] and "RATE LIMIT" in table[0]
+    rows = {line.split()[1]: line.split() for line in table[1:]}
+    assert rows["seed"][3] == "admin" and rows["seed"][-2:] == ["*", "default"]
+    assert rows["bot"][3] == "client" and rows["bot"][-1] == "120/min"
+    assert rows["lim"][3] == "client" and rows["lim"][-2:] == ["research", "default"]
+    shown = run_keys(env, "show", str(bot["id"])).stdout
+    assert "client" in shown and "120/min" in shown
+    changed = keys_json(env, "set", str(bot["id"]), "--role", "admin", "--rate-limit", "default")
+    assert (changed["role"], changed["rate_limit"]) == ("admin", None)
+    changed = keys_json(env, "set", str(limited["id"]), "--role", "admin")  # lifts the limit
+    assert (changed["role"], changed["scoped"]) == ("admin", False)
+    changed = keys_json(env, "set", str(limited["id"]), "--namespace", "research", "--rate-limit", "7")
+    assert (changed["role"], changed["namespaces"], changed["rate_limit"]) == ("client", ["research"], 7)
+    rotated = keys_json(env, "rotate", str(limited["id"]))
+    assert (rotated["role"], rotated["namespaces"], rotated["rate_limit"]) == ("client", ["research"], 7)
+
+
+def test_role_usage_errors(env: dict[str, str]) -> None:
+    admin_scoped = run_keys(env, "create", "--name", "x", "--role", "admin", "--namespace", "research")
+    assert admin_scoped.returncode == 2 and "--role admin cannot be combined with --namespace" in admin_scoped.stderr
+    for args in (["create", "--name", "x", "--role", "root"], ["create", "--name", "x", "--rate-limit", "0"],
+                 ["set", "1"], ["set", "1", "--rate-limit", "lots"], ["set", "1", "--role", "admin", "--namespace", "r"]):
+        result = run_keys(env, *args)
+        assert result.returncode == 2 and "usage:" in result.stderr, args
+    assert keys_json(env, "list") == []  # nothing was created
+    assert run_keys(env, "set", "99", "--role", "client").returncode == 1
+    help_text = " ".join(run_keys(env, "create", "--help").stdout.split())
+    assert "client with --namespace" in help_text and "run commands on the host" in help_text

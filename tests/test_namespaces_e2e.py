@@ -91,7 +91,7 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE")
         for name in ("admin", "scoped", "elsewhere"):
             new = crypto.generate_api_key()
-            repository.insert_key(cur, name, new.hash, new.prefix)
+            repository.insert_key(cur, name, new.hash, new.prefix, "client" if name == "scoped" else "admin")
             keys[name] = new.plain
     log_file = tmp_path_factory.mktemp("upstream") / "alpha.log"
     upstreams = [UpstreamProcess(name="alpha", log_file=log_file),
@@ -132,7 +132,7 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
                            json={"name": endpoint, "namespace_id": d.ids[namespace], "auth": auth})
             assert reply.status_code == 201, reply.text
         reply = d.rest("PATCH", "/api/v1/keys/2", json={"namespaces": ["research"]})
-        assert reply.status_code == 200 and reply.json()["scoped"], reply.text
+        assert reply.status_code == 200 and reply.json()["scoped"] and reply.json()["role"] == "client", reply.text
         yield d
     finally:
         gateway.stop()

@@ -29,16 +29,20 @@ def request_credential() -> str | None:
     return api_key or None
 
 
+#: What the OpenAPI document and a refused client key are told about the admin API.
+ADMIN_ONLY = "The admin API needs an admin key; client keys may only use MCP (/mcp and /metamcp/<endpoint>/...)"
+
+
 def authenticate_request() -> None:
-    """before_request of protected (admin) blueprints: 401 without a valid credential, 403 for
-    a key limited to namespaces."""
+    """before_request of every admin blueprint: 401 without a valid credential, 403 for a
+    client key (limited to namespaces or not). Returns nothing: Flask would take a value as
+    the response."""
     credential = request_credential()
     if credential is None:
         raise Unauthorized("Send 'Authorization: Bearer <token or API key>' or 'X-API-Key: <API key>'.")
     principal = authenticator().authenticate(credential)
-    if principal.is_scoped:
-        raise Forbidden("This API key is limited to namespaces; it can use their endpoints "
-                        "(/metamcp/<endpoint>/...) but not the admin API.")
+    if not principal.is_admin:
+        raise Forbidden(f"{ADMIN_ONLY}.", {"role": principal.role})
 
 
 def authenticator() -> Authenticator:
@@ -50,8 +54,7 @@ def documented(blp: Blueprint, descriptions: dict[int, str], *statuses: int) -> 
 
     def decorate(view: Any) -> Any:
         view = blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credential")(view)
-        view = blp.alt_response(403, schema=ErrorSchema,
-                                description="A key limited to namespaces (no admin API)")(view)
+        view = blp.alt_response(403, schema=ErrorSchema, description=f"A client key: {ADMIN_ONLY}")(view)
         for status in statuses:
             view = blp.alt_response(status, schema=ErrorSchema, description=descriptions[status])(view)
         return blp.doc(security=SECURITY)(view)

@@ -23,7 +23,8 @@ from metamcp.db import Database
 from metamcp.errors import NotFound
 
 blp = Blueprint("keys", __name__, url_prefix="/api/v1/keys",
-                description="API keys: only hashes are stored; a key may be limited to namespaces")
+                description="API keys: only hashes are stored; admin keys manage, client keys use MCP "
+                            "(optionally limited to namespaces)")
 blp.before_request(authenticate_request)
 ERRORS = {404: "No such key", 422: "Invalid input or unknown namespace"}
 
@@ -43,12 +44,12 @@ class Keys(MethodView):
             return {"keys": repository.list_keys(cur, include_inactive=query["include_inactive"])}
 
     @documented(blp, ERRORS, 422)
-    @blp.arguments(KeyInputSchema, example={"name": "research-bot", "namespaces": ["research"]})
+    @blp.arguments(KeyInputSchema, example={"name": "research-bot", "role": "client", "namespaces": ["research"]})
     @blp.response(201, NewKeySchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create an API key; the key is in this answer only"""
         with _db().transaction() as cur:
-            row, plain = keys.create(cur, body["name"], body["namespaces"])
+            row, plain = keys.create(cur, body["name"], body["role"], body["namespaces"], body["rate_limit"])
         return {**row, "key": plain}
 
 
@@ -65,7 +66,11 @@ class KeyById(MethodView):
     @blp.arguments(KeyPatchSchema, example={"is_active": False})
     @blp.response(200, KeySchema)
     def patch(self, body: dict[str, Any], key_id: int) -> dict[str, Any]:
-        """Rename, switch on or off, or limit an API key to namespaces (`null`: no limit)"""
+        """Rename, switch on or off, change the role, namespaces (`null`: no limit) or rate limit of an API key
+
+        Limiting a key to namespaces without naming a role makes it a client key; making a key
+        admin without naming namespaces lifts its limit (admin keys reach everything).
+        """
         with _db().transaction() as cur:
             return keys.change(cur, key_id, body)
 

@@ -37,6 +37,7 @@ from metamcp.mcp.upstream import (
 )
 from metamcp.namespaces import NamespaceView
 from metamcp.servers import ServerConfig, ServerRegistry
+from metamcp.stdio_policy import StdioPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,8 @@ class Gateway:
         if config.transport == "stdio":
             extra = {"start_timeout": self._settings.stdio_start_timeout,
                      "idle_timeout": self._settings.stdio_idle_timeout,
-                     "children": self._children}
+                     "children": self._children,
+                     "stdio_policy": StdioPolicy.from_settings(self._settings)}
         return create_upstream(
             config,
             connect_timeout=self._settings.upstream_connect_timeout,

@@ -23,6 +23,7 @@ from metamcp.mcp import jsonrpc
 from metamcp.mcp.upstream import PendingCall, Upstream, UpstreamError, UpstreamTimeout, is_response
 from metamcp.mcp.upstream_call import Inboxes
 from metamcp.servers import ServerConfig
+from metamcp.stdio_policy import StdioPolicy, StdioRefused
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class _Child(Inboxes):
 class StdioUpstream(Upstream):
     def __init__(self, config: ServerConfig, *, start_timeout: float = 30.0,
                  idle_timeout: float = 600.0, children: threading.BoundedSemaphore | None = None,
-                 **kwargs: Any) -> None:
+                 stdio_policy: StdioPolicy | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         if not config.command:
             raise UpstreamError(f"upstream {config.name!r}: no command configured")
@@ -74,6 +75,8 @@ class StdioUpstream(Upstream):
         self._start_timeout = start_timeout
         self._idle_timeout = idle_timeout
         self._children = children
+        #: Checked before every start: the operator may have switched stdio off since registration.
+        self._policy = stdio_policy or StdioPolicy()
         self._child: _Child | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self.restarts = 0
@@ -157,13 +160,20 @@ class StdioUpstream(Upstream):
             return child
 
     def _start(self) -> _Child:
+        config = self._config
+        try:
+            # With an allow-list, the file checked is the file run (no second PATH lookup).
+            executable = self._policy.executable(config.command or "", config.cwd, config.env)
+        except StdioRefused as e:
+            self.last_error = e.message
+            raise UpstreamError(f"upstream {self.name!r}: not started: {e.message}") from None
         if self._children is not None and not self._children.acquire(blocking=False):
             raise UpstreamError(f"upstream {self.name!r}: this worker runs as many stdio "
                                 "children as METAMCP_STDIO_MAX_CHILDREN allows")
-        config = self._config
         try:
             process = subprocess.Popen(
-                [config.command or "", *config.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [config.command or "", *config.args], executable=executable,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, cwd=config.cwd or None, env=child_environment(config.env),
                 start_new_session=True)  # its own process group: signals reach all it spawns
         except OSError as e:
