@@ -65,6 +65,8 @@ class Settings:
     stdio_idle_timeout: float = 600.0
     #: Stdio children one worker process may run at once.
     stdio_max_children: int = 16
+    #: A downstream MCP session unused this long expires (404; the client initializes again).
+    session_idle_timeout: float = 86400.0
 
     @property
     def embedded(self) -> bool:
@@ -256,4 +258,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stdio_start_timeout=_seconds(values, "METAMCP_STDIO_START_TIMEOUT", 30.0, 0.1, 600),
         stdio_idle_timeout=_seconds(values, "METAMCP_STDIO_IDLE_TIMEOUT", 600.0, 1, 86400 * 7),
         stdio_max_children=_int(values, "METAMCP_STDIO_MAX_CHILDREN", 16, 1, 1024),
+        session_idle_timeout=_seconds(values, "METAMCP_SESSION_IDLE_TIMEOUT", 86400.0, 1, 86400 * 365),
     )

@@ -93,3 +93,14 @@ def test_configured_secrets_are_not_generated(tmp_path: Path, monkeypatch: pytes
     monkeypatch.chdir(tmp_path)
     ensure_secrets({**GOOD, "METAMCP_DATA_DIR": str(tmp_path)})
     assert not (tmp_path / "secrets.env").exists()
+
+
+def test_session_idle_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = {**GOOD, "METAMCP_DATA_DIR": str(tmp_path)}
+    assert load_settings(base).session_idle_timeout == 24 * 3600
+    assert load_settings({**base, "METAMCP_SESSION_IDLE_TIMEOUT": "90"}).session_idle_timeout == 90
+    for bad in ("0", "soon", str(400 * 86400)):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({**base, "METAMCP_SESSION_IDLE_TIMEOUT": bad})
+        assert caught.value.setting == "METAMCP_SESSION_IDLE_TIMEOUT"

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from metamcp.config import child_environment
 from metamcp.mcp import jsonrpc
+from metamcp.mcp.children import ChildRecords, spawn
 from metamcp.mcp.upstream import PendingCall, Upstream, UpstreamError, UpstreamTimeout, is_response
 from metamcp.mcp.upstream_call import Inboxes
 from metamcp.servers import ServerConfig
@@ -66,7 +67,7 @@ class _Child(Inboxes):
 class StdioUpstream(Upstream):
     def __init__(self, config: ServerConfig, *, start_timeout: float = 30.0,
                  idle_timeout: float = 600.0, children: threading.BoundedSemaphore | None = None,
-                 **kwargs: Any) -> None:
+                 records: ChildRecords | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         if not config.command:
             raise UpstreamError(f"upstream {config.name!r}: no command configured")
@@ -74,6 +75,8 @@ class StdioUpstream(Upstream):
         self._start_timeout = start_timeout
         self._idle_timeout = idle_timeout
         self._children = children
+        #: Where this worker's child process groups are recorded for the master to reap.
+        self._records = records
         self._child: _Child | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self.restarts = 0
@@ -162,7 +165,8 @@ class StdioUpstream(Upstream):
                                 "children as METAMCP_STDIO_MAX_CHILDREN allows")
         config = self._config
         try:
-            process = subprocess.Popen(
+            # On the spawner thread, so the child dies with this worker (see children.py).
+            process = spawn(
                 [config.command or "", *config.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, cwd=config.cwd or None, env=child_environment(config.env),
                 start_new_session=True)  # its own process group: signals reach all it spawns
@@ -172,6 +176,8 @@ class StdioUpstream(Upstream):
             self._record_crash(f"cannot start: {e.strerror or type(e).__name__}")
             raise UpstreamError(f"upstream {self.name!r}: cannot start the command "
                                 f"({e.strerror or type(e).__name__})") from e
+        if self._records is not None:
+            self._records.add(process.pid)  # the group id: the child leads its own group
         child = _Child(process)
         threading.Thread(target=self._read_stdout, args=(child,), daemon=True,
                          name=f"metamcp-stdio-{self.name}").start()
@@ -329,6 +335,8 @@ class StdioUpstream(Upstream):
             pass
         if process.poll() is None:
             process.wait()
+        if self._records is not None:
+            self._records.remove(process.pid)
         for pipe in (process.stdin, process.stdout, process.stderr):
             try:
                 if pipe is not None:
