@@ -100,7 +100,9 @@ def test_session_idle_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     base = {**GOOD, "METAMCP_DATA_DIR": str(tmp_path)}
     assert load_settings(base).session_idle_timeout == 24 * 3600
     assert load_settings({**base, "METAMCP_SESSION_IDLE_TIMEOUT": "90"}).session_idle_timeout == 90
-    for bad in ("0", "soon", str(400 * 86400)):
+    for bad in ("0", "soon", str(400 * 86400), "59"):  # 59: below 4 keep-alive periods (15 s)
         with pytest.raises(ConfigError) as caught:
             load_settings({**base, "METAMCP_SESSION_IDLE_TIMEOUT": bad})
         assert caught.value.setting == "METAMCP_SESSION_IDLE_TIMEOUT"
+    short = {**base, "METAMCP_SESSION_IDLE_TIMEOUT": "5", "METAMCP_KEEPALIVE_SECONDS": "0.5"}
+    assert load_settings(short).session_idle_timeout == 5

@@ -1,5 +1,6 @@
 """Through a live 2-worker gunicorn: idle sessions are purged while it runs (404 on every
-worker, also one that had the session cached), and a SIGKILLed worker leaves no stdio child."""
+worker, also one that had the session cached; a legacy SSE session once its worker is killed),
+and a SIGKILLed worker leaves no stdio child."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from mcp import Client
 
 from metamcp import crypto, repository
@@ -41,10 +43,18 @@ def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                                        "args": [str(STUBBORN), MARKER]})
     db.close()
     env = child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(tmp_path_factory.mktemp("data")),
-                    METAMCP_WORKERS="2", METAMCP_SESSION_IDLE_TIMEOUT=str(IDLE_TIMEOUT))
+                    METAMCP_WORKERS="2", METAMCP_SESSION_IDLE_TIMEOUT=str(IDLE_TIMEOUT),
+                    METAMCP_KEEPALIVE_SECONDS="0.5")
     server = Gunicorn(env, free_port())
     try:
         server.wait_ready()
+        auth = {"X-API-Key": new.plain}
+        namespace = requests.post(server.url + "/api/v1/namespaces", json={"name": "life"}, headers=auth,
+                                  timeout=30)
+        assert namespace.status_code == 201, namespace.text
+        endpoint = requests.post(server.url + "/api/v1/endpoints", headers=auth, timeout=30, json={
+            "name": "life", "namespace_id": namespace.json()["id"], "auth": {"api_key": True}})
+        assert endpoint.status_code == 201, endpoint.text
         yield server, new.plain
     finally:
         server.stop(signal.SIGTERM)
@@ -188,3 +198,28 @@ def test_killed_worker_leaves_no_stdio_child(gateway: tuple[Gunicorn, str]) -> N
             time.sleep(0.5)
     assert again and again["ppid"] != worker and alive(again["pid"])
     assert f"worker {worker} left 1 stdio process groups" in server.output()
+
+
+def test_legacy_sse_session_lives_with_its_stream_and_goes_with_its_killed_worker(
+        gateway: tuple[Gunicorn, str], database_url: str) -> None:
+    server, key = gateway
+    stream = WorkerConnection(server, key)
+    assert stream.worker is not None
+    stream.conn.request("GET", "/metamcp/life/sse", headers={"X-API-Key": key, "Accept": "text/event-stream"})
+    response = stream.conn.getresponse()
+    assert response.status == 200
+    session = ""
+    for _ in range(20):
+        line = response.readline().decode()
+        if line.startswith("data:") and "sessionId=" in line:
+            session = line.split("sessionId=", 1)[1].strip()
+            break
+    assert session
+    time.sleep(2 * IDLE_TIMEOUT)
+    assert session_rows(database_url, session) == 1  # the open stream keeps its session alive
+    os.kill(stream.worker, signal.SIGKILL)  # nobody ends the session now: the purge must
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and session_rows(database_url, session):
+        time.sleep(0.2)
+    assert session_rows(database_url, session) == 0
+    stream.conn.close()
