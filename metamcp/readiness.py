@@ -67,7 +67,11 @@ class Readiness:
                               f"the database did not answer within {CHECK_TIMEOUT:g} s")
 
     def _probe(self, future: Future[ReadyState]) -> None:
-        state = self._query()
+        try:
+            state = self._query()
+        except Exception as e:  # noqa: BLE001 - boundary: a probe gets an answer, never a hang
+            logger.warning("readiness check failed: %s", type(e).__name__)
+            state = ReadyState(False, self._migrated, "the readiness check failed")
         with self._lock:
             self._last = (time.monotonic(), state)
         future.set_result(state)
