@@ -34,10 +34,11 @@ from metamcp.mcp import legacy_sse, tool_api, transport
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.methods import CANCEL_TOPIC, Dispatcher
 from metamcp.mcp.sessions import TOPIC as SESSIONS_TOPIC
-from metamcp.mcp.sessions import SessionStore
+from metamcp.mcp.sessions import SessionPurger, SessionStore
 from metamcp.namespaces import TOPIC as NAMESPACES_TOPIC
 from metamcp.namespaces import NamespaceRegistry
 from metamcp.notify import ChangeListener
+from metamcp.readiness import Readiness
 from metamcp.servers import TOPIC as SERVERS_TOPIC
 from metamcp.servers import ServerRegistry
 from metamcp.stdio_policy import StdioPolicy
@@ -63,9 +64,13 @@ class Services:
     endpoints: EndpointRegistry
     sse: legacy_sse.SseHub
     listener: ChangeListener | None
+    readiness: Readiness
+    purger: SessionPurger | None = None
 
     def close(self) -> None:
         """Release what this process holds: the listener, upstream sessions, connections."""
+        if self.purger is not None:
+            self.purger.stop()
         if self.listener is not None:
             self.listener.stop()
         self.sse.close()
@@ -129,7 +134,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     authenticator = Authenticator(db, settings.jwt_secret, settings.jwt_lifetime, settings.cache_ttl)
     registry = ServerRegistry(db, SecretBox(settings.encryption_key), settings.upstream_policy,
                               StdioPolicy.from_settings(settings))
-    sessions = SessionStore(db)
+    sessions = SessionStore(db, settings.session_idle_timeout)
 
     def publish(topic: str, details: dict[str, Any]) -> None:
         with db.transaction() as cur:
@@ -143,8 +148,10 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     namespaces.observers.append(gateway.on_namespace_change)
     dispatcher = Dispatcher(gateway, sessions, settings, health_api.package_version(), publish)
     sse_hub = legacy_sse.SseHub(db, dispatcher, settings)
-    listener = None
+    listener = purger = None
     if listen:
+        purger = SessionPurger(sessions, db)
+        purger.start()
         listener = ChangeListener(settings.database_url)
         listener.subscribe(KEYS_TOPIC, lambda _message: authenticator.invalidate())
         for callback in (gateway.on_registry_change, namespaces.on_change):
@@ -158,7 +165,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         listener.start()
     app.extensions["metamcp"] = Services(
         settings, db, authenticator, registry, sessions, gateway, dispatcher, namespaces, endpoints,
-        sse_hub, listener
+        sse_hub, listener, Readiness(settings.database_url), purger
     )
 
     register_error_handlers(app)
@@ -170,8 +177,8 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     api.spec.components.security_scheme(
         "apiKeyHeader", {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     )
-    for blueprint in (health_api.blp, auth_api.blp, keys_api.blp, servers_api.blp,
-                      namespaces_api.blp, endpoints_api.blp):
+    for blueprint in (health_api.blp, health_api.admin_blp, auth_api.blp, keys_api.blp,
+                      servers_api.blp, namespaces_api.blp, endpoints_api.blp):
         api.register_blueprint(blueprint)
     for mcp_blueprint in (transport.bp, legacy_sse.bp, tool_api.bp):
         app.register_blueprint(mcp_blueprint)

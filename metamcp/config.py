@@ -74,6 +74,8 @@ class Settings:
     #: Executables stdio servers may run (absolute paths or bare names looked up on PATH);
     #: None: any (METAMCP_STDIO_COMMANDS unset).
     stdio_commands: tuple[str, ...] | None = None
+    #: A downstream MCP session unused this long expires (404; the client initializes again).
+    session_idle_timeout: float = 86400.0
 
     @property
     def embedded(self) -> bool:
@@ -287,6 +289,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("METAMCP_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
     threads = _int(values, "METAMCP_THREADS", 8, 1, 256)
+    keepalive = _seconds(values, "METAMCP_KEEPALIVE_SECONDS", 15.0, 0.05, 300)
+    session_idle_timeout = _seconds(values, "METAMCP_SESSION_IDLE_TIMEOUT", 86400.0, 1, 86400 * 365)
+    if session_idle_timeout < 4 * keepalive:  # an open stream touches its session at keep-alives
+        raise ConfigError("METAMCP_SESSION_IDLE_TIMEOUT",
+                          f"must be at least 4 times METAMCP_KEEPALIVE_SECONDS ({4 * keepalive:g} seconds)")
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -306,11 +313,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         list_timeout=_seconds(values, "METAMCP_LIST_TIMEOUT", 10.0, 0.1, 600),
         list_cache_ttl=_seconds(values, "METAMCP_LIST_CACHE_TTL", 300.0, 0, 86400),
         page_size=_int(values, "METAMCP_PAGE_SIZE", 1000, 1, 100000),
-        keepalive_seconds=_seconds(values, "METAMCP_KEEPALIVE_SECONDS", 15.0, 0.05, 300),
+        keepalive_seconds=keepalive,
         stdio_start_timeout=_seconds(values, "METAMCP_STDIO_START_TIMEOUT", 30.0, 0.1, 600),
         stdio_idle_timeout=_seconds(values, "METAMCP_STDIO_IDLE_TIMEOUT", 600.0, 1, 86400 * 7),
         stdio_max_children=_int(values, "METAMCP_STDIO_MAX_CHILDREN", 16, 1, 1024),
         upstream_policy=_upstream_policy(values),
         stdio_enabled=_switch(values, "METAMCP_STDIO", True),
         stdio_commands=_commands(values),
+        session_idle_timeout=session_idle_timeout,
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -109,6 +111,14 @@ def migrate(url: str) -> int:
     return len(pending)
 
 
+@functools.cache
+def migration_ids() -> tuple[str, ...]:
+    """Ids of the migrations in migrations/, as yoyo names them (the file name without .sql)."""
+    from yoyo import read_migrations
+
+    return tuple(migration.id for migration in read_migrations(str(MIGRATIONS_DIR)))
+
+
 def _yoyo_url(url: str) -> str:
     # yoyo only understands postgresql://; psycopg2 takes postgres:// as well.
     if url.startswith("postgres://"):
@@ -165,6 +175,12 @@ class Database:
                 return cur.fetchone() is not None
         except psycopg2.Error:
             return False
+
+    def stats(self) -> dict[str, int]:
+        """The pool's size and use, for the admin health view."""
+        # psycopg2's pool keeps these as plain attributes without accessors.
+        pool: Any = self._pool
+        return {"max": pool.maxconn, "in_use": len(pool._used), "idle": len(pool._pool)}
 
     def close(self) -> None:
         self._pool.closeall()

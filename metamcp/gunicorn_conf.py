@@ -12,10 +12,9 @@ import signal
 import sys
 from typing import Any
 
-from metamcp import repository
 from metamcp.config import ConfigError, ensure_secrets, load_settings
-from metamcp.db import Database, EmbeddedPostgres, prepare_database
-from metamcp.mcp.sessions import IDLE_LIMIT_SECONDS
+from metamcp.db import EmbeddedPostgres, prepare_database
+from metamcp.mcp.children import forget_dead_workers, reap_worker, run_dir
 
 
 def _fail(error: Exception) -> None:
@@ -54,14 +53,9 @@ def on_starting(server: Any) -> None:
     except ConfigError as error:
         _fail(error)
     os.environ["DATABASE_URL"] = url
-    db = Database(url, 1)
-    try:
-        with db.transaction() as cur:
-            purged = repository.purge_sessions(cur, IDLE_LIMIT_SECONDS)
-    finally:
-        db.close()
-    if purged:
-        server.log.info("purged %s idle MCP sessions", purged)
+    stale = forget_dead_workers(run_dir(_settings.data_dir))
+    if stale:
+        server.log.warning("forgot %s stdio child records of workers that no longer run", stale)
     where = f"embedded PostgreSQL in {_settings.pgdata}" if _embedded else "DATABASE_URL"
     server.log.info("database ready (%s); serving on http://%s:%s", where, _settings.host, _settings.port)
 
@@ -93,6 +87,14 @@ def worker_exit(server: Any, worker: Any) -> None:
     services = getattr(app, "extensions", {}).get("metamcp")
     if services is not None:
         services.close()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, after any worker exit: kill the process groups of stdio children it left
+    (after a SIGKILL or a crash; a normal exit stopped them and removed their records)."""
+    killed = reap_worker(run_dir(_settings.data_dir), worker.pid)
+    if killed:
+        server.log.warning("worker %s left %s stdio process groups; killed them", worker.pid, killed)
 
 
 def on_exit(server: Any) -> None:

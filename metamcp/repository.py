@@ -202,6 +202,19 @@ def notify_change(cur: Cursor, topic: str, **details: Any) -> None:
     cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
 
 
+# --- Readiness --------------------------------------------------------------------------
+
+
+def ping(cur: Cursor) -> None:
+    cur.execute("SELECT 1")
+
+
+def applied_migrations(cur: Cursor) -> set[str]:
+    """Ids of the migrations yoyo recorded as applied (its own bookkeeping table)."""
+    cur.execute("SELECT migration_id FROM _yoyo_migration")
+    return {dict(row)["migration_id"] for row in cur.fetchall()}
+
+
 # --- MCP sessions -----------------------------------------------------------------------
 
 
@@ -236,8 +249,21 @@ def update_session(cur: Cursor, session_id: str, log_level: str | None) -> None:
     )
 
 
-def touch_session(cur: Cursor, session_id: str) -> None:
+def use_session(cur: Cursor, session_id: str, idle_seconds: float) -> Row | None:
+    """The session, touched, unless it is unknown or unused for idle_seconds (expired)."""
+    cur.execute(
+        "UPDATE mcp_sessions SET last_used_at = now()"
+        " WHERE id = %s AND last_used_at >= now() - make_interval(secs => %s)"
+        " RETURNING id, key_id, protocol_version, log_level, endpoint_id",
+        (session_id, idle_seconds),
+    )
+    return _one(cur)
+
+
+def touch_session(cur: Cursor, session_id: str) -> bool:
+    """Mark the session used; False when its row is gone."""
     cur.execute("UPDATE mcp_sessions SET last_used_at = now() WHERE id = %s", (session_id,))
+    return cur.rowcount == 1
 
 
 def delete_session(cur: Cursor, session_id: str) -> bool:
@@ -245,12 +271,25 @@ def delete_session(cur: Cursor, session_id: str) -> bool:
     return cur.rowcount == 1
 
 
-def purge_sessions(cur: Cursor, idle_seconds: int) -> int:
+def purge_sessions(cur: Cursor, idle_seconds: float, limit: int) -> int:
+    """Delete up to `limit` sessions unused for idle_seconds, oldest first (via the
+    last_used_at index); rows being touched right now are skipped, not waited for."""
+    # = ANY(ARRAY(...)) rather than IN (...): the planner then deletes by primary key instead
+    # of hashing a scan of the whole table.
     cur.execute(
-        "DELETE FROM mcp_sessions WHERE last_used_at < now() - make_interval(secs => %s)",
-        (idle_seconds,),
+        "DELETE FROM mcp_sessions WHERE id = ANY(ARRAY(SELECT id FROM mcp_sessions"
+        " WHERE last_used_at < now() - make_interval(secs => %s)"
+        " ORDER BY last_used_at LIMIT %s FOR UPDATE SKIP LOCKED))",
+        (idle_seconds, limit),
     )
     return cur.rowcount
+
+
+def try_advisory_xact_lock(cur: Cursor, key: int) -> bool:
+    """Take a transaction-scoped advisory lock if it is free; False when another holds it."""
+    cur.execute("SELECT pg_try_advisory_xact_lock(%s) AS taken", (key,))
+    row = _one(cur)
+    return bool(row and row["taken"])
 
 
 # --- Namespaces -------------------------------------------------------------------------

@@ -165,7 +165,7 @@ class Gunicorn:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.output()}")
             try:
-                if requests.get(self.url + "/health", timeout=5).status_code == 200:
+                if requests.get(self.url + "/ready", timeout=5).status_code == 200:
                     return
             except requests.RequestException:
                 pass

@@ -177,7 +177,7 @@ def test_secrets_under_another_encryption_key_fail_softly(api: Api, settings: An
     try:
         client = other.test_client()
         headers = api.headers
-        health = client.get("/health")
+        health = client.get("/api/v1/health", headers=headers)
         assert health.status_code == 200 and health.json["upstreams"] == []
         shown = client.get(f"/api/v1/mcp/servers/{server['id']}", headers=headers)
         assert shown.status_code == 200 and shown.json["bearer_token"] == "****"

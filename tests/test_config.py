@@ -123,3 +123,16 @@ def test_stdio_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     off = load_settings({**base, "METAMCP_STDIO": "OFF", "METAMCP_STDIO_COMMANDS": " npx, /usr/bin/node ,"})
     assert off.stdio_enabled is False and off.stdio_commands == ("npx", "/usr/bin/node")
     assert load_settings({**base, "METAMCP_STDIO": "on", "METAMCP_STDIO_COMMANDS": " "}).stdio_commands is None
+
+
+def test_session_idle_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = {**GOOD, "METAMCP_DATA_DIR": str(tmp_path)}
+    assert load_settings(base).session_idle_timeout == 24 * 3600
+    assert load_settings({**base, "METAMCP_SESSION_IDLE_TIMEOUT": "90"}).session_idle_timeout == 90
+    for bad in ("0", "soon", str(400 * 86400), "59"):  # 59: below 4 keep-alive periods (15 s)
+        with pytest.raises(ConfigError) as caught:
+            load_settings({**base, "METAMCP_SESSION_IDLE_TIMEOUT": bad})
+        assert caught.value.setting == "METAMCP_SESSION_IDLE_TIMEOUT"
+    short = {**base, "METAMCP_SESSION_IDLE_TIMEOUT": "5", "METAMCP_KEEPALIVE_SECONDS": "0.5"}
+    assert load_settings(short).session_idle_timeout == 5

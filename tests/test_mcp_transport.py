@@ -204,5 +204,5 @@ def test_upstream_without_prompts_or_resources_still_serves_its_tools(mcp: Mcp) 
     assert [t["name"] for t in mcp.call("tools/list").json["result"]["tools"]] == ["plain__shout"]
     reply = mcp.call("tools/call", {"name": "plain__shout", "arguments": {"text": "hi"}})
     assert "HI" in reply.get_data(as_text=True)
-    health = mcp.client.get("/health").json["upstreams"]
+    health = mcp.client.get("/api/v1/health", headers={"X-API-Key": mcp.key}).json["upstreams"]
     assert [(u["name"], u["status"]) for u in health] == [("plain", "ok")]

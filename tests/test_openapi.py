@@ -1,4 +1,4 @@
-"""OpenAPI document, Swagger UI and /health."""
+"""OpenAPI document, Swagger UI and the liveness probe."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ def test_openapi_documents_every_route_with_security(client: FlaskClient) -> Non
     spec = client.get("/openapi.json").json
     assert spec["openapi"].startswith("3.")
     paths = spec["paths"]
-    assert set(paths) >= {"/health", "/api/v1/auth/token", "/api/v1/mcp/servers",
-                          "/api/v1/mcp/servers/{server_id}"}
+    assert set(paths) >= {"/health", "/ready", "/api/v1/health", "/api/v1/auth/token",
+                          "/api/v1/mcp/servers", "/api/v1/mcp/servers/{server_id}"}
     assert set(paths["/api/v1/mcp/servers"]) >= {"get", "post"}
     assert set(paths["/api/v1/mcp/servers/{server_id}"]) >= {"get", "put", "patch", "delete"}
     schemes = spec["components"]["securitySchemes"]
@@ -68,6 +68,5 @@ def test_swagger_ui_page(client: FlaskClient) -> None:
 def test_health(client: FlaskClient) -> None:
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json["status"] == "ok"
-    assert response.json["database"] == {"reachable": True}
+    assert set(response.json) == {"status", "version"} and response.json["status"] == "ok"
     assert response.json["version"]

@@ -63,8 +63,10 @@ def test_stdio_off_refuses_registration_and_start(
     for _ in range(2):  # either worker
         tools, echo, kid_text = run_client(gateway.url + "/mcp", admin, body)
         assert "alpha__echo" in tools and not any(t.startswith("kid__") for t in tools)
-        assert echo == "alpha: hi" and "METAMCP_STDIO=off" in kid_text
-    requests.get(gateway.url + "/health", timeout=60)  # pings upstreams: must not start the child either
+        # Clients get the generic text; the cause (METAMCP_STDIO=off) is for admins (below).
+        assert echo == "alpha: hi" and kid_text == "Upstream server 'kid' is unavailable", kid_text
+    health = requests.get(gateway.url + "/api/v1/health", headers=auth, timeout=60)  # must not start it either
+    assert health.status_code == 200, health.text
     reply = requests.get(f"{url}/{kid['id']}/tools", headers=auth, timeout=30)
     assert reply.status_code == 502 and "METAMCP_STDIO=off" in reply.json()["message"], reply.text
     assert not ran.exists(), "a stdio child was started although METAMCP_STDIO=off"

@@ -150,12 +150,36 @@ class ServerListSchema(Schema):
 
 
 class HealthSchema(Schema):
+    """Liveness: answered from memory; no names, no database, no upstream."""
+
     status = fields.String(metadata={"example": "ok"})
     version = fields.String(metadata={"example": "0.1.0"})
-    database = fields.Dict(metadata={"example": {"reachable": True}})
-    upstreams = fields.List(fields.Dict(), metadata={"example": [
-        {"name": "one", "transport": "streamable_http", "status": "ok", "last_error": None,
-         "checked_at": 1764000000.0}]})
+
+
+class ReadySchema(Schema):
+    status = fields.String(metadata={"example": "ready"})
+    version = fields.String(metadata={"example": "0.1.0"})
+
+
+class HealthDetailSchema(Schema):
+    """This worker's view: each worker holds its own upstream sessions and children."""
+
+    status = fields.String(metadata={"example": "ok", "description": "ok, or unavailable when not ready"})
+    version = fields.String(metadata={"example": "0.1.0"})
+    worker = fields.Dict(metadata={"example": {"pid": 4242}})
+    database = fields.Dict(metadata={"example": {
+        "reachable": True, "migrations_applied": True, "problem": None,
+        "pool": {"max": 10, "in_use": 1, "idle": 1}}})
+    sessions = fields.Dict(metadata={"example": {"cached": 12, "idle_timeout": 86400.0}})
+    upstreams = fields.List(fields.Dict(), metadata={
+        "description": "Each active server's last known state in this worker (never pinged here; "
+                       "unknown until this worker used it); stdio servers add their child process",
+        "example": [
+            {"name": "one", "transport": "streamable_http", "status": "ok", "last_error": None,
+             "checked_at": 1764000000.0},
+            {"name": "files", "transport": "stdio", "status": "unknown", "last_error": None,
+             "checked_at": None,
+             "process": {"running": False, "pid": None, "restarts": 0, "last_error": None}}]})
 
 
 class ToolListSchema(Schema):

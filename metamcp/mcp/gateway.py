@@ -20,6 +20,7 @@ from uuid import UUID
 
 from metamcp.config import Settings
 from metamcp.mcp import naming
+from metamcp.mcp.children import ChildRecords, run_dir
 from metamcp.mcp.jsonrpc import (
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
@@ -43,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a failed upstream is left out of list fan-outs before it is tried again.
 RETRY_FAILED_AFTER = 5.0
-#: Seconds a health state is trusted before /health pings the upstream again.
-HEALTH_MAX_AGE = 30.0
 
 
 def client_error(server: str, error: UpstreamError | None = None) -> RpcError:
@@ -124,6 +123,7 @@ class Gateway:
                                        dict[str, tuple[dict[str, Any], str, str]]]] = {}
         #: Stdio children this process may run at once.
         self._children = threading.BoundedSemaphore(settings.stdio_max_children)
+        self._child_records = ChildRecords(run_dir(settings.data_dir))
 
     # --- registry and upstream clients ---------------------------------------------------
 
@@ -163,7 +163,7 @@ class Gateway:
         if config.transport == "stdio":
             extra = {"start_timeout": self._settings.stdio_start_timeout,
                      "idle_timeout": self._settings.stdio_idle_timeout,
-                     "children": self._children,
+                     "children": self._children, "records": self._child_records,
                      "stdio_policy": StdioPolicy.from_settings(self._settings)}
         return create_upstream(
             config,
@@ -475,17 +475,11 @@ class Gateway:
         health.failed_until = time.monotonic() + RETRY_FAILED_AFTER
 
     def health(self) -> list[dict[str, Any]]:
-        """Each active upstream's state; those not checked for HEALTH_MAX_AGE get a ping first."""
-        stale = [
-            name for name in self.servers()
-            if (self._health_of(name).checked_at or 0) < time.time() - HEALTH_MAX_AGE
-        ]
-        if stale:
-            wait([self._pool.submit(self._ping, name) for name in stale],
-                 timeout=self._settings.list_timeout + 0.5)
+        """Each active upstream's last known state in this process. Nothing is pinged or
+        started here: an upstream this process never used is `unknown`."""
         report = []
         for name, config in sorted(self.servers().items()):
-            health = self._health_of(name)
+            health = self._health.get(name) or UpstreamHealth()
             entry: dict[str, Any] = {
                 "name": name,
                 "transport": config.transport,
@@ -499,21 +493,10 @@ class Gateway:
             report.append(entry)
         return report
 
-
     def process_state(self, name: str) -> dict[str, Any] | None:
         """A stdio server's child in this process: running, pid, restarts, last error."""
         state = getattr(self.kept(name), "state", None)
         return state() if callable(state) else None
-
-    def _ping(self, name: str) -> None:
-        try:
-            self.upstream(name).request("ping", None, timeout=self._settings.list_timeout)
-        except (UpstreamError, RpcError) as e:
-            self._record_failure(name, str(e))
-            return
-        except UpstreamRpcError:
-            pass  # it answered: alive, even if it does not know ping
-        self._record_success(name)
 
 
 def _template_matches(template: str, uri: str) -> bool:

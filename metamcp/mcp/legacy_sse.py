@@ -137,7 +137,8 @@ def open_stream(endpoint: str) -> Response:
 
     def collect() -> bool:
         hub.collect(session.id)  # in case a NOTIFY was missed
-        return True
+        # An open stream keeps its session alive; one purged (or deleted) ends the stream.
+        return services.sessions.get(session.id) is not None
 
     events = dispatcher.standing_stream(sse.encode_event(post_url, event="endpoint"), messages,
                                         request.environ.get("gunicorn.socket"), collect)

@@ -1,15 +1,20 @@
-"""Downstream MCP sessions: rows in PostgreSQL, cached in each process.
+"""Downstream MCP sessions: rows in PostgreSQL, cached in each process, expired when idle.
 
 Any worker (or replica on the same database) serves any session: a cache miss reads the row.
 Deleting a session notifies every process, which drops it from its cache. Once a session is
-cached, serving it makes no query; last_used_at is written at most every TOUCH_INTERVAL.
+cached, serving it makes no query; last_used_at is written at most every touch interval. A
+session unused for the idle timeout expires: it is no longer served anywhere, and each process
+runs a SessionPurger that deletes expired rows.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -17,11 +22,20 @@ from uuid import UUID
 from metamcp import repository
 from metamcp.db import Database
 
+logger = logging.getLogger(__name__)
+
 TOPIC = "sessions"
-#: Seconds between last_used_at writes for one session.
+#: Longest pause between last_used_at writes for one session (shorter for short timeouts).
 TOUCH_INTERVAL = 600.0
-#: Sessions unused this long are purged when the gateway starts.
-IDLE_LIMIT_SECONDS = 7 * 24 * 3600
+#: Sessions one process keeps cached; past this the least recently used one is dropped (it is
+#: read again from the database if it comes back), so abandoned sessions cost bounded memory.
+CACHE_ENTRIES = 4096
+#: Longest pause between two purges by one process (shorter for short timeouts).
+PURGE_INTERVAL = 300.0
+#: Rows one purge transaction deletes at most.
+PURGE_BATCH = 5000
+#: The PostgreSQL advisory lock that lets one process at a time purge ("mmcp" + 1).
+PURGE_LOCK = 0x6D6D6370_0001
 #: Levels of logging/setLevel, least to most severe (RFC 5424 names).
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
@@ -41,11 +55,28 @@ class Session:
         return LOG_LEVELS.index(level) >= LOG_LEVELS.index(self.log_level)
 
 
+@dataclass
+class _Entry:
+    session: Session
+    #: When this process last served the session, and last wrote its last_used_at (monotonic).
+    seen: float
+    written: float
+
+
 class SessionStore:
-    def __init__(self, db: Database) -> None:
+    """Why a cached session can never outlive its row: this process writes last_used_at at least
+    every touch interval T while it serves the session, and serves a cached entry only while it
+    was seen here within idle - 2T. So whenever it serves one, the row's last_used_at is younger
+    than the idle timeout (with T to spare for clock drift) and no purge can have deleted it."""
+
+    def __init__(self, db: Database, idle_timeout: float = 86400.0,
+                 cache_entries: int = CACHE_ENTRIES) -> None:
         self._db = db
-        self._cache: dict[str, Session] = {}
-        self._touched: dict[str, float] = {}
+        self.idle_timeout = idle_timeout
+        self.touch_interval = min(TOUCH_INTERVAL, idle_timeout / 10)
+        self._cache_lifetime = idle_timeout - 2 * self.touch_interval
+        self._cache_entries = cache_entries
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
     def create(self, key_id: int | None, protocol_version: str, client_info: dict[str, Any],
@@ -54,23 +85,37 @@ class SessionStore:
         with self._db.transaction() as cur:
             repository.insert_session(cur, session_id, key_id, protocol_version, client_info, endpoint_id)
         session = Session(session_id, key_id, protocol_version, endpoint_id=endpoint_id)
-        with self._lock:
-            self._cache[session_id] = session
-            self._touched[session_id] = time.monotonic()
+        self._keep(session)
         return session
 
     def get(self, session_id: str) -> Session | None:
-        session = self._cache.get(session_id)
-        if session is None:
+        """The live session, or None when it is unknown, deleted or expired."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._cache.get(session_id)
+            if entry is not None and now - entry.seen > self._cache_lifetime:
+                del self._cache[session_id]  # maybe purged meanwhile: ask the database
+                entry = None
+            if entry is not None:
+                self._cache.move_to_end(session_id)
+                entry.seen = now
+                if now - entry.written < self.touch_interval:
+                    return entry.session
+                entry.written = now
+        if entry is not None:
             with self._db.transaction() as cur:
-                row = repository.get_session(cur, session_id)
-            if row is None:
-                return None
-            session = Session(row["id"], row["key_id"], row["protocol_version"], row["log_level"],
-                              row["endpoint_id"])
-            with self._lock:
-                self._cache[session_id] = session
-        self._touch(session_id)
+                alive = repository.touch_session(cur, session_id)
+            if alive:
+                return entry.session
+            self.forget(session_id)  # deleted without our hearing of it
+            return None
+        with self._db.transaction() as cur:
+            row = repository.use_session(cur, session_id, self.idle_timeout)
+        if row is None:
+            return None
+        session = Session(row["id"], row["key_id"], row["protocol_version"], row["log_level"],
+                          row["endpoint_id"])
+        self._keep(session)
         return session
 
     def set_log_level(self, session: Session, level: str) -> Session:
@@ -78,8 +123,7 @@ class SessionStore:
         with self._db.transaction() as cur:
             repository.update_session(cur, session.id, level)
             repository.notify_change(cur, TOPIC, id=session.id)
-        with self._lock:
-            self._cache[session.id] = updated
+        self._keep(updated)
         return updated
 
     def delete(self, session_id: str) -> bool:
@@ -94,18 +138,79 @@ class SessionStore:
         with self._lock:
             if session_id is None:
                 self._cache.clear()
-                self._touched.clear()
             else:
                 self._cache.pop(session_id, None)
-                self._touched.pop(session_id, None)
 
     def on_change(self, message: dict[str, Any]) -> None:
         self.forget(message.get("id"))
 
-    def _touch(self, session_id: str) -> None:
+    def prune(self) -> int:
+        """Drop the cached entries too old to be served; returns how many were dropped."""
+        cutoff = time.monotonic() - self._cache_lifetime
+        with self._lock:
+            stale = [sid for sid, entry in self._cache.items() if entry.seen < cutoff]
+            for session_id in stale:
+                del self._cache[session_id]
+        return len(stale)
+
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def _keep(self, session: Session) -> None:
+        """Cache a session just read or written (its last_used_at is now)."""
         now = time.monotonic()
-        if now - self._touched.get(session_id, 0.0) < TOUCH_INTERVAL:
-            return
-        self._touched[session_id] = now
-        with self._db.transaction() as cur:
-            repository.touch_session(cur, session_id)
+        with self._lock:
+            self._cache[session.id] = _Entry(session, now, now)
+            self._cache.move_to_end(session.id)
+            while len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+
+
+class SessionPurger:
+    """Deletes expired sessions (their legacy SSE outboxes go with them) every so often.
+
+    Every process runs one, so the purge needs no coordinator and survives any worker's death;
+    a random start and interval spread the processes out, and an advisory lock lets only one
+    at a time do the work (the DELETE walks the last_used_at index, so the others' runs are cheap).
+    """
+
+    def __init__(self, store: SessionStore, db: Database) -> None:
+        self._store = store
+        self._db = db
+        self.interval = min(PURGE_INTERVAL, store.idle_timeout / 4)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="metamcp-session-purge", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def purge(self) -> int | None:
+        """Delete expired rows in batches; None when another process holds the purge lock."""
+        total = 0
+        while True:
+            with self._db.transaction() as cur:
+                if not repository.try_advisory_xact_lock(cur, PURGE_LOCK):
+                    return None if total == 0 else total
+                deleted = repository.purge_sessions(cur, self._store.idle_timeout, PURGE_BATCH)
+            total += deleted
+            if deleted < PURGE_BATCH or self._stop.is_set():
+                return total
+
+    def _run(self) -> None:
+        delay = random.uniform(0, self.interval)  # noqa: S311 - spreading load, not security
+        while not self._stop.wait(delay):
+            delay = self.interval * random.uniform(0.8, 1.2)  # noqa: S311
+            self._store.prune()
+            try:
+                purged = self.purge()
+            except Exception as e:  # noqa: BLE001 - boundary: the thread must outlive an outage
+                logger.warning("purging idle MCP sessions failed (%s); retrying later", type(e).__name__)
+                continue
+            if purged:
+                logger.info("purged %s idle MCP sessions", purged)

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from metamcp.config import child_environment
 from metamcp.mcp import jsonrpc
+from metamcp.mcp.children import ChildRecords, spawn
 from metamcp.mcp.upstream import PendingCall, Upstream, UpstreamError, UpstreamTimeout, is_response
 from metamcp.mcp.upstream_call import Inboxes
 from metamcp.servers import ServerConfig
@@ -67,7 +68,8 @@ class _Child(Inboxes):
 class StdioUpstream(Upstream):
     def __init__(self, config: ServerConfig, *, start_timeout: float = 30.0,
                  idle_timeout: float = 600.0, children: threading.BoundedSemaphore | None = None,
-                 stdio_policy: StdioPolicy | None = None, **kwargs: Any) -> None:
+                 stdio_policy: StdioPolicy | None = None, records: ChildRecords | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         if not config.command:
             raise UpstreamError(f"upstream {config.name!r}: no command configured")
@@ -77,6 +79,8 @@ class StdioUpstream(Upstream):
         self._children = children
         #: Checked before every start: the operator may have switched stdio off since registration.
         self._policy = stdio_policy or StdioPolicy()
+        #: Where this worker's child process groups are recorded for the master to reap.
+        self._records = records
         self._child: _Child | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self.restarts = 0
@@ -171,7 +175,8 @@ class StdioUpstream(Upstream):
             raise UpstreamError(f"upstream {self.name!r}: this worker runs as many stdio "
                                 "children as METAMCP_STDIO_MAX_CHILDREN allows")
         try:
-            process = subprocess.Popen(
+            # On the spawner thread, so the child dies with this worker (see children.py).
+            process = spawn(
                 [config.command or "", *config.args], executable=executable,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, cwd=config.cwd or None, env=child_environment(config.env),
@@ -182,6 +187,8 @@ class StdioUpstream(Upstream):
             self._record_crash(f"cannot start: {e.strerror or type(e).__name__}")
             raise UpstreamError(f"upstream {self.name!r}: cannot start the command "
                                 f"({e.strerror or type(e).__name__})") from e
+        if self._records is not None:
+            self._records.add(process.pid)  # the group id: the child leads its own group
         child = _Child(process)
         threading.Thread(target=self._read_stdout, args=(child,), daemon=True,
                          name=f"metamcp-stdio-{self.name}").start()
@@ -339,6 +346,8 @@ class StdioUpstream(Upstream):
             pass
         if process.poll() is None:
             process.wait()
+        if self._records is not None:
+            self._records.remove(process.pid)
         for pipe in (process.stdin, process.stdout, process.stderr):
             try:
                 if pipe is not None:

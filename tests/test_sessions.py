@@ -1,0 +1,112 @@
+"""Session store: the bounded LRU cache, expiry of idle sessions and the periodic purge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psycopg2
+
+from metamcp.db import Database
+from metamcp.mcp.sessions import PURGE_LOCK, SessionPurger, SessionStore
+
+from .conftest import TransactionCounter
+
+MakeKey = Callable[..., tuple[int, str]]
+
+
+def age(db: Database, session_id: str, seconds: float) -> None:
+    """Pretend the session was last used `seconds` ago (as another worker's clock would see it)."""
+    with db.transaction() as cur:
+        cur.execute("UPDATE mcp_sessions SET last_used_at = now() - make_interval(secs => %s)"
+                    " WHERE id = %s", (seconds, session_id))
+
+
+def test_cache_is_a_bounded_lru(db: Database, make_key: MakeKey) -> None:
+    key = make_key()[0]
+    store = SessionStore(db, cache_entries=10)
+    sessions = [store.create(key, "2025-06-18", {}) for _ in range(30)]
+    assert store.cached() == 10
+    counter = TransactionCounter(db)
+    assert store.get(sessions[-1].id) == sessions[-1]
+    assert counter.count == 0  # recent ones are served from memory
+    assert store.get(sessions[0].id) == sessions[0]
+    assert counter.count == 1  # the evicted one is read again, and still valid
+    assert store.cached() == 10
+
+
+def test_abandoned_sessions_do_not_grow_the_cache_past_its_bound(db: Database, make_key: MakeKey) -> None:
+    key = make_key()[0]
+    store = SessionStore(db)
+    first = store.create(key, "2025-06-18", {})
+    with db.transaction() as cur:  # 10,000 abandoned sessions created by some other worker
+        cur.execute("INSERT INTO mcp_sessions (id, key_id, protocol_version)"
+                    " SELECT 'abandoned-' || n, %s, '2025-06-18' FROM generate_series(1, 10000) n", (key,))
+    for n in range(1, 10001):
+        assert store.get(f"abandoned-{n}") is not None
+    assert store.cached() == 4096
+    assert store.get(first.id) == first
+
+
+def test_expired_session_is_not_served_even_if_cached(db: Database, make_key: MakeKey) -> None:
+    key = make_key()[0]
+    store = SessionStore(db, idle_timeout=1.0)
+    session = store.create(key, "2025-06-18", {})
+    other = SessionStore(db, idle_timeout=1.0)  # a second worker
+    assert other.get(session.id) == session
+    with db.transaction() as cur:  # purged elsewhere, without a notification reaching us
+        cur.execute("DELETE FROM mcp_sessions WHERE id = %s", (session.id,))
+    time.sleep(1.0)  # past the cache lifetime (idle timeout minus two touch intervals)
+    assert store.get(session.id) is None and other.get(session.id) is None
+    assert store.cached() == 0
+
+
+def test_idle_row_counts_as_expired_before_the_purge(db: Database, make_key: MakeKey) -> None:
+    key = make_key()[0]
+    store = SessionStore(db, idle_timeout=60.0)
+    session = store.create(key, "2025-06-18", {})
+    fresh = store.create(key, "2025-06-18", {})
+    age(db, session.id, 61)
+    store.forget()
+    assert store.get(session.id) is None
+    assert store.get(fresh.id) == fresh
+
+
+def test_in_use_session_is_touched_often_enough_to_survive(db: Database, make_key: MakeKey) -> None:
+    key = make_key()[0]
+    store = SessionStore(db, idle_timeout=2.0)
+    purger = SessionPurger(store, db)
+    session = store.create(key, "2025-06-18", {})
+    deadline = time.monotonic() + 4.5
+    while time.monotonic() < deadline:  # used for two timeouts and more, purged in between
+        assert store.get(session.id) == session
+        purger.purge()
+        time.sleep(0.05)
+    time.sleep(2.3)
+    assert purger.purge() == 1
+    assert store.get(session.id) is None
+
+
+def test_purge_deletes_only_idle_sessions_and_one_process_at_a_time(db: Database, make_key: MakeKey,
+                                                                   database_url: str) -> None:
+    key = make_key()[0]
+    store = SessionStore(db, idle_timeout=3600.0)
+    purger = SessionPurger(store, db)
+    assert 1 <= purger.interval <= 900
+    idle = [store.create(key, "2025-06-18", {}) for _ in range(3)]
+    busy = store.create(key, "2025-06-18", {})
+    for session in idle:
+        age(db, session.id, 3601)
+    holder = psycopg2.connect(database_url)
+    try:
+        with holder.cursor() as cur:  # another process is purging right now
+            cur.execute("BEGIN; SELECT pg_advisory_xact_lock(%s)", (PURGE_LOCK,))
+            assert purger.purge() is None
+            holder.rollback()
+    finally:
+        holder.close()
+    assert purger.purge() == 3
+    assert purger.purge() == 0
+    store.forget()
+    assert [store.get(s.id) for s in idle] == [None] * 3
+    assert store.get(busy.id) == busy
