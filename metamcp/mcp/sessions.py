@@ -2,7 +2,9 @@
 
 Any worker (or replica on the same database) serves any session: a cache miss reads the row.
 Deleting a session notifies every process, which drops it from its cache. Once a session is
-cached, serving it makes no query; last_used_at is written at most every TOUCH_INTERVAL.
+cached, serving it makes no query; last_used_at is written at most every TOUCH_INTERVAL, best
+effort. When the change listener comes back after losing its connection, cached sessions are
+checked again at their next use; while the database is away they keep serving.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from uuid import UUID
 
 from metamcp import repository
 from metamcp.db import Database
+from metamcp.errors import DatabaseUnavailable
 
 TOPIC = "sessions"
 #: Seconds between last_used_at writes for one session.
@@ -46,6 +49,8 @@ class SessionStore:
         self._db = db
         self._cache: dict[str, Session] = {}
         self._touched: dict[str, float] = {}
+        #: Cached sessions to read again at their next use (deleted meanwhile?).
+        self._unverified: set[str] = set()
         self._lock = threading.Lock()
 
     def create(self, key_id: int | None, protocol_version: str, client_info: dict[str, Any],
@@ -61,10 +66,18 @@ class SessionStore:
 
     def get(self, session_id: str) -> Session | None:
         session = self._cache.get(session_id)
-        if session is None:
-            with self._db.transaction() as cur:
-                row = repository.get_session(cur, session_id)
+        if session is None or session_id in self._unverified:
+            try:
+                with self._db.transaction() as cur:
+                    row = repository.get_session(cur, session_id)
+            except DatabaseUnavailable:
+                if session is None:
+                    raise
+                return session  # cached, unconfirmed: serves while the database is away
+            with self._lock:
+                self._unverified.discard(session_id)
             if row is None:
+                self.forget(session_id)
                 return None
             session = Session(row["id"], row["key_id"], row["protocol_version"], row["log_level"],
                               row["endpoint_id"])
@@ -100,12 +113,19 @@ class SessionStore:
                 self._touched.pop(session_id, None)
 
     def on_change(self, message: dict[str, Any]) -> None:
-        self.forget(message.get("id"))
+        if message.get("resync"):
+            with self._lock:
+                self._unverified = set(self._cache)
+        else:
+            self.forget(message.get("id"))
 
     def _touch(self, session_id: str) -> None:
         now = time.monotonic()
         if now - self._touched.get(session_id, 0.0) < TOUCH_INTERVAL:
             return
         self._touched[session_id] = now
-        with self._db.transaction() as cur:
-            repository.touch_session(cur, session_id)
+        try:
+            with self._db.transaction() as cur:
+                repository.touch_session(cur, session_id)
+        except DatabaseUnavailable:
+            pass  # bookkeeping only: never fails a request (the outage is logged once)
