@@ -108,9 +108,11 @@ class SessionStore:
             if session_id is None:
                 self._cache.clear()
                 self._touched.clear()
+                self._unverified.clear()
             else:
                 self._cache.pop(session_id, None)
                 self._touched.pop(session_id, None)
+                self._unverified.discard(session_id)
 
     def on_change(self, message: dict[str, Any]) -> None:
         if message.get("resync"):
