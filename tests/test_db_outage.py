@@ -39,9 +39,9 @@ def data_dir() -> Iterator[Path]:
 
 
 def rpc(http: requests.Session, base: str, headers: dict[str, str], method: str,
-        params: dict[str, Any], session: str | None = None) -> requests.Response:
+        params: dict[str, Any], session: str | None = None, path: str = "/mcp") -> requests.Response:
     extra = {"Mcp-Session-Id": session} if session else {}
-    return http.post(f"{base}/mcp", headers={**headers, **ACCEPT, **extra}, timeout=10,
+    return http.post(f"{base}{path}", headers={**headers, **ACCEPT, **extra}, timeout=10,
                      json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
 
 
@@ -53,46 +53,57 @@ def rpc_result(response: requests.Response) -> dict[str, Any]:
     return response.json()
 
 
-def initialize(http: requests.Session, base: str, headers: dict[str, str]) -> requests.Response:
+def initialize(http: requests.Session, base: str, headers: dict[str, str], path: str = "/mcp") -> requests.Response:
     return rpc(http, base, headers, "initialize",
-               {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})
+               {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+               path=path)
 
 
 class Load:
-    """Client threads doing warm tools/call on their own sessions, and a REST poller."""
+    """Client threads doing warm tools/call on their own sessions (one per (path, credential)
+    in `callers`; "api" calls the endpoint's REST tool API), and a REST poller."""
 
-    def __init__(self, base: str, headers: dict[str, str], calls: int = 3) -> None:
+    def __init__(self, base: str, headers: dict[str, str], callers: list[tuple[str, dict[str, str]]]) -> None:
         self.base, self.headers = base, headers
         self.stop = threading.Event()
-        self.calls: list[tuple[float, int, bool]] = []  # (time, status, right answer)
+        self.calls: list[tuple[float, int, bool, str]] = []  # (time, status, right answer, path)
         self.rest: list[tuple[float, int, str | None, str | None]] = []  # (time, status, Retry-After, error)
-        self.threads = [threading.Thread(target=self._caller, args=(n,)) for n in range(calls)]
+        self.threads = [threading.Thread(target=self._caller, args=(n, path, auth))
+                        for n, (path, auth) in enumerate(callers)]
         self.threads.append(threading.Thread(target=self._poller))
-        self.warm = threading.Barrier(calls + 2)  # callers, poller, start()
+        self.warm = threading.Barrier(len(callers) + 2)  # callers, poller, start()
 
     def start(self) -> None:
         for thread in self.threads:
             thread.start()
         self.warm.wait(timeout=60)  # every caller has a session its worker has cached
 
-    def _caller(self, n: int) -> None:
+    def _caller(self, n: int, path: str, auth: dict[str, str]) -> None:
         http = requests.Session()  # keep-alive: the same worker, whose caches are warm
-        response = initialize(http, self.base, self.headers)
-        session = response.headers["Mcp-Session-Id"]
-        rpc(http, self.base, self.headers, "notifications/initialized", {}, session)
+        session = None
+
+        def call(text: str) -> requests.Response:
+            if path.endswith("/api/up__echo"):
+                return http.post(self.base + path, headers=auth, json={"message": text}, timeout=10)
+            return rpc(http, self.base, auth, "tools/call", {"name": "up__echo", "arguments": {"message": text}},
+                       session, path)
+
+        if not path.endswith("/api/up__echo"):
+            session = initialize(http, self.base, auth, path).headers["Mcp-Session-Id"]
+            rpc(http, self.base, auth, "notifications/initialized", {}, session, path)
         for _ in range(5):
-            rpc(http, self.base, self.headers, "tools/call", {"name": "up__echo", "arguments": {"message": "w"}}, session)
+            assert call("w").status_code == 200
         self.warm.wait(timeout=60)
         i = 0
         while not self.stop.is_set():
             i += 1
             text = f"c{n}-{i}"
-            answer = rpc(http, self.base, self.headers, "tools/call",
-                         {"name": "up__echo", "arguments": {"message": text}}, session)
-            right = (answer.status_code == 200
-                     and text in json.dumps(rpc_result(answer).get("result", {})))
-            self.calls.append((time.monotonic(), answer.status_code, right))
-            time.sleep(0.02)
+            answer = call(text)
+            body = answer.json() if session is None and answer.status_code == 200 else (
+                rpc_result(answer).get("result", {}) if answer.status_code == 200 else {})
+            right = answer.status_code == 200 and text in json.dumps(body)
+            self.calls.append((time.monotonic(), answer.status_code, right, path))
+            time.sleep(0.005)
 
     def _poller(self) -> None:
         http = requests.Session()
@@ -131,16 +142,29 @@ def test_sigkill_of_postgres_under_load_degrades_and_recovers(
     env = child_env(METAMCP_DATA_DIR=str(data_dir), METAMCP_WORKERS="2", METAMCP_THREADS="8")
     server = start_gunicorn(env)
     base = server.url
-    headers = {"X-API-Key": create_key(env)["key"]}
+    key = create_key(env)["key"]
+    headers = {"X-API-Key": key}
     names = ["up", "one", "two"]
+    ids = {}
     for name in names:
         url = upstream.url if name == "up" else f"http://127.0.0.1:{upstream.port}/other-{name}"
         created = requests.post(f"{base}/api/v1/mcp/servers", headers=headers, timeout=10,
                                 json={"name": name, "transport": "streamable_http", "url": url})
         assert created.status_code == 201, created.text
+        ids[name] = created.json()["id"]
+    namespace = requests.post(f"{base}/api/v1/namespaces", headers=headers, json={"name": "ns"}, timeout=10)
+    assert namespace.status_code == 201, namespace.text
+    attached = requests.put(f"{base}/api/v1/namespaces/{namespace.json()['id']}/servers/{ids['up']}",
+                            headers=headers, json={"status": "active"}, timeout=10)
+    assert attached.status_code == 200, attached.text
+    endpoint = requests.post(f"{base}/api/v1/endpoints", headers=headers, timeout=10,
+                             json={"name": "ep", "namespace_id": namespace.json()["id"]})
+    assert endpoint.status_code == 201, endpoint.text
+    jwt = requests.post(f"{base}/api/v1/auth/token", json={"api_key": key}, timeout=10).json()["access_token"]
     log_before = len(server.output().splitlines())
 
-    load = Load(base, headers)
+    load = Load(base, headers, [("/mcp", headers), ("/mcp", {"Authorization": f"Bearer {jwt}"}),
+                                ("/metamcp/ep/mcp", headers), ("/metamcp/ep/api/up__echo", headers)])
     load.start()
     try:
         time.sleep(1.0)
@@ -172,11 +196,13 @@ def test_sigkill_of_postgres_under_load_degrades_and_recovers(
     finally:
         load.finish()
 
-    statuses = {status for _, status, _ in load.calls} | {status for _, status, _, _ in load.rest}
+    statuses = {call[1] for call in load.calls} | {status for _, status, _, _ in load.rest}
     assert 500 not in statuses and statuses <= {200, 503}, statuses
-    # Warm calls kept succeeding, during the outage too.
-    assert all(right for _, _, right in load.calls), [c for c in load.calls if not c[2]][:5]
-    assert any(killed_at < at < restarted_at for at, _, _ in load.calls), "no warm call during the outage"
+    # Warm calls (key, JWT, endpoint, endpoint tool API) kept succeeding, during the outage too.
+    assert all(right for _, _, right, _ in load.calls), [c for c in load.calls if not c[2]][:5]
+    for path in ("/mcp", "/metamcp/ep/mcp", "/metamcp/ep/api/up__echo"):
+        assert any(killed_at < at < restarted_at for at, _, _, p in load.calls if p == path), \
+            f"no warm call on {path} during the outage"
     # REST calls that needed the database were told to come back.
     refused = [r for r in load.rest if r[1] == 503]
     assert refused, "no REST call saw the outage"

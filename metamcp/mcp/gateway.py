@@ -237,9 +237,14 @@ class Gateway:
         capability = method.split("/")[1]
         kinds = [k for k, kind in KINDS.items() if kind.capability == capability]
         logger.info("upstream %s: %s", server, method)
+        published = False
         if self._publish is not None:
-            self._publish("lists", {"server": server, "kinds": kinds})
-        else:
+            try:
+                self._publish("lists", {"server": server, "kinds": kinds})
+                published = True
+            except DatabaseUnavailable:
+                pass  # this process at least; the others refresh every list when their listener is back
+        if not published:
             self.on_list_change({"server": server, "kinds": kinds})
         if "tools" in kinds and self._on_tools is not None:
             # Record the new tools now rather than at the next list (only the processes whose
