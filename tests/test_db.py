@@ -134,7 +134,7 @@ def test_an_expired_key_serves_while_the_database_is_away(db: Database) -> None:
         auth.authenticate(new.plain)
 
 
-def test_a_resync_keeps_caches_that_cannot_be_refilled(app: Flask, db: Database, api_key: str) -> None:
+def test_a_resync_keeps_caches_that_cannot_be_refilled(app: Flask, db: Database) -> None:
     services = app.extensions["metamcp"]
     away = _AwayDatabase(db)
     session = services.sessions.create(None, "2025-11-25", {})
