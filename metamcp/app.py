@@ -152,8 +152,8 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     if listen:
         purger = SessionPurger(sessions, db)
         purger.start()
-        listener = ChangeListener(settings.database_url)
-        listener.subscribe(KEYS_TOPIC, lambda _message: authenticator.invalidate())
+        listener = ChangeListener(settings.database_url, report=db.report)
+        listener.subscribe(KEYS_TOPIC, authenticator.on_change)
         for callback in (gateway.on_registry_change, namespaces.on_change):
             listener.subscribe(SERVERS_TOPIC, callback)
         for callback in (namespaces.on_change, endpoints.on_change, gateway.on_namespace_change):

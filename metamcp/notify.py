@@ -2,8 +2,12 @@
 
 Each process runs one ChangeListener thread on its own connection. Writers call
 repository.notify_change() inside their transaction; PostgreSQL delivers the message to every
-listener after commit, and the listener runs the callbacks registered for its topic. When the
-connection drops, every callback runs (anything may have changed meanwhile) and it reconnects.
+listener after commit, and the listener runs the callbacks registered for its topic.
+
+When the connection drops, caches keep what they have (they cannot be refilled while the
+database is away); once it is back, every callback runs once with `{"topic": ..., "resync":
+True}` (anything may have changed meanwhile). A callback that raises is logged; the thread
+lives on.
 """
 
 from __future__ import annotations
@@ -19,16 +23,21 @@ import psycopg2
 import psycopg2.extensions
 
 from metamcp.db import NOTIFY_CHANNEL
+from metamcp.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[dict], None]
+#: Reports the listener's connection state: None when connected, else the error.
+Reporter = Callable[[BaseException | None], None]
 
 
 class ChangeListener:
-    def __init__(self, url: str, poll_seconds: float = 5.0) -> None:
+    def __init__(self, url: str, poll_seconds: float = 5.0, report: Reporter | None = None) -> None:
         self._url = url
         self._poll = poll_seconds
+        #: Shares what the listener sees with the pool's outage state (one log line per outage).
+        self._report = report
         self._callbacks: dict[str, list[Callback]] = {}
         self._stop = threading.Event()
         # stop() writes here to wake the thread out of select() at once.
@@ -60,12 +69,22 @@ class ChangeListener:
             logger.warning("ignoring malformed change notification")
             return
         for callback in self._callbacks.get(topic, []):
-            callback(message)
+            self._call(callback, message)
 
     def _dispatch_all(self) -> None:
         for topic, callbacks in self._callbacks.items():
             for callback in callbacks:
-                callback({"topic": topic})
+                self._call(callback, {"topic": topic, "resync": True})
+
+    @staticmethod
+    def _call(callback: Callback, message: dict) -> None:
+        try:
+            callback(message)
+        except DatabaseUnavailable:
+            pass  # the outage is logged once where it was noticed; the next resync catches up
+        except Exception:  # noqa: BLE001 - boundary: one bad callback must not end the listener
+            logger.exception("change callback %s failed on topic %s",
+                             getattr(callback, "__qualname__", callback), message.get("topic"))
 
     def _run(self) -> None:
         backoff = 0.5
@@ -73,12 +92,14 @@ class ChangeListener:
             try:
                 self._listen()
                 backoff = 0.5
-            except psycopg2.Error as e:
-                logger.warning("change listener lost its connection (%s); retrying", type(e).__name__)
+            except (psycopg2.Error, OSError) as e:
                 self.listening.clear()
-                self._dispatch_all()
+                if self._report is not None:
+                    self._report(e)
+                else:
+                    logger.warning("change listener lost its connection (%s); retrying", type(e).__name__)
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 2.0)
 
     def _listen(self) -> None:
         conn = psycopg2.connect(self._url, connect_timeout=5)
@@ -86,7 +107,10 @@ class ChangeListener:
             conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
             with conn.cursor() as cur:
                 cur.execute(f"LISTEN {NOTIFY_CHANNEL}")  # noqa: S608 - constant identifier
-            # Whatever changed before LISTEN took effect was not announced to us.
+            if self._report is not None:
+                self._report(None)
+            # Whatever changed before LISTEN took effect (or while we were away) was not
+            # announced to us: refresh once, now that the database can refill the caches.
             self._dispatch_all()
             self.listening.set()
             while not self._stop.is_set():

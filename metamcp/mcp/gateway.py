@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from metamcp.config import Settings
+from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp import naming
 from metamcp.mcp.children import ChildRecords, run_dir
 from metamcp.mcp.jsonrpc import (
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a failed upstream is left out of list fan-outs before it is tried again.
 RETRY_FAILED_AFTER = 5.0
+#: Seconds a request waits for another thread's registry reload before using the last one.
+RELOAD_WAIT = 1.0
 
 
 def client_error(server: str, error: UpstreamError | None = None) -> RpcError:
@@ -93,6 +96,9 @@ class UpstreamHealth:
 @dataclass
 class _State:
     configs: dict[str, ServerConfig] | None = None
+    #: Registry changes heard, and the count the configs were read after (equal: current).
+    wanted: int = 0
+    loaded: int = 0
     upstreams: dict[str, tuple[ServerConfig, Upstream]] = field(default_factory=dict)
     lists: dict[tuple[str, str], ServerList] = field(default_factory=dict)
 
@@ -116,6 +122,7 @@ class Gateway:
         self._state = _State()
         self._health: dict[str, UpstreamHealth] = {}
         self._lock = threading.RLock()
+        self._reloading = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="metamcp-fanout")
         self._subscribers: list[Callable[[str], None]] = []
         #: Each namespace's tool table, with the view and lists it was made from.
@@ -128,20 +135,36 @@ class Gateway:
     # --- registry and upstream clients ---------------------------------------------------
 
     def servers(self) -> dict[str, ServerConfig]:
-        """Active servers by name; read from the database only after a change."""
-        configs = self._state.configs
-        if configs is not None:
-            return configs
-        with self._lock:
-            if self._state.configs is None:
+        """Active servers by name; read from the database only after a change. While the
+        database is away, the last registry read keeps serving."""
+        state = self._state
+        if state.configs is not None and state.loaded == state.wanted:
+            return state.configs
+        # A reload normally takes milliseconds (and callers expect to see a change they just
+        # made); a reload stuck on an unreachable database must not hold warm requests long.
+        if not self._reloading.acquire(timeout=RELOAD_WAIT if state.configs is not None else -1):
+            assert state.configs is not None
+            return state.configs
+        try:
+            if state.configs is not None and state.loaded == state.wanted:
+                return state.configs
+            wanted = state.wanted
+            try:
                 fresh = {config.name: config for config in self._registry.configs()}
-                for name, (config, upstream) in list(self._state.upstreams.items()):
+            except DatabaseUnavailable:
+                if state.configs is None:
+                    raise
+                return state.configs
+            with self._lock:
+                for name, (config, upstream) in list(state.upstreams.items()):
                     if fresh.get(name) != config:
-                        del self._state.upstreams[name]
+                        del state.upstreams[name]
                         self._drop_lists(name)
                         self._pool.submit(upstream.close)
-                self._state.configs = fresh
-            return self._state.configs
+                state.configs, state.loaded = fresh, wanted
+            return fresh
+        finally:
+            self._reloading.release()
 
     def upstream(self, name: str) -> Upstream:
         entry = self._state.upstreams.get(name)
@@ -181,7 +204,7 @@ class Gateway:
 
     def on_registry_change(self, _message: dict[str, Any]) -> None:
         with self._lock:
-            self._state.configs = None
+            self._state.wanted += 1  # reload at next use, keeping the old one meanwhile
         # Reconcile now, not at the next request: a removed stdio server's child stops at once.
         self._pool.submit(self.servers)
         self._announce(*KINDS)
@@ -235,9 +258,14 @@ class Gateway:
         capability = method.split("/")[1]
         kinds = [k for k, kind in KINDS.items() if kind.capability == capability]
         logger.info("upstream %s: %s", server, method)
+        published = False
         if self._publish is not None:
-            self._publish("lists", {"server": server, "kinds": kinds})
-        else:
+            try:
+                self._publish("lists", {"server": server, "kinds": kinds})
+                published = True
+            except DatabaseUnavailable:
+                pass  # this process at least; the others refresh every list when their listener is back
+        if not published:
             self.on_list_change({"server": server, "kinds": kinds})
         if "tools" in kinds and self._on_tools is not None:
             # Record the new tools now rather than at the next list (only the processes whose
@@ -361,6 +389,8 @@ class Gateway:
         if kind == "tools" and self._on_tools is not None and config is not None:
             try:
                 self._on_tools(config.id, items)
+            except DatabaseUnavailable:
+                pass  # recorded at a later list, once the database is back (the outage is logged)
             except Exception:  # noqa: BLE001 - recording is bookkeeping: the list is served anyway
                 logger.exception("recording the tools of %s failed", name)
         server_list = self._expose(name, kind, items)

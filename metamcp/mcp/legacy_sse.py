@@ -23,16 +23,18 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from metamcp import repository
 from metamcp.config import Settings
 from metamcp.db import Database
+from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.jsonrpc import INVALID_REQUEST, Message, RpcError
 from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
 from metamcp.mcp.sessions import Session
-from metamcp.mcp.transport import SUPPORTED_VERSIONS, guard, rpc_failure
+from metamcp.mcp.transport import SUPPORTED_VERSIONS, database_unavailable, guard, rpc_failure
 from metamcp.namespaces import NamespaceView
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("legacy_sse", __name__)
+bp.register_error_handler(DatabaseUnavailable, database_unavailable)
 
 TOPIC = "sse"
 LEGACY_VERSION = "2024-11-05"
@@ -80,10 +82,12 @@ class SseHub:
         stream = self._streams.get(session_id)
         if stream is None:
             return
-        with self._db.transaction() as cur:
-            for message in repository.take_outbox(cur, session_id):
-                stream.put(message)
-
+        try:
+            with self._db.transaction() as cur:
+                for message in repository.take_outbox(cur, session_id):
+                    stream.put(message)
+        except DatabaseUnavailable:
+            pass  # stored messages stay stored; the next collect, after the outage, takes them
     def submit(self, session: Session, message: Message, view: NamespaceView | None) -> None:
         self._work.submit(self._answer, session, message, view)
 
@@ -103,9 +107,20 @@ class SseHub:
                     outcome.close()
             else:
                 self.deliver(session.id, outcome)
+        except DatabaseUnavailable as e:
+            self._deliver_quietly(session.id, jsonrpc.error(message.id, jsonrpc.INTERNAL_ERROR,
+                                                            f"Service Unavailable: {e.message}"))
         except Exception:  # noqa: BLE001 - boundary: the client must get an answer, not silence
             logger.exception("answering a legacy SSE request failed")
-            self.deliver(session.id, jsonrpc.error(message.id, jsonrpc.INTERNAL_ERROR, "Internal error"))
+            self._deliver_quietly(session.id, jsonrpc.error(message.id, jsonrpc.INTERNAL_ERROR, "Internal error"))
+
+    def _deliver_quietly(self, session_id: str, message: dict[str, Any]) -> None:
+        """An error answer: lost if it must go through the outbox and the database is away
+        (the outage itself is logged once)."""
+        try:
+            self.deliver(session_id, message)
+        except DatabaseUnavailable:
+            logger.debug("an answer for a legacy SSE stream in another process was lost")
 
     def close(self) -> None:
         self._work.shutdown(wait=False, cancel_futures=True)
@@ -148,6 +163,8 @@ def open_stream(endpoint: str) -> Response:
         dispatcher.release_stream()
         try:
             dispatcher.end_session(session)
+        except DatabaseUnavailable:
+            logger.debug("a legacy SSE session was not deleted (database away); it expires idle")
         except Exception:  # noqa: BLE001 - e.g. the worker is exiting and its pool is closed
             logger.info("a legacy SSE session was not ended at close (the worker is exiting)")
 

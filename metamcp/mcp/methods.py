@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from metamcp.config import Settings
+from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.gateway import Gateway, client_error
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
@@ -336,7 +337,10 @@ class Dispatcher:
             messages.put(jsonrpc.notification(method))
 
         def session_alive() -> bool:
-            return self._sessions.get(session.id) is not None  # ends when the session is deleted
+            try:
+                return self._sessions.get(session.id) is not None  # ends when the session is deleted
+            except DatabaseUnavailable:
+                return True  # cannot tell while the database is away: keep the stream
 
         self._gateway.subscribe(announce)
         events = self.standing_stream(sse.comment("stream open"), messages, client, session_alive)

@@ -2,9 +2,11 @@
 
 Any worker (or replica on the same database) serves any session: a cache miss reads the row.
 Deleting a session notifies every process, which drops it from its cache. Once a session is
-cached, serving it makes no query; last_used_at is written at most every touch interval. A
-session unused for the idle timeout expires: it is no longer served anywhere, and each process
-runs a SessionPurger that deletes expired rows.
+cached, serving it makes no query; last_used_at is written at most every touch interval, best
+effort. A session unused for the idle timeout expires: it is no longer served anywhere, and
+each process runs a SessionPurger that deletes expired rows. When the change listener comes
+back after losing its connection, cached sessions are checked again at their next use; while
+the database is away they keep serving.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from uuid import UUID
 
 from metamcp import repository
 from metamcp.db import Database
+from metamcp.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ class SessionStore:
         self._cache_lifetime = idle_timeout - 2 * self.touch_interval
         self._cache_entries = cache_entries
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        #: Cached sessions to read again at their next use (deleted meanwhile?).
+        self._unverified: set[str] = set()
         self._lock = threading.Lock()
 
     def create(self, key_id: int | None, protocol_version: str, client_info: dict[str, Any],
@@ -89,7 +94,8 @@ class SessionStore:
         return session
 
     def get(self, session_id: str) -> Session | None:
-        """The live session, or None when it is unknown, deleted or expired."""
+        """The live session, or None when it is unknown, deleted or expired. A cached one keeps
+        serving while the database is away."""
         now = time.monotonic()
         with self._lock:
             entry = self._cache.get(session_id)
@@ -99,12 +105,17 @@ class SessionStore:
             if entry is not None:
                 self._cache.move_to_end(session_id)
                 entry.seen = now
-                if now - entry.written < self.touch_interval:
+                if now - entry.written < self.touch_interval and session_id not in self._unverified:
                     return entry.session
                 entry.written = now
         if entry is not None:
-            with self._db.transaction() as cur:
-                alive = repository.touch_session(cur, session_id)
+            try:
+                with self._db.transaction() as cur:
+                    alive = repository.touch_session(cur, session_id)
+            except DatabaseUnavailable:
+                return entry.session  # cached, unconfirmed: serves while the database is away
+            with self._lock:
+                self._unverified.discard(session_id)
             if alive:
                 return entry.session
             self.forget(session_id)  # deleted without our hearing of it
@@ -138,11 +149,17 @@ class SessionStore:
         with self._lock:
             if session_id is None:
                 self._cache.clear()
+                self._unverified.clear()
             else:
                 self._cache.pop(session_id, None)
+                self._unverified.discard(session_id)
 
     def on_change(self, message: dict[str, Any]) -> None:
-        self.forget(message.get("id"))
+        if message.get("resync"):
+            with self._lock:
+                self._unverified = set(self._cache)
+        else:
+            self.forget(message.get("id"))
 
     def prune(self) -> int:
         """Drop the cached entries too old to be served; returns how many were dropped."""

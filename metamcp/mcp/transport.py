@@ -24,9 +24,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from metamcp.api.auth import request_credential
 from metamcp.endpoints import Endpoint
-from metamcp.errors import Unauthorized
+from metamcp.errors import DatabaseUnavailable, Unauthorized
 from metamcp.mcp import jsonrpc, sse
-from metamcp.mcp.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError
+from metamcp.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
 from metamcp.mcp.sessions import Session
 from metamcp.namespaces import NamespaceView
@@ -56,6 +56,17 @@ def rpc_response(status: int, message: dict[str, Any] | list[Any] | None,
 
 def rpc_failure(status: int, code: int, text: str, request_id: Any = None) -> Response:
     return rpc_response(status, jsonrpc.error(request_id, code, text))
+
+
+def database_unavailable(error: DatabaseUnavailable) -> Response:
+    """What MCP routes answer when a step needs the database and it is away: a JSON-RPC error
+    with HTTP 503 and Retry-After (warm sessions, keys and tool tables do not get here)."""
+    response = rpc_failure(503, INTERNAL_ERROR, f"Service Unavailable: {error.message}")
+    response.headers.update(error.headers)
+    return response
+
+
+bp.register_error_handler(DatabaseUnavailable, database_unavailable)
 
 
 def _accepts(media_type: str) -> bool:
