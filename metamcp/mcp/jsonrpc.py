@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from metamcp import json_depth
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -66,11 +67,14 @@ class Message:
         return "method" not in self.raw
 
 
-def parse_body(body: bytes) -> Any:
-    """Decode a request body; -32700 when it is not JSON."""
+def parse_body(body: bytes | str) -> Any:
+    """Decode a message (a request body, an upstream's message); -32700 when it is not JSON
+    or nests deeper than json_depth.MAX_JSON_DEPTH."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+        return json_depth.loads(body)
+    except json_depth.JsonTooDeep as e:
+        raise RpcError(PARSE_ERROR, f"Parse error: {e}", {"maxDepth": e.limit}) from e
+    except ValueError as e:  # UnicodeDecodeError included
         raise RpcError(PARSE_ERROR, "Parse error: the body is not valid JSON") from e
 
 

@@ -20,16 +20,16 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from metamcp.api.auth import request_credential
 from metamcp.endpoints import Endpoint
-from metamcp.errors import Unauthorized
+from metamcp.errors import MetaMCPError, Unauthorized
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
 from metamcp.mcp.sessions import Session
 from metamcp.namespaces import NamespaceView
+from metamcp.request_body import read_body
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +168,9 @@ def post(endpoint: str | None = None) -> Response:
     if request.mimetype != JSON_TYPE:
         return rpc_failure(415, INVALID_REQUEST, "Unsupported Media Type: send application/json")
     try:
-        body = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        return rpc_failure(413, INVALID_REQUEST, "Payload Too Large")
+        body = read_body()
+    except MetaMCPError as e:  # 413 past the limit, 400 for broken framing
+        return rpc_failure(e.status, INVALID_REQUEST, e.message)
     try:
         parsed = jsonrpc.parse_body(body)
         if isinstance(parsed, list):

@@ -250,9 +250,9 @@ class StdioUpstream(Upstream):
         if not text:
             return
         try:
-            message = jsonrpc.validate(json.loads(text))
-        except (ValueError, jsonrpc.RpcError):
-            logger.info("upstream %s: skipped a stdout line that is not JSON-RPC", self.name)
+            message = jsonrpc.validate(jsonrpc.parse_body(text))
+        except jsonrpc.RpcError as e:
+            logger.info("upstream %s: skipped a stdout line that is not JSON-RPC (%s)", self.name, e.message)
             return
         raw = message.raw
         if message.is_request:
