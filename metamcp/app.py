@@ -32,6 +32,7 @@ from metamcp.errors import (
 )
 from metamcp.mcp import legacy_sse, tool_api, transport
 from metamcp.mcp.gateway import Gateway
+from metamcp.mcp.jsonrpc import INVALID_REQUEST
 from metamcp.mcp.methods import CANCEL_TOPIC, Dispatcher
 from metamcp.mcp.sessions import TOPIC as SESSIONS_TOPIC
 from metamcp.mcp.sessions import SessionStore
@@ -79,6 +80,13 @@ class MetaMCPApi(Api):
     ERROR_SCHEMA = ErrorSchema
 
     def handle_http_exception(self, error: HTTPException) -> Response:
+        if error.code == 405 and transport.MCP_PATH.fullmatch(request.path):
+            # A method an MCP route does not serve: a JSON-RPC error, with Allow as on REST.
+            response = transport.rpc_failure(405, INVALID_REQUEST, "Method Not Allowed")
+            for name, value in error.get_headers():
+                if name.lower() != "content-type":
+                    response.headers[name] = value
+            return response
         return http_exception_response(error)
 
 

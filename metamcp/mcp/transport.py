@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,8 @@ SSE_TYPE = "text/event-stream"
 #: Revisions served, newest first; the only one that allows JSON-RPC batches comes last.
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 BATCH_VERSION = "2025-03-26"
+#: Paths whose errors are JSON-RPC errors (the endpoint tool API answers REST errors).
+MCP_PATH = re.compile(r"/mcp|/metamcp/[^/]+/(?:mcp|sse|message)")
 
 
 def _dispatcher() -> Dispatcher:
