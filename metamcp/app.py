@@ -27,6 +27,7 @@ from metamcp.db import Database
 from metamcp.endpoints import EndpointRegistry
 from metamcp.errors import (
     MetaMCPError,
+    ValidationFailed,
     http_exception_response,
     register_error_handlers,
 )
@@ -39,7 +40,7 @@ from metamcp.mcp.sessions import SessionStore
 from metamcp.namespaces import TOPIC as NAMESPACES_TOPIC
 from metamcp.namespaces import NamespaceRegistry
 from metamcp.notify import ChangeListener
-from metamcp.request_body import read_json
+from metamcp.request_body import read_body, read_json
 from metamcp.servers import TOPIC as SERVERS_TOPIC
 from metamcp.servers import ServerRegistry
 
@@ -113,7 +114,25 @@ def check_json_body() -> None:
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as JSON with 'Content-Type: application/json'.")
     # Size, framing, syntax and depth; webargs parses the same bytes again, known to be safe.
-    read_json()
+    value = read_json()
+    if b"\\u0000" in read_body() and _holds_nul(value):
+        raise ValidationFailed("Text must not contain NUL characters (\\u0000); the database cannot store them.")
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a parsed body has a NUL in any string (key or value); iterative, depth is bounded."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if "\0" in item:
+                return True
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
 
 
 def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flask:

@@ -214,11 +214,19 @@ def _initialize(access: Access, message: Message) -> Response:
         return rpc_failure(400, jsonrpc.INVALID_PARAMS, "Invalid params: protocolVersion required",
                            message.id)
     version = requested if requested in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[0]
-    client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
+    client_info = _client_info(params.get("clientInfo"))
     session = current_app.extensions["metamcp"].sessions.create(access.key_id, version, client_info,
                                                                 access.endpoint_id)
     result = _dispatcher().initialize_result(version)
     return rpc_response(200, jsonrpc.result(message.id, result), {SESSION_HEADER: session.id})
+
+
+def _client_info(value: Any) -> dict[str, str]:
+    """What is kept of the client's clientInfo, for the record: short strings PostgreSQL can store."""
+    if not isinstance(value, dict):
+        return {}
+    return {field: text[:200].replace("\0", "") for field in ("name", "title", "version")
+            if isinstance(text := value.get(field), str)}
 
 
 def _batch(access: Access, items: list[Any]) -> Response:

@@ -124,6 +124,13 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPSe
         await ctx.session.send_tool_list_changed()
         return "grown"
 
+    @server.tool(description="Answer a value nested `levels` arrays deep (structured content).")
+    def deep(levels: int) -> dict[str, Any]:
+        value: Any = "bottom"
+        for _ in range(levels):
+            value = [value]
+        return {"value": value}
+
     @server.tool(description="Ping the client on this call's stream, then answer.")
     async def ask_ping(ctx: Context) -> str:
         await ctx.session.send_request(
