@@ -122,7 +122,7 @@ def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE")
         repository.insert_key(cur, "admin", new.hash, new.prefix)
     db.close()
-    upstream = UpstreamProcess(name="up", json_response=True)
+    upstream = UpstreamProcess(name="up", json_response=True, extra_args=("--deep-tool",))
     env = child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(tmp_path_factory.mktemp("data")),
                     METAMCP_WORKERS="1", METAMCP_UPSTREAM_TIMEOUT="10")
     gateway = Gunicorn(env, free_port())
