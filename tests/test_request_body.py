@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -285,4 +287,31 @@ def test_deep_result_from_an_upstream_is_refused_not_crashed(setup: Setup) -> No
     assert refused.json()["error"] == "bad_gateway"
     again = requests.post(setup.gateway.url + "/metamcp/open/api/up__echo", json={"message": "still"}, timeout=30)
     assert again.status_code == 200 and "still" in again.text
+    setup.no_traceback()
+
+
+def test_deep_answer_on_a_shared_stdio_stream_fails_its_call_at_once(setup: Setup) -> None:
+    """A stdio child's too-deep line is not parsed; its call fails at once (its id comes
+    first on the line), not at the timeout, and the child keeps serving."""
+    auth = {"X-API-Key": setup.key}
+    url = setup.gateway.url + "/api/v1/mcp/servers"
+    created = requests.post(url, headers=auth, timeout=30, json={
+        "name": "deepstdio", "transport": "stdio", "command": sys.executable,
+        "args": [str(Path(__file__).resolve().parent / "servers" / "tools_only_server.py"), "--deep"]})
+    assert created.status_code == 201, created.text
+    execute = f"{url}/{created.json()['id']}/tools/{{}}/execute"
+    try:
+        fine = requests.post(execute.format("deep"), headers=auth, json={"arguments": {"levels": 20}}, timeout=30)
+        assert fine.status_code == 200, fine.text
+        assert json.dumps(fine.json()["structuredContent"]["value"]) == "[" * 20 + "]" * 20
+        started = time.monotonic()
+        refused = requests.post(execute.format("deep"), headers=auth, timeout=30,
+                                json={"arguments": {"levels": 50_000}})
+        assert refused.status_code in (422, 502), refused.text
+        assert str(MAX_JSON_DEPTH) in refused.json()["message"]
+        assert time.monotonic() - started < 8, "the call waited for its timeout"
+        shout = requests.post(execute.format("shout"), headers=auth, json={"arguments": {"text": "ok"}}, timeout=30)
+        assert shout.status_code == 200 and shout.json()["content"][0]["text"] == "OK"
+    finally:
+        requests.delete(f"{url}/{created.json()['id']}", headers=auth, timeout=30)
     setup.no_traceback()
