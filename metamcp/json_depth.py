@@ -26,8 +26,6 @@ _DROP = bytes(b for b in range(256) if b not in _KEEP)
 _TO_SQUARE = bytes.maketrans(b"{}", b"[]")
 #: `[` counts +1 and `]` -1 once read as signed bytes.
 _TO_STEP = bytes.maketrans(b"[]", b"\x01\xff")
-#: Only numbers like these can overflow a float (1e999 is inf); others skip the slow hook.
-_HUGE_NUMBER = re.compile(rb"[eE][+-]?\d{3}|\d{300}")
 #: A \\uD800-\\uDFFF escape: half of a surrogate pair, or a lone one that UTF-8 cannot carry.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -85,8 +83,8 @@ def loads(body: bytes | str, limit: int = MAX_JSON_DEPTH) -> Any:
         raise JsonTooDeep(limit)
     text = data.decode("utf-8-sig")  # RFC 8259: UTF-8; a byte order mark may be ignored
     try:
-        value = json.loads(text, parse_constant=_no_constant,
-                           parse_float=_finite if _HUGE_NUMBER.search(data) else None)
+        # The float hook costs ~30% on a body of nothing but floats, nothing on the others.
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:  # the check above makes this unreachable; kept as a last guard
         raise JsonTooDeep(limit) from None
     if _SURROGATE_ESCAPE.search(data):
