@@ -370,8 +370,10 @@ class EndpointListSchema(Schema):
 
 
 #: Key names: 1-200 characters once surrounding spaces are trimmed (the CHECK uses btrim).
-_KEY_NAME: list[Any] = [validate.Length(min=1, max=200),
-             validate.Regexp(re.compile(r"^ *[^ ]"), error="Must not be blank."), _no_newlines]
+_KEY_NAME: list[Any] = [
+    validate.Length(min=1, max=200), validate.Regexp(re.compile(r"^ *[^ ]"), error="Must not be blank."),
+    _no_newlines,
+]
 
 
 def _namespaces_field(**kwargs: Any) -> fields.List:
