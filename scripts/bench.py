@@ -153,7 +153,7 @@ def main() -> int:
                 "url": f"http://127.0.0.1:{port}/mcp"})
             server.raise_for_status()
             requests.put(f"{base}/api/v1/namespaces/{namespace}/servers/{server.json()['id']}",
-                         headers=auth, timeout=30, json={}).raise_for_status()
+                         headers=auth, timeout=30, json={"status": "active"}).raise_for_status()
         requests.post(f"{base}/api/v1/endpoints", headers=auth, timeout=30,
                       json={"name": "bench", "namespace_id": namespace}).raise_for_status()
         tools = requests.get(f"{base}/api/v1/namespaces/{namespace}/tools", headers=auth, timeout=60).json()

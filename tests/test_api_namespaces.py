@@ -46,15 +46,15 @@ def test_namespace_crud_and_attachments(client: FlaskClient, auth: dict[str, str
     assert client.put(f"/api/v1/namespaces/{ns}/servers/{server}", headers=auth,
                       json={"status": "paused"}).status_code == 422
     missing = "00000000-0000-0000-0000-000000000000"
-    assert client.put(f"/api/v1/namespaces/{ns}/servers/{missing}", headers=auth, json={}).status_code == 404
-    assert client.put(f"/api/v1/namespaces/{missing}/servers/{server}", headers=auth, json={}).status_code == 404
+    assert client.put(f"/api/v1/namespaces/{ns}/servers/{missing}", headers=auth, json={"status": "active"}).status_code == 404
+    assert client.put(f"/api/v1/namespaces/{missing}/servers/{server}", headers=auth, json={"status": "active"}).status_code == 404
     reply = client.patch(f"/api/v1/namespaces/{ns}", headers=auth, json={"description": "new"})
     assert reply.json["name"] == "research" and reply.json["description"] == "new"
     assert [n["name"] for n in client.get("/api/v1/namespaces", headers=auth).json["namespaces"]] == ["research"]
     assert client.delete(f"/api/v1/namespaces/{ns}/servers/{server}", headers=auth).status_code == 204
     assert client.delete(f"/api/v1/namespaces/{ns}/servers/{server}", headers=auth).status_code == 404
     # deleting a server detaches it everywhere
-    client.put(f"/api/v1/namespaces/{ns}/servers/{server}", headers=auth, json={})
+    client.put(f"/api/v1/namespaces/{ns}/servers/{server}", headers=auth, json={"status": "active"})
     assert client.delete(f"/api/v1/mcp/servers/{server}", headers=auth).status_code == 204
     assert client.get(f"/api/v1/namespaces/{ns}", headers=auth).json["servers"] == []
     assert client.delete(f"/api/v1/namespaces/{ns}", headers=auth).status_code == 204
@@ -90,7 +90,7 @@ def test_sync_writes_only_what_changed_and_keeps_settings(
         app: Flask, client: FlaskClient, auth: dict[str, str], db: Database) -> None:
     server = _server(client, auth, "files")
     ns = _namespace(client, auth)
-    client.put(f"/api/v1/namespaces/{ns}/servers/{server}", headers=auth, json={})
+    client.put(f"/api/v1/namespaces/{ns}/servers/{server}", headers=auth, json={"status": "active"})
     registry = _registry(app)
 
     def rows() -> dict[str, Any]:
@@ -118,14 +118,14 @@ def test_sync_writes_only_what_changed_and_keeps_settings(
     registry.sync_tools(server, [*_tools("read"), *_tools("write", description="changed")])
     assert {t["original_name"]: t["name"] for t in registry.tools(ns)} == {"read": "files__read", "write": "save"}
     missing = "00000000-0000-0000-0000-000000000000"
-    assert client.patch(f"/api/v1/namespaces/{ns}/tools/{missing}", headers=auth, json={}).status_code == 404
+    assert client.patch(f"/api/v1/namespaces/{ns}/tools/{missing}", headers=auth, json={"status": "inactive"}).status_code == 404
 
 
 def test_view_maps_settings_by_server_and_upstream_name(
         app: Flask, client: FlaskClient, auth: dict[str, str]) -> None:
     files, web = _server(client, auth, "files"), _server(client, auth, "web")
     ns = _namespace(client, auth)
-    client.put(f"/api/v1/namespaces/{ns}/servers/{files}", headers=auth, json={})
+    client.put(f"/api/v1/namespaces/{ns}/servers/{files}", headers=auth, json={"status": "active"})
     client.put(f"/api/v1/namespaces/{ns}/servers/{web}", headers=auth, json={"status": "inactive"})
     registry = _registry(app)
     registry.sync_tools(files, _tools("read"))

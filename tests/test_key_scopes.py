@@ -46,7 +46,7 @@ def test_keys_rest_api(client: FlaskClient, api_key: str, namespaces: dict[str, 
     assert client.get("/api/v1/keys?include_inactive=true", headers=auth).json["keys"][-1]["id"] == created["id"]
     assert client.delete(f"/api/v1/keys/{created['id']}", headers=auth).status_code == 204
     assert client.get(f"/api/v1/keys/{created['id']}", headers=auth).status_code == 404
-    assert client.patch("/api/v1/keys/999", headers=auth, json={}).status_code == 404
+    assert client.patch("/api/v1/keys/999", headers=auth, json={"is_active": False}).status_code == 404
 
 
 def test_a_scoped_key_is_refused_by_the_admin_api(

@@ -273,7 +273,7 @@ def test_server_status_in_a_namespace(deployment: Deployment) -> None:
     assert deployment.rest("PUT", f"/api/v1/namespaces/{ns}/servers/{beta}", json={"status": "inactive"}).json()[
         "servers"] == [{"id": beta, "name": "beta", "status": "inactive", "is_active": True}]
     assert mcp_tools(deployment.url("open"), None) == {}
-    assert deployment.rest("PUT", f"/api/v1/namespaces/{ns}/servers/{beta}", json={}).status_code == 200
+    assert deployment.rest("PUT", f"/api/v1/namespaces/{ns}/servers/{beta}", json={"status": "active"}).status_code == 200
     assert "beta__echo" in mcp_tools(deployment.url("open"), None)
 
 

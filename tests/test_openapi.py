@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from flask.testing import FlaskClient
+
+from metamcp.db import Database
 
 
 def test_openapi_documents_every_route_with_security(client: FlaskClient) -> None:
@@ -70,3 +75,46 @@ def test_health(client: FlaskClient) -> None:
     assert response.status_code == 200
     assert set(response.json) == {"status", "version"} and response.json["status"] == "ok"
     assert response.json["version"]
+
+
+#: (table, component schema) pairs whose `name` rules must be the database's.
+NAME_RULES = [("mcp_servers", "ServerInput"), ("namespaces", "NamespaceInput"), ("endpoints", "EndpointInput"),
+              ("namespace_tools", "ToolChange"), ("api_keys", "KeyInput")]
+SAMPLE_NAMES = ["a", "A-b_c", "x" * 64, "x" * 65, "", "a__b", "__", "_a_", "a.b", "a b", "caf\u00e9", "a\n",
+                "-", "a/b", " ", "  k ", "k" * 200, "k" * 201, "v1.2-beta"]
+
+
+def _check_of(cur: Any, table: str) -> str:
+    """The CHECK expression on the table's `name` column, as PostgreSQL stores it."""
+    cur.execute("SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE conrelid = %s::regclass "
+                "AND contype = 'c'", (table,))
+    checks = [row["definition"] for row in cur.fetchall() if re.search(r"\bname\b", row["definition"])]
+    assert len(checks) == 1, (table, checks)
+    return checks[0].removeprefix("CHECK ")
+
+
+def _spec_accepts(rule: dict[str, Any], value: str) -> bool:
+    if not rule.get("minLength", 0) <= len(value) <= rule.get("maxLength", 10**9):
+        return False
+    # OpenAPI patterns are ECMA-262: `$` is the end of the text (Python's \Z), unanchored search.
+    return re.search(rule.get("pattern", "").replace("$", r"\Z"), value) is not None
+
+
+def test_openapi_states_the_name_rules_the_database_enforces(client: FlaskClient, db: Database) -> None:
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    with db.transaction() as cur:
+        for table, component in NAME_RULES:
+            rule = schemas[component]["properties"]["name"]
+            assert {"pattern", "maxLength"} <= set(rule), component
+            check = re.sub(r"\bname\b", "%(v)s", _check_of(cur, table))
+            for value in SAMPLE_NAMES:
+                cur.execute("SELECT " + check.replace("%", "%%").replace("%%(v)s", "%(v)s") + " AS ok",
+                            {"v": value})
+                stored_ok = bool(cur.fetchone()["ok"])
+                if table == "api_keys":  # the server trims surrounding spaces first: spec ⊆ database
+                    assert not _spec_accepts(rule, value) or stored_ok, (component, value)
+                else:
+                    assert _spec_accepts(rule, value) == stored_ok, (component, value, check)
+    assert schemas["ServerInput"]["properties"]["name"]["pattern"] == "^(?!.*__)[A-Za-z0-9_-]{1,64}$"
+    assert schemas["ToolChange"]["properties"]["name"]["pattern"] == "^[A-Za-z0-9_.-]{1,64}$"
+    assert schemas["KeyPatch"]["properties"]["name"]["maxLength"] == 200

@@ -21,7 +21,7 @@ from metamcp.api.schemas import (
     NamespaceToolSchema,
     ToolChangeSchema,
 )
-from metamcp.errors import NotFound
+from metamcp.errors import NotFound, ValidationFailed
 from metamcp.namespaces import NamespaceRegistry
 
 blp = Blueprint("namespaces", __name__, url_prefix="/api/v1/namespaces",
@@ -118,6 +118,8 @@ class NamespaceTools(MethodView):
     @blp.response(200, NamespaceToolListSchema)
     def patch(self, body: list[dict[str, Any]], namespace_id: UUID) -> dict[str, Any]:
         """Change several tools at once (all or none)"""
+        if not body:
+            raise ValidationFailed("The body is an empty list; send at least one tool change.")
         return {"tools": registry().change_tools(namespace_id, body)}
 
 

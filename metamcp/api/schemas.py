@@ -9,7 +9,12 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre
 
 from metamcp.servers import TRANSPORT_ALIASES
 
-SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# The name rules are the database's CHECKs (migrations/0001, 0003), stated here as Regexp and
+# Length validators so that the OpenAPI document shows them as `pattern` and `maxLength`.
+#: Namespace and endpoint names (they appear in URLs).
+URL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Server names: the same, without `__` (it separates server and tool in exposed names).
+SERVER_NAME_RE = re.compile(r"^(?!.*__)[A-Za-z0-9_-]{1,64}$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 #: Headers the gateway itself owns on upstream requests.
@@ -17,16 +22,30 @@ RESERVED_HEADERS = {"host", "content-length", "content-type", "accept", "mcp-ses
                     "mcp-protocol-version", "transfer-encoding", "connection"}
 
 
-def _server_name(value: str) -> None:
-    if not SERVER_NAME_RE.match(value) or "__" in value:
-        raise ValidationError(
-            "Use 1-64 letters, digits, '_' or '-', without '__' (it separates server and tool names)."
-        )
-
-
 def _no_newlines(value: str) -> None:
     if "\r" in value or "\n" in value or "\0" in value:
         raise ValidationError("Must not contain line breaks or NUL characters.")
+
+
+def _name_validators(regex: re.Pattern[str], error: str) -> list[Any]:
+    # _no_newlines: Python's `$` also matches before a final newline, PostgreSQL's does not.
+    return [validate.Length(min=1, max=64), validate.Regexp(regex, error=error), _no_newlines]
+
+
+_SERVER_NAME = _name_validators(
+    SERVER_NAME_RE, "Use 1-64 letters, digits, '_' or '-', without '__' (it separates server and tool names).")
+_URL_NAME = _name_validators(URL_NAME_RE, "Use 1-64 letters, digits, '_' or '-'.")
+
+
+class _ChangesSomething:
+    """A PATCH body must name at least one field: `{}` (or no body) changes nothing and is
+    more likely a client bug than an intent."""
+
+    @pre_load
+    def _not_empty(self, data: Any, **_: Any) -> Any:
+        if not data:
+            raise ValidationError("The body is empty; send at least one field to change.")
+        return data
 
 
 class TokenRequestSchema(Schema):
@@ -50,7 +69,7 @@ class ServerInputSchema(Schema):
         # Reject misspelled fields rather than silently dropping them.
         unknown = "raise"
 
-    name = fields.String(required=True, validate=_server_name, metadata={"example": "everything"})
+    name = fields.String(required=True, validate=_SERVER_NAME, metadata={"example": "everything"})
     description = fields.String(validate=validate.Length(max=2000), metadata={"example": "Reference server"})
     transport = fields.String(
         required=True,
@@ -110,7 +129,7 @@ class ServerInputSchema(Schema):
         return data
 
 
-class ServerPatchSchema(ServerInputSchema):
+class ServerPatchSchema(_ChangesSomething, ServerInputSchema):
     """Some fields of a server definition (PATCH)."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -239,6 +258,7 @@ class ErrorSchema(Schema):
 
 # --- Namespaces, their tools, endpoints --------------------------------------------------
 
+#: A tool's exposed name when overridden in a namespace.
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -247,20 +267,15 @@ def _status_field(**kwargs: Any) -> fields.String:
                          metadata={"description": "active or inactive", "example": "inactive"}, **kwargs)
 
 
-def _url_safe_name(value: str) -> None:
-    if not SERVER_NAME_RE.match(value):
-        raise ValidationError("Use 1-64 letters, digits, '_' or '-'.")
-
-
 class NamespaceInputSchema(Schema):
     class Meta:
         unknown = "raise"
 
-    name = fields.String(required=True, validate=_url_safe_name, metadata={"example": "research"})
+    name = fields.String(required=True, validate=_URL_NAME, metadata={"example": "research"})
     description = fields.String(validate=validate.Length(max=2000), metadata={"example": "Search and files"})
 
 
-class NamespacePatchSchema(NamespaceInputSchema):
+class NamespacePatchSchema(_ChangesSomething, NamespaceInputSchema):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(partial=True, **kwargs)
 
@@ -289,10 +304,10 @@ class AttachSchema(Schema):
     class Meta:
         unknown = "raise"
 
-    status = _status_field(load_default="active")
+    status = _status_field(required=True)
 
 
-class ToolChangeSchema(Schema):
+class ToolChangeSchema(_ChangesSomething, Schema):
     """Status and overrides of one tool in a namespace; annotations merge (null drops a key)."""
 
     class Meta:
@@ -301,7 +316,7 @@ class ToolChangeSchema(Schema):
     status = _status_field()
     name = fields.String(
         allow_none=True,
-        validate=validate.Regexp(TOOL_NAME_RE, error="Use 1-64 letters, digits, '_', '.' or '-'."),
+        validate=_name_validators(TOOL_NAME_RE, "Use 1-64 letters, digits, '_', '.' or '-'."),
         metadata={"description": "name clients see; null restores <server>__<tool>", "example": "search"},
     )
     title = fields.String(allow_none=True, validate=validate.Length(max=200), metadata={"example": "Search"})
@@ -346,13 +361,13 @@ class EndpointInputSchema(Schema):
     class Meta:
         unknown = "raise"
 
-    name = fields.String(required=True, validate=_url_safe_name, metadata={"example": "research"})
+    name = fields.String(required=True, validate=_URL_NAME, metadata={"example": "research"})
     namespace_id = fields.UUID(required=True)
     description = fields.String(validate=validate.Length(max=2000))
     auth = fields.Nested(EndpointAuthSchema)
 
 
-class EndpointPatchSchema(EndpointInputSchema):
+class EndpointPatchSchema(_ChangesSomething, EndpointInputSchema):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(partial=True, **kwargs)
 
@@ -376,6 +391,13 @@ class EndpointListSchema(Schema):
 
 # --- API keys ----------------------------------------------------------------------------
 
+
+
+#: Key names: 1-200 characters once surrounding spaces are trimmed (the CHECK uses btrim).
+_KEY_NAME: list[Any] = [
+    validate.Length(min=1, max=200), validate.Regexp(re.compile(r"^ *[^ ]"), error="Must not be blank."),
+    _no_newlines,
+]
 
 
 def _namespaces_field(**kwargs: Any) -> fields.List:
@@ -407,17 +429,17 @@ class KeyInputSchema(Schema):
     class Meta:
         unknown = "raise"
 
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200), metadata={"example": "laptop"})
+    name = fields.String(required=True, validate=_KEY_NAME, metadata={"example": "laptop"})
     role = _role_field(required=True)
     namespaces = _namespaces_field(load_default=None)
     rate_limit = _rate_limit_field(load_default=None)
 
 
-class KeyPatchSchema(Schema):
+class KeyPatchSchema(_ChangesSomething, Schema):
     class Meta:
         unknown = "raise"
 
-    name = fields.String(validate=validate.Length(min=1, max=200))
+    name = fields.String(validate=_KEY_NAME)
     is_active = fields.Boolean()
     role = _role_field()
     namespaces = _namespaces_field()

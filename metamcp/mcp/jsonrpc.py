@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from metamcp import json_depth
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -66,12 +68,33 @@ class Message:
         return "method" not in self.raw
 
 
-def parse_body(body: bytes) -> Any:
-    """Decode a request body; -32700 when it is not JSON."""
+def parse_body(body: bytes | str) -> Any:
+    """Decode a message (a request body, an upstream's message); -32700 when it is not JSON
+    or nests deeper than json_depth.MAX_JSON_DEPTH."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+        return json_depth.loads(body)
+    except json_depth.JsonTooDeep as e:
+        raise RpcError(PARSE_ERROR, f"Parse error: {e}", {"maxDepth": e.limit}) from e
+    except ValueError as e:  # UnicodeDecodeError included
         raise RpcError(PARSE_ERROR, "Parse error: the body is not valid JSON") from e
+
+
+#: An "id" member among the first, flat members of an object (before any nested value).
+_LEADING_ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,200}")\s*[,}]')
+
+
+def leading_id(body: bytes) -> RequestId | None:
+    """The id of a message that cannot be parsed (too deep), when the id comes before any
+    nested value, as serializers write it; None otherwise. Lets a stream shared by many calls
+    fail the one call at once instead of leaving it to its timeout."""
+    start = body.lstrip()[:1]
+    head = body.lstrip()[1:]
+    nested = min((i for i in (head.find(b"{"), head.find(b"[")) if i >= 0), default=len(head))
+    match = _LEADING_ID.search(head[:nested]) if start == b"{" else None
+    if match is None:
+        return None
+    raw = match.group(1)
+    return raw[1:-1].decode("utf-8", "replace") if raw.startswith(b'"') else int(raw)
 
 
 def validate(obj: Any) -> Message:

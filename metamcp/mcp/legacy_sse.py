@@ -18,18 +18,18 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from metamcp import repository
 from metamcp.config import Settings
 from metamcp.db import Database
-from metamcp.errors import DatabaseUnavailable
+from metamcp.errors import DatabaseUnavailable, MetaMCPError
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.jsonrpc import INVALID_REQUEST, Message, RpcError
 from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
 from metamcp.mcp.sessions import Session
 from metamcp.mcp.transport import SUPPORTED_VERSIONS, database_unavailable, guard, rpc_failure
 from metamcp.namespaces import NamespaceView
+from metamcp.request_body import read_body
 
 logger = logging.getLogger(__name__)
 
@@ -188,13 +188,13 @@ def post_message(endpoint: str) -> Response:
     if request.mimetype != "application/json":
         return rpc_failure(415, INVALID_REQUEST, "Unsupported Media Type: send application/json")
     try:
-        parsed = jsonrpc.parse_body(request.get_data(cache=False))
+        parsed = jsonrpc.parse_body(read_body())
         items = parsed if isinstance(parsed, list) else [parsed]
         if not items:
             raise RpcError(INVALID_REQUEST, "Invalid Request: empty batch")
         messages = [jsonrpc.validate(item) for item in items]
-    except RequestEntityTooLarge:
-        return rpc_failure(413, INVALID_REQUEST, "Payload Too Large")
+    except MetaMCPError as e:  # 413 past the limit, 400 for broken framing
+        return rpc_failure(e.status, INVALID_REQUEST, e.message)
     except RpcError as e:
         return rpc_failure(400, e.code, e.message)
     for message in messages:

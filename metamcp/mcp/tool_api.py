@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from metamcp.api.health import package_version
-from metamcp.errors import error_response
+from metamcp.errors import MetaMCPError, error_response
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, REQUEST_TIMEOUT, UPSTREAM_ERROR, RpcError
 from metamcp.mcp.transport import Access, AccessDenied, authorize
 from metamcp.mcp.upstream import UpstreamRpcError
+from metamcp.request_body import read_json
 
 bp = Blueprint("tool_api", __name__)
 
@@ -111,9 +111,9 @@ def call_tool(endpoint: str, tool: str) -> Response:
     if request.mimetype != "application/json":
         return error_response(415, "unsupported_media_type", "Send the arguments as a JSON object.")
     try:
-        arguments = request.get_json(silent=True)
-    except RequestEntityTooLarge:
-        return error_response(413, "payload_too_large", "The request body is too large.")
+        arguments = read_json()
+    except MetaMCPError as e:  # 413, broken framing, invalid or too deep JSON
+        return error_response(e.status, e.code, e.message, e.details)
     if not isinstance(arguments, dict):
         return error_response(400, "bad_request", "The body must be a JSON object of the tool's arguments.")
     gateway = current_app.extensions["metamcp"].gateway

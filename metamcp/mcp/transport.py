@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,16 +21,16 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from metamcp.api.auth import request_credential
 from metamcp.endpoints import Endpoint
-from metamcp.errors import DatabaseUnavailable, Unauthorized
+from metamcp.errors import DatabaseUnavailable, MetaMCPError, Unauthorized
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
 from metamcp.mcp.sessions import Session
 from metamcp.namespaces import NamespaceView
+from metamcp.request_body import read_body
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ SSE_TYPE = "text/event-stream"
 #: Revisions served, newest first; the only one that allows JSON-RPC batches comes last.
 SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 BATCH_VERSION = "2025-03-26"
+#: Paths whose errors are JSON-RPC errors (the endpoint tool API answers REST errors).
+MCP_PATH = re.compile(r"/mcp|/metamcp/[^/]+/(?:mcp|sse|message)")
 
 
 def _dispatcher() -> Dispatcher:
@@ -179,9 +182,9 @@ def post(endpoint: str | None = None) -> Response:
     if request.mimetype != JSON_TYPE:
         return rpc_failure(415, INVALID_REQUEST, "Unsupported Media Type: send application/json")
     try:
-        body = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        return rpc_failure(413, INVALID_REQUEST, "Payload Too Large")
+        body = read_body()
+    except MetaMCPError as e:  # 413 past the limit, 400 for broken framing
+        return rpc_failure(e.status, INVALID_REQUEST, e.message)
     try:
         parsed = jsonrpc.parse_body(body)
         if isinstance(parsed, list):
@@ -222,11 +225,19 @@ def _initialize(access: Access, message: Message) -> Response:
         return rpc_failure(400, jsonrpc.INVALID_PARAMS, "Invalid params: protocolVersion required",
                            message.id)
     version = requested if requested in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[0]
-    client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
+    client_info = _client_info(params.get("clientInfo"))
     session = current_app.extensions["metamcp"].sessions.create(access.key_id, version, client_info,
                                                                 access.endpoint_id)
     result = _dispatcher().initialize_result(version)
     return rpc_response(200, jsonrpc.result(message.id, result), {SESSION_HEADER: session.id})
+
+
+def _client_info(value: Any) -> dict[str, str]:
+    """What is kept of the client's clientInfo, for the record: short strings PostgreSQL can store."""
+    if not isinstance(value, dict):
+        return {}
+    return {field: text[:200].replace("\0", "") for field in ("name", "title", "version")
+            if isinstance(text := value.get(field), str)}
 
 
 def _batch(access: Access, items: list[Any]) -> Response:

@@ -267,9 +267,13 @@ class StdioUpstream(Upstream):
         if not text:
             return
         try:
-            message = jsonrpc.validate(json.loads(text))
-        except (ValueError, jsonrpc.RpcError):
-            logger.info("upstream %s: skipped a stdout line that is not JSON-RPC", self.name)
+            message = jsonrpc.validate(jsonrpc.parse_body(text))
+        except jsonrpc.RpcError as e:
+            logger.info("upstream %s: skipped a stdout line that is not JSON-RPC (%s)", self.name, e.message)
+            request_id = jsonrpc.leading_id(text) if e.data else None  # data: the line was too deep
+            if request_id is not None:
+                child.route(jsonrpc.error(request_id, jsonrpc.UPSTREAM_ERROR,
+                                          f"upstream {self.name!r}: its answer is {e.message.removeprefix('Parse error: ')}"))
             return
         raw = message.raw
         if message.is_request:

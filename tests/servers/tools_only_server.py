@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 import sys
 
+#: With --deep, the `deep` tool answers a result nested `levels` arrays deep, written by hand
+#: (json.dumps cannot write it past Python's recursion limit).
+DEEP = "--deep" in sys.argv
+
 TOOLS = [{"name": "shout", "description": "Upper-case text.",
           "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}]
 
@@ -30,9 +34,23 @@ def answer(message: dict) -> dict | None:
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
+def deep_reply(message: dict) -> str | None:
+    if not (DEEP and message.get("method") == "tools/call" and message["params"]["name"] == "deep"):
+        return None
+    levels = message["params"]["arguments"]["levels"]
+    return (json.dumps({"jsonrpc": "2.0", "id": message["id"]})[:-1] + ', "result": {"content": [], '
+            '"structuredContent": {"value": ' + "[" * levels + "]" * levels + "}}}")
+
+
 def main() -> None:
     for line in sys.stdin:
-        reply = answer(json.loads(line))
+        message = json.loads(line)
+        deep = deep_reply(message)
+        if deep is not None:
+            sys.stdout.write(deep + "\n")
+            sys.stdout.flush()
+            continue
+        reply = answer(message)
         if reply is not None:
             sys.stdout.write(json.dumps(reply) + "\n")
             sys.stdout.flush()

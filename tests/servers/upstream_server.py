@@ -202,8 +202,18 @@ def main() -> None:
     parser.add_argument("--log-file", type=Path)
     parser.add_argument("--resumable", action="store_true",
                         help="keep events so closed streams can be resumed (2025-11-25 polling)")
+    parser.add_argument("--deep-tool", action="store_true",
+                        help="also offer `deep`, whose result nests `levels` arrays deep")
     args = parser.parse_args()
     server = build(args.name, args.tools, args.page_size, args.log_file)
+    if args.deep_tool:
+        def deep(levels: int) -> dict[str, Any]:
+            value: Any = "bottom"
+            for _ in range(levels):
+                value = [value]
+            return {"value": value}
+
+        server.add_tool(deep, name="deep", description="Answer a value nested `levels` arrays deep.")
     if args.transport == "stdio":
         if args.stdio_noise:
             print("this line is not JSON-RPC", flush=True)
