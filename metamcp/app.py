@@ -30,7 +30,9 @@ from metamcp.errors import (
     http_exception_response,
     register_error_handlers,
 )
+from metamcp.limits import Limits
 from metamcp.mcp import legacy_sse, tool_api, transport
+from metamcp.mcp.capacity import Admission
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.methods import CANCEL_TOPIC, Dispatcher
 from metamcp.mcp.sessions import TOPIC as SESSIONS_TOPIC
@@ -62,6 +64,8 @@ class Services:
     endpoints: EndpointRegistry
     sse: legacy_sse.SseHub
     listener: ChangeListener | None
+    limits: Limits
+    admission: Admission
 
     def close(self) -> None:
         """Release what this process holds: the listener, upstream sessions, connections."""
@@ -140,6 +144,8 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     registry.observers.extend([gateway.on_registry_change, namespaces.on_change])
     namespaces.observers.append(gateway.on_namespace_change)
     dispatcher = Dispatcher(gateway, sessions, settings, health_api.package_version(), publish)
+    # Shared with the other workers when gunicorn's master made the tables before forking.
+    limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
     sse_hub = legacy_sse.SseHub(db, dispatcher, settings)
     listener = None
     if listen:
@@ -156,7 +162,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         listener.start()
     app.extensions["metamcp"] = Services(
         settings, db, authenticator, registry, sessions, gateway, dispatcher, namespaces, endpoints,
-        sse_hub, listener
+        sse_hub, listener, limits, Admission(limits, dispatcher.budget)
     )
 
     register_error_handlers(app)

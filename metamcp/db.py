@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 EMBEDDED_DATABASE = "metamcp"
 #: Channel of the cross-process cache invalidation messages (see metamcp.notify).
 NOTIFY_CHANNEL = "metamcp_changes"
+#: How long a thread waits for a free pooled connection.
+CONNECTION_WAIT_SECONDS = 30
 
 psycopg2.extras.register_uuid()
 
@@ -142,11 +145,20 @@ class Database:
     def __init__(self, url: str, max_connections: int) -> None:
         self.url = url
         self._pool = psycopg2.pool.ThreadedConnectionPool(1, max_connections, url, connect_timeout=5)
+        # A worker has far more threads than connections (most threads wait on upstreams): a
+        # thread waits here for a free connection instead of the pool raising "exhausted".
+        self._free = threading.BoundedSemaphore(max_connections)
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
         """A cursor inside one transaction: committed on success, rolled back on error."""
-        conn = self._pool.getconn()
+        if not self._free.acquire(timeout=CONNECTION_WAIT_SECONDS):
+            raise psycopg2.pool.PoolError(f"no database connection free within {CONNECTION_WAIT_SECONDS} s")
+        try:
+            conn = self._pool.getconn()
+        except BaseException:
+            self._free.release()
+            raise
         broken = False
         try:
             with conn:  # commits or rolls back
@@ -156,7 +168,10 @@ class Database:
             broken = True
             raise
         finally:
-            self._pool.putconn(conn, close=broken or conn.closed != 0)
+            try:
+                self._pool.putconn(conn, close=broken or conn.closed != 0)
+            finally:
+                self._free.release()
 
     def ping(self) -> bool:
         try:

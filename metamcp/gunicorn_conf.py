@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any
 
-from metamcp import repository
+from metamcp import limits, repository
 from metamcp.config import ConfigError, ensure_secrets, load_settings
 from metamcp.db import Database, EmbeddedPostgres, prepare_database
 from metamcp.mcp.sessions import IDLE_LIMIT_SECONDS
@@ -32,7 +32,11 @@ except (ConfigError, OSError) as _error:
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.workers
 worker_class = "gthread"
+# Sized for I/O-bound waiting: a long tool call or an open stream holds a thread while it
+# waits (threads start on demand; see metamcp.mcp.capacity for the reserve kept for short
+# requests). gthread accepts no more connections than worker_connections.
 threads = _settings.threads
+worker_connections = max(1000, 2 * _settings.threads)
 # MCP calls may legitimately run for minutes; a stuck worker is still noticed through the
 # heartbeat, which gthread workers send from their main loop independently of requests.
 timeout = 120
@@ -45,6 +49,8 @@ proc_name = "metamcp"
 control_socket_disable = True
 
 _embedded: EmbeddedPostgres | None = None
+# Made before the workers fork, so their rate and in-flight limits are shared (metamcp.limits).
+_limit_tables = limits.create_shared()
 
 
 def on_starting(server: Any) -> None:
@@ -93,6 +99,11 @@ def worker_exit(server: Any, worker: Any) -> None:
     services = getattr(app, "extensions", {}).get("metamcp")
     if services is not None:
         services.close()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker ended (even by SIGKILL): its calls are no longer in flight."""
+    _limit_tables.release_worker(worker.pid)
 
 
 def on_exit(server: Any) -> None:
