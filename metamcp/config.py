@@ -39,9 +39,9 @@ class Settings:
     port: int = 12009
     workers: int = 2
     #: Threads per worker: long tool calls and standing streams each hold one while waiting.
-    threads: int = 512
+    threads: int = 1024
     #: Threads of a worker that long calls and streams never take (kept for short requests).
-    reserved_threads: int = 32
+    reserved_threads: int = 64
     jwt_secret: str = field(default="", repr=False)
     encryption_key: bytes = field(default=b"", repr=False)
     jwt_lifetime: int = 900
@@ -241,7 +241,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     log_level = values.get("METAMCP_LOG_LEVEL", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("METAMCP_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
-    threads = _int(values, "METAMCP_THREADS", 512, 4, 4096)
+    threads = _int(values, "METAMCP_THREADS", 1024, 4, 4096)
     reserved = _int(values, "METAMCP_RESERVED_THREADS", max(2, threads // 16), 1, threads - 1)
     return Settings(
         data_dir=data_dir,

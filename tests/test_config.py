@@ -52,6 +52,12 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("DATABASE_URL", "mysql://x"),
         ("JWT_SECRET", "too-short"),
         ("METAMCP_LOG_LEVEL", "LOUD"),
+        ("METAMCP_THREADS", "2"),
+        ("METAMCP_THREADS", "5000"),
+        ("METAMCP_RATE_LIMIT", "-1"),
+        ("METAMCP_MAX_INFLIGHT_PER_KEY", "many"),
+        ("METAMCP_AUTH_FAILURE_LIMIT", "-5"),
+        ("METAMCP_RESERVED_THREADS", "1024"),  # not below the 1024 threads of the default
     ],
 )
 def test_bad_setting_is_named(name: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,3 +99,17 @@ def test_configured_secrets_are_not_generated(tmp_path: Path, monkeypatch: pytes
     monkeypatch.chdir(tmp_path)
     ensure_secrets({**GOOD, "METAMCP_DATA_DIR": str(tmp_path)})
     assert not (tmp_path / "secrets.env").exists()
+
+
+def test_limit_and_capacity_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    defaults = load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path)})
+    assert (defaults.rate_limit, defaults.max_inflight_per_key, defaults.auth_failure_limit) == (1200, 64, 30)
+    assert (defaults.threads, defaults.reserved_threads, defaults.db_pool_size) == (1024, 64, 16)
+    tuned = load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path), "METAMCP_RATE_LIMIT": "0",
+                           "METAMCP_MAX_INFLIGHT_PER_KEY": "500", "METAMCP_AUTH_FAILURE_LIMIT": "0",
+                           "METAMCP_THREADS": "64", "METAMCP_RESERVED_THREADS": "8"})
+    assert (tuned.rate_limit, tuned.max_inflight_per_key, tuned.auth_failure_limit) == (0, 500, 0)
+    assert (tuned.threads, tuned.reserved_threads) == (64, 8)
+    assert load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path),
+                          "METAMCP_THREADS": "16"}).reserved_threads == 2  # threads // 16, at least 2
