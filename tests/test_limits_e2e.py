@@ -230,3 +230,32 @@ def test_200_get_streams_all_open_and_all_hear_list_changed(
         finally:
             for lines in streams:
                 lines.close()
+
+
+def test_in_flight_cap_holds_on_the_endpoint_rest_tool_api(gateway: Callable[..., Gunicorn], make_key: MakeKey,
+                                                           slow_upstream: UpstreamProcess) -> None:
+    server = gateway(METAMCP_WORKERS="2", METAMCP_MAX_INFLIGHT_PER_KEY="1")
+    _, key = make_key("rest-tools")
+    auth = {"X-API-Key": key}
+
+    def rest(method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(method, server.url + path, headers=auth, timeout=90, **kwargs)
+
+    server_id = rest("POST", "/api/v1/mcp/servers", json={
+        "name": "slowpoke", "transport": "streamable_http", "url": slow_upstream.url}).json()["id"]
+    namespace = rest("POST", "/api/v1/namespaces", json={"name": "tools"}).json()["id"]
+    assert rest("PUT", f"/api/v1/namespaces/{namespace}/servers/{server_id}", json={}).status_code == 200
+    assert rest("POST", "/api/v1/endpoints", json={"name": "tools", "namespace_id": namespace}).status_code == 201
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(rest, "POST", "/metamcp/tools/api/slowpoke__slow", json={"seconds": 15})
+        deadline = time.monotonic() + 60
+        while True:  # until the slow call is in flight, a short one passes
+            reply = rest("POST", "/metamcp/tools/api/slowpoke__echo", json={"message": "x"})
+            if reply.status_code == 429:
+                break
+            assert reply.status_code == 200 and not slow.done() and time.monotonic() < deadline, reply.text
+            time.sleep(0.1)
+        assert reply.json()["error"] == "too_many_requests"
+        assert int(reply.headers["Retry-After"]) >= 1
+        assert slow.result().status_code == 200
+    assert rest("POST", "/metamcp/tools/api/slowpoke__echo", json={"message": "x"}).status_code == 200
