@@ -74,6 +74,8 @@ class Settings:
     max_inflight_per_key: int = 64
     #: Failed authentications a minute per client address before it gets 429; 0: unlimited.
     auth_failure_limit: int = 30
+    #: Reverse proxies in front that append to X-Forwarded-For; 0: trust only REMOTE_ADDR.
+    forwarded_hops: int = 0
 
     @property
     def embedded(self) -> bool:
@@ -271,4 +273,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rate_limit=_int(values, "METAMCP_RATE_LIMIT", 1200, 0, 1_000_000),
         max_inflight_per_key=_int(values, "METAMCP_MAX_INFLIGHT_PER_KEY", 64, 0, 1_000_000),
         auth_failure_limit=_int(values, "METAMCP_AUTH_FAILURE_LIMIT", 30, 0, 1_000_000),
+        forwarded_hops=_int(values, "METAMCP_FORWARDED_HOPS", 0, 0, 10),
     )

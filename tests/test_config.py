@@ -57,6 +57,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("METAMCP_RATE_LIMIT", "-1"),
         ("METAMCP_MAX_INFLIGHT_PER_KEY", "many"),
         ("METAMCP_AUTH_FAILURE_LIMIT", "-5"),
+        ("METAMCP_FORWARDED_HOPS", "11"),
         ("METAMCP_RESERVED_THREADS", "1024"),  # not below the 1024 threads of the default
     ],
 )
@@ -106,6 +107,7 @@ def test_limit_and_capacity_settings(tmp_path: Path, monkeypatch: pytest.MonkeyP
     defaults = load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path)})
     assert (defaults.rate_limit, defaults.max_inflight_per_key, defaults.auth_failure_limit) == (1200, 64, 30)
     assert (defaults.threads, defaults.reserved_threads, defaults.db_pool_size) == (1024, 64, 16)
+    assert defaults.forwarded_hops == 0
     tuned = load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path), "METAMCP_RATE_LIMIT": "0",
                            "METAMCP_MAX_INFLIGHT_PER_KEY": "500", "METAMCP_AUTH_FAILURE_LIMIT": "0",
                            "METAMCP_THREADS": "64", "METAMCP_RESERVED_THREADS": "8"})

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from dataclasses import replace
 
 import pytest
 
+from metamcp.app import create_app
 from metamcp.authn import Principal
+from metamcp.config import Settings
+from metamcp.db import Database
 from metamcp.limits import ADDRESSES, KEYS, LimitExceeded, Limits, Tables, address_id
 
 
@@ -84,3 +88,22 @@ def test_in_flight_counts_are_shared_across_fork_and_dropped_with_a_dead_worker(
     tables.release_worker(child.pid)  # what gunicorn's master does in child_exit
     assert tables.in_flight(5) == 1
     assert tables.enter(5, 3)
+
+
+@pytest.mark.parametrize("hops", [0, 1])
+def test_failed_authentications_count_per_address_and_forwarded_for_only_when_trusted(
+        settings: Settings, db: Database, hops: int) -> None:
+    app = create_app(replace(settings, auth_failure_limit=2, forwarded_hops=hops), listen=False)
+    try:
+        client = app.test_client()
+
+        def token(forwarded_for: str) -> int:
+            return client.post("/api/v1/auth/token", json={"api_key": "mcp_" + "x" * 43},
+                               headers={"X-Forwarded-For": forwarded_for}).status_code
+
+        assert [token("6.6.6.6, 1.1.1.1"), token("7.7.7.7, 1.1.1.1")] == [401, 401]
+        assert token("8.8.8.8, 1.1.1.1") == 429  # the proxy's entry (the last one) is the address
+        # Another address: blocked too when X-Forwarded-For is not trusted (all are REMOTE_ADDR).
+        assert token("1.1.1.1, 2.2.2.2") == (401 if hops else 429)
+    finally:
+        app.extensions["metamcp"].close()

@@ -31,7 +31,14 @@ def request_credential() -> str | None:
 
 
 def client_address() -> str:
-    """The peer address (REMOTE_ADDR); X-Forwarded-For is not trusted."""
+    """The client's address for per-address limits: REMOTE_ADDR, unless the operator declared
+    METAMCP_FORWARDED_HOPS trusted proxies, whose last entries in X-Forwarded-For are theirs
+    (entries further left are the client's to forge, so they are never used)."""
+    hops = current_app.extensions["metamcp"].settings.forwarded_hops
+    if hops:
+        forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+        if len(forwarded) >= hops:
+            return forwarded[-hops]
     return request.remote_addr or "unknown"
 
 
