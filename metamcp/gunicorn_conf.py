@@ -50,7 +50,9 @@ control_socket_disable = True
 
 _embedded: EmbeddedPostgres | None = None
 # Made before the workers fork, so their rate and in-flight limits are shared (metamcp.limits).
-_limit_tables = limits.create_shared()
+# The master never takes the tables' lock itself (its SIGCHLD handling must not block on it);
+# the workers drop the counts of a dead worker.
+limits.create_shared()
 
 
 def on_starting(server: Any) -> None:
@@ -99,11 +101,6 @@ def worker_exit(server: Any, worker: Any) -> None:
     services = getattr(app, "extensions", {}).get("metamcp")
     if services is not None:
         services.close()
-
-
-def child_exit(server: Any, worker: Any) -> None:
-    """A worker ended (even by SIGKILL): its calls are no longer in flight."""
-    _limit_tables.release_worker(worker.pid)
 
 
 def on_exit(server: Any) -> None:

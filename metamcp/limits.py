@@ -10,7 +10,8 @@ Records are found by integer id (a key id, or a hash of a client address) with o
 over a fixed table; a full neighbourhood evicts the record touched least recently. An fcntl
 lock guards the tables across processes (the kernel drops it if a worker dies holding it) and a
 thread lock across the threads of one process. In-flight counts are kept per worker row, so the
-counts of a worker that died are dropped by zeroing its row (`release_worker`).
+counts of a worker that died (even by SIGKILL) are dropped by zeroing its row: a key at its cap
+first reaps the rows of dead processes, and a new worker may take such a row over.
 """
 
 from __future__ import annotations
@@ -112,7 +113,11 @@ class Tables:
     # --- in-flight counts ----------------------------------------------------------------
 
     def enter(self, ident: int, cap: int) -> bool:
-        """Count one more call of `ident` unless `cap` are in flight across the workers."""
+        """Count one more call of `ident` unless `cap` are in flight across the workers (at the
+        cap, the counts of processes that died are dropped first)."""
+        return self._enter(ident, cap) or (self.reap_dead() > 0 and self._enter(ident, cap))
+
+    def _enter(self, ident: int, cap: int) -> bool:
         row = self._my_row()
         with self._shared.locked() as mem:
             at = self._find(mem, self._counts_at, self._record, ident, lambda a: self._total(mem, a))
@@ -141,12 +146,17 @@ class Tables:
                     return self._total(mem, at)
         return 0
 
-    def release_worker(self, pid: int) -> None:
-        """Drop the in-flight counts of a worker that exited (the master calls this)."""
+    def reap_dead(self) -> int:
+        """Drop the in-flight counts of processes that exited (a worker SIGKILLed mid-call);
+        returns how many rows were freed."""
+        freed = 0
         with self._shared.locked() as mem:
             for row in range(ROWS):
-                if _OWNER.unpack_from(mem, self._owners_at + row * _OWNER.size)[0] == pid:
+                owner = _OWNER.unpack_from(mem, self._owners_at + row * _OWNER.size)[0]
+                if owner != 0 and not _alive(owner):
                     self._clear_row(mem, row)
+                    freed += 1
+        return freed
 
     def _my_row(self) -> int:
         """This process's row, claimed on first use: a free one, or one of a dead process."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -75,6 +76,14 @@ def _enter_and_die(tables: Tables, count: int) -> None:
     os._exit(0)  # like a SIGKILLed worker: nothing released
 
 
+def _enter_and_wait(tables: Tables, count: int, entered: Any, leave: Any) -> None:
+    for _ in range(count):
+        assert tables.enter(5, 100)
+    entered.set()
+    leave.wait(30)
+    os._exit(0)
+
+
 def test_in_flight_counts_are_shared_across_fork_and_dropped_with_a_dead_worker() -> None:
     tables = Tables()
     assert tables.enter(5, 3)
@@ -82,12 +91,22 @@ def test_in_flight_counts_are_shared_across_fork_and_dropped_with_a_dead_worker(
     child.start()
     child.join(timeout=30)
     assert child.exitcode == 0
-    assert tables.in_flight(5) == 3
-    assert not tables.enter(5, 3)  # the cap holds across processes
-    assert child.pid is not None
-    tables.release_worker(child.pid)  # what gunicorn's master does in child_exit
-    assert tables.in_flight(5) == 1
+    # At the cap, the counts of the dead process are dropped: only this process's call is left.
     assert tables.enter(5, 3)
+    assert tables.in_flight(5) == 2
+    context = multiprocessing.get_context("fork")
+    entered, leave = context.Event(), context.Event()
+    alive = context.Process(target=_enter_and_wait, args=(tables, 1, entered, leave))
+    alive.start()
+    try:
+        assert entered.wait(30)
+        assert tables.in_flight(5) == 3
+        assert not tables.enter(5, 3)  # a live process's calls count
+    finally:
+        leave.set()
+        alive.join(timeout=30)
+    assert tables.enter(5, 3)  # that process has exited too: its call no longer counts
+    assert tables.in_flight(5) == 3
 
 
 @pytest.mark.parametrize("hops", [0, 1])
