@@ -31,7 +31,9 @@ from metamcp.errors import (
     http_exception_response,
     register_error_handlers,
 )
+from metamcp.limits import Limits
 from metamcp.mcp import legacy_sse, tool_api, transport
+from metamcp.mcp.capacity import Admission
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_REQUEST
 from metamcp.mcp.methods import CANCEL_TOPIC, Dispatcher
@@ -68,6 +70,8 @@ class Services:
     sse: legacy_sse.SseHub
     listener: ChangeListener | None
     readiness: Readiness
+    limits: Limits
+    admission: Admission
     purger: SessionPurger | None = None
 
     def close(self) -> None:
@@ -182,6 +186,8 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     registry.observers.extend([gateway.on_registry_change, namespaces.on_change])
     namespaces.observers.append(gateway.on_namespace_change)
     dispatcher = Dispatcher(gateway, sessions, settings, health_api.package_version(), publish)
+    # Shared with the other workers when gunicorn's master made the tables before forking.
+    limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
     sse_hub = legacy_sse.SseHub(db, dispatcher, settings)
     listener = purger = None
     if listen:
@@ -200,7 +206,8 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         listener.start()
     app.extensions["metamcp"] = Services(
         settings, db, authenticator, registry, sessions, gateway, dispatcher, namespaces, endpoints,
-        sse_hub, listener, Readiness(settings.database_url), purger
+        sse_hub, listener, Readiness(settings.database_url), limits, Admission(limits, dispatcher.budget),
+        purger,
     )
 
     register_error_handlers(app)

@@ -40,7 +40,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 12009
     workers: int = 2
-    threads: int = 8
+    #: Threads per worker: long tool calls and standing streams each hold one while waiting.
+    threads: int = 1024
+    #: Threads of a worker that long calls and streams never take (kept for short requests).
+    reserved_threads: int = 64
     jwt_secret: str = field(default="", repr=False)
     encryption_key: bytes = field(default=b"", repr=False)
     jwt_lifetime: int = 900
@@ -76,6 +79,14 @@ class Settings:
     stdio_commands: tuple[str, ...] | None = None
     #: A downstream MCP session unused this long expires (404; the client initializes again).
     session_idle_timeout: float = 86400.0
+    #: Requests a minute per key (token bucket, burst of as many); 0: unlimited.
+    rate_limit: int = 1200
+    #: Tool calls one key may have in flight across the workers; 0: unlimited.
+    max_inflight_per_key: int = 64
+    #: Failed authentications a minute per client address before it gets 429; 0: unlimited.
+    auth_failure_limit: int = 30
+    #: Reverse proxies in front that append to X-Forwarded-For; 0: trust only REMOTE_ADDR.
+    forwarded_hops: int = 0
 
     @property
     def embedded(self) -> bool:
@@ -288,7 +299,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     log_level = values.get("METAMCP_LOG_LEVEL", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("METAMCP_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
-    threads = _int(values, "METAMCP_THREADS", 8, 1, 256)
+    threads = _int(values, "METAMCP_THREADS", 1024, 4, 4096)
+    reserved = _int(values, "METAMCP_RESERVED_THREADS", max(2, threads // 16), 1, threads - 1)
     keepalive = _seconds(values, "METAMCP_KEEPALIVE_SECONDS", 15.0, 0.05, 300)
     session_idle_timeout = _seconds(values, "METAMCP_SESSION_IDLE_TIMEOUT", 86400.0, 1, 86400 * 365)
     if session_idle_timeout < 4 * keepalive:  # an open stream touches its session at keep-alives
@@ -301,12 +313,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         port=_int(values, "METAMCP_PORT", 12009, 1, 65535),
         workers=_int(values, "METAMCP_WORKERS", _default_workers(), 1, 64),
         threads=threads,
+        reserved_threads=reserved,
         jwt_secret=jwt_secret,
         encryption_key=parse_encryption_key(secret("ENCRYPTION_KEY")),
         jwt_lifetime=_int(values, "JWT_LIFETIME_SECONDS", 900, 30, 86400 * 30),
         max_body_bytes=_int(values, "METAMCP_MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
         log_level=log_level,
-        db_pool_size=_int(values, "METAMCP_DB_POOL_SIZE", threads + 2, 2, 512),
+        # Threads wait for a connection (metamcp.db), so the pool need not match the threads.
+        db_pool_size=_int(values, "METAMCP_DB_POOL_SIZE", 16, 2, 512),
         allowed_origins=_origins(values),
         upstream_connect_timeout=_seconds(values, "METAMCP_UPSTREAM_CONNECT_TIMEOUT", 5.0, 0.1, 120),
         upstream_timeout=_seconds(values, "METAMCP_UPSTREAM_TIMEOUT", 60.0, 0.1, 3600),
@@ -321,4 +335,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stdio_enabled=_switch(values, "METAMCP_STDIO", True),
         stdio_commands=_commands(values),
         session_idle_timeout=session_idle_timeout,
+        rate_limit=_int(values, "METAMCP_RATE_LIMIT", 1200, 0, 1_000_000),
+        max_inflight_per_key=_int(values, "METAMCP_MAX_INFLIGHT_PER_KEY", 64, 0, 1_000_000),
+        auth_failure_limit=_int(values, "METAMCP_AUTH_FAILURE_LIMIT", 30, 0, 1_000_000),
+        forwarded_hops=_int(values, "METAMCP_FORWARDED_HOPS", 0, 0, 10),
     )

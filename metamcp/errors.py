@@ -35,13 +35,18 @@ class MetaMCPError(Exception):
 
     status = 500
     code = "internal_error"
-    #: Extra response headers (e.g. Retry-After).
-    headers: dict[str, str] = {}
+    #: Seconds the client should wait before trying again (sent as Retry-After), if any.
+    retry_after: int | None = None
 
     def __init__(self, message: str, details: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers this error adds (Retry-After)."""
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class BadRequest(MetaMCPError):
@@ -78,7 +83,6 @@ class DatabaseUnavailable(MetaMCPError):
     status, code = 503, "unavailable"
     #: Seconds clients are told to wait (the embedded server restarts within a few).
     retry_after = 2
-    headers = {"Retry-After": str(retry_after)}
 
     def __init__(self, message: str = "The database is unavailable; retry shortly.", details: Any = None) -> None:
         super().__init__(message, details)

@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import Any
 
+from metamcp import limits
 from metamcp.config import ConfigError, ensure_secrets, load_settings
 from metamcp.db import EmbeddedPostgres, prepare_database
 from metamcp.mcp.children import forget_dead_workers, reap_worker, run_dir
@@ -33,7 +34,11 @@ except (ConfigError, OSError) as _error:
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.workers
 worker_class = "gthread"
+# Sized for I/O-bound waiting: a long tool call or an open stream holds a thread while it
+# waits (threads start on demand; see metamcp.mcp.capacity for the reserve kept for short
+# requests). gthread accepts no more connections than worker_connections.
 threads = _settings.threads
+worker_connections = max(1000, 2 * _settings.threads)
 # MCP calls may legitimately run for minutes; a stuck worker is still noticed through the
 # heartbeat, which gthread workers send from their main loop independently of requests.
 timeout = 120
@@ -46,6 +51,10 @@ proc_name = "metamcp"
 control_socket_disable = True
 
 _embedded: EmbeddedPostgres | None = None
+# Made before the workers fork, so their rate and in-flight limits are shared (metamcp.limits).
+# The master never takes the tables' lock itself (its SIGCHLD handling must not block on it);
+# the workers drop the counts of a dead worker.
+limits.create_shared()
 
 
 def on_starting(server: Any) -> None:

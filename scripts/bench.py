@@ -4,6 +4,10 @@ through an endpoint (a namespace with a renamed tool), as REST, and warm aggrega
 tools/lists over many upstreams. Prints tables.
 
     .venv/bin/python scripts/bench.py [--calls 2000] [--upstreams 10] [--tools 50]
+    .venv/bin/python scripts/bench.py --isolation [--slow-calls 500] [--streams 1000]
+
+`--isolation` runs the slow-call isolation section instead (scripts/bench_isolation.py): long
+tool calls and open GET streams from two keys while a third key's short tools/call is timed.
 
 Starts everything it measures on 127.0.0.1 (example upstreams, an embedded PostgreSQL and the
 gateway under gunicorn, as `make run` does) in a temporary directory, and stops it by PID.
@@ -117,7 +121,16 @@ def main() -> int:
     parser.add_argument("--upstreams", type=int, default=10)
     parser.add_argument("--tools", type=int, default=50, help="tools per upstream for the list test")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument("--isolation", action="store_true", help="run the slow-call isolation section")
+    parser.add_argument("--slow-calls", type=int, default=500, help="isolation: concurrent long calls")
+    parser.add_argument("--slow-seconds", type=float, default=20, help="isolation: length of a long call")
+    parser.add_argument("--streams", type=int, default=1000, help="isolation: open GET streams")
+    parser.add_argument("--threads", type=int, default=None, help="isolation: METAMCP_THREADS")
     args = parser.parse_args()
+    if args.isolation:
+        import bench_isolation
+
+        return bench_isolation.run(args.workers, args.slow_calls, args.streams, args.slow_seconds, args.threads)
 
     workdir = Path(tempfile.mkdtemp(prefix="mmb", dir="/tmp"))
     processes: list[subprocess.Popen[bytes]] = []

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import Completion, PromptReference
@@ -187,7 +188,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--extra-tools", type=int, default=0, metavar="N",
         help="also serve N generated tools tool_000.. (for list benchmarks)",
     )
+    parser.add_argument(
+        "--sleep-tool", action="store_true",
+        help="also serve sleep(seconds): answers after waiting (for capacity benchmarks)",
+    )
     return parser.parse_args(argv)
+
+
+def add_sleep_tool(server: MCPServer) -> None:
+    @server.tool(description="Wait the given seconds (at most 600), then answer.")
+    async def sleep(seconds: float) -> str:
+        await anyio.sleep(min(max(seconds, 0.0), 600.0))
+        return f"slept {seconds} s"
 
 
 def add_generated_tools(server: MCPServer, count: int) -> None:
@@ -225,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     server = build_server(args)
     add_generated_tools(server, args.extra_tools)
+    if args.sleep_tool:
+        add_sleep_tool(server)
     if args.transport == "stdio":
         server.run("stdio")
     elif args.transport == "sse":

@@ -57,6 +57,13 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("METAMCP_UPSTREAM_ALLOW", "10.0.0.0/40"),
         ("METAMCP_STDIO", "maybe"),
         ("METAMCP_STDIO_COMMANDS", "/usr/bin/node,./sh"),
+        ("METAMCP_THREADS", "2"),
+        ("METAMCP_THREADS", "5000"),
+        ("METAMCP_RATE_LIMIT", "-1"),
+        ("METAMCP_MAX_INFLIGHT_PER_KEY", "many"),
+        ("METAMCP_AUTH_FAILURE_LIMIT", "-5"),
+        ("METAMCP_FORWARDED_HOPS", "11"),
+        ("METAMCP_RESERVED_THREADS", "1024"),  # not below the 1024 threads of the default
     ],
 )
 def test_bad_setting_is_named(name: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,3 +143,18 @@ def test_session_idle_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert caught.value.setting == "METAMCP_SESSION_IDLE_TIMEOUT"
     short = {**base, "METAMCP_SESSION_IDLE_TIMEOUT": "5", "METAMCP_KEEPALIVE_SECONDS": "0.5"}
     assert load_settings(short).session_idle_timeout == 5
+
+
+def test_limit_and_capacity_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    defaults = load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path)})
+    assert (defaults.rate_limit, defaults.max_inflight_per_key, defaults.auth_failure_limit) == (1200, 64, 30)
+    assert (defaults.threads, defaults.reserved_threads, defaults.db_pool_size) == (1024, 64, 16)
+    assert defaults.forwarded_hops == 0
+    tuned = load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path), "METAMCP_RATE_LIMIT": "0",
+                           "METAMCP_MAX_INFLIGHT_PER_KEY": "500", "METAMCP_AUTH_FAILURE_LIMIT": "0",
+                           "METAMCP_THREADS": "64", "METAMCP_RESERVED_THREADS": "8"})
+    assert (tuned.rate_limit, tuned.max_inflight_per_key, tuned.auth_failure_limit) == (0, 500, 0)
+    assert (tuned.threads, tuned.reserved_threads) == (64, 8)
+    assert load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path),
+                          "METAMCP_THREADS": "16"}).reserved_threads == 2  # threads // 16, at least 2

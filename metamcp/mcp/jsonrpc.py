@@ -17,6 +17,11 @@ INTERNAL_ERROR = -32603
 REQUEST_TIMEOUT = -32001
 #: An upstream server could not be reached or answered nonsense.
 UPSTREAM_ERROR = -32010
+#: Over a limit (HTTP 429 with Retry-After): the key's request rate or in-flight calls, or too
+#: many failed authentications from the client's address.
+TOO_MANY_REQUESTS = -32029
+#: The worker has no room for another long call or stream (HTTP 503 with Retry-After).
+SERVER_BUSY = -32030
 
 RequestId = str | int
 

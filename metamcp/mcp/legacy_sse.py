@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
@@ -24,10 +25,18 @@ from metamcp.config import Settings
 from metamcp.db import Database
 from metamcp.errors import DatabaseUnavailable, MetaMCPError
 from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp.capacity import Saturated
 from metamcp.mcp.jsonrpc import INVALID_REQUEST, Message, RpcError
 from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
 from metamcp.mcp.sessions import Session
-from metamcp.mcp.transport import SUPPORTED_VERSIONS, database_unavailable, guard, rpc_failure
+from metamcp.mcp.transport import (
+    SUPPORTED_VERSIONS,
+    admit_call,
+    database_unavailable,
+    guard,
+    refusal,
+    rpc_failure,
+)
 from metamcp.namespaces import NamespaceView
 from metamcp.request_body import read_body
 
@@ -46,12 +55,12 @@ class SseHub:
     def __init__(self, db: Database, dispatcher: Dispatcher, settings: Settings) -> None:
         self._db = db
         self._dispatcher = dispatcher
-        self._streams: dict[str, queue.SimpleQueue[dict[str, Any]]] = {}
+        self._streams: dict[str, queue.SimpleQueue[dict[str, Any] | None]] = {}
         self._lock = threading.Lock()
         self._work = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="metamcp-sse")
 
-    def open(self, session_id: str) -> queue.SimpleQueue[dict[str, Any]]:
-        messages: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+    def open(self, session_id: str) -> queue.SimpleQueue[dict[str, Any] | None]:
+        messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         with self._lock:
             self._streams[session_id] = messages
         return messages
@@ -88,10 +97,14 @@ class SseHub:
                     stream.put(message)
         except DatabaseUnavailable:
             pass  # stored messages stay stored; the next collect, after the outage, takes them
-    def submit(self, session: Session, message: Message, view: NamespaceView | None) -> None:
-        self._work.submit(self._answer, session, message, view)
 
-    def _answer(self, session: Session, message: Message, view: NamespaceView | None) -> None:
+    def submit(self, session: Session, message: Message, view: NamespaceView | None,
+               release: Callable[[], None] | None = None) -> None:
+        """Answer on a pool thread; `release` (a tool call's admission) runs when it is done."""
+        self._work.submit(self._answer, session, message, view, release)
+
+    def _answer(self, session: Session, message: Message, view: NamespaceView | None,
+                release: Callable[[], None] | None = None) -> None:
         try:
             if message.method == "initialize":
                 requested = message.params.get("protocolVersion")
@@ -113,6 +126,9 @@ class SseHub:
         except Exception:  # noqa: BLE001 - boundary: the client must get an answer, not silence
             logger.exception("answering a legacy SSE request failed")
             self._deliver_quietly(session.id, jsonrpc.error(message.id, jsonrpc.INTERNAL_ERROR, "Internal error"))
+        finally:
+            if release is not None:
+                release()
 
     def _deliver_quietly(self, session_id: str, message: dict[str, Any]) -> None:
         """An error answer: lost if it must go through the outbox and the database is away
@@ -137,12 +153,14 @@ def open_stream(endpoint: str) -> Response:
         return failure  # type: ignore[return-value]
     services = current_app.extensions["metamcp"]
     dispatcher: Dispatcher = services.dispatcher
-    if not dispatcher.hold_stream():
-        return rpc_failure(503, INVALID_REQUEST, "Service Unavailable: too many open streams; retry later")
+    try:
+        release = dispatcher.hold_stream()
+    except Saturated as e:
+        return refusal(e.status, e.message, e.retry_after)
     try:
         session = services.sessions.create(access.key_id, LEGACY_VERSION, {}, access.endpoint_id)
     except Exception:
-        dispatcher.release_stream()
+        release()
         raise
     hub = _hub()
     messages = hub.open(session.id)
@@ -160,7 +178,7 @@ def open_stream(endpoint: str) -> Response:
 
     def cleanup() -> None:
         hub.close_stream(session.id)
-        dispatcher.release_stream()
+        release()
         try:
             dispatcher.end_session(session)
         except DatabaseUnavailable:
@@ -197,9 +215,21 @@ def post_message(endpoint: str) -> Response:
         return rpc_failure(e.status, INVALID_REQUEST, e.message)
     except RpcError as e:
         return rpc_failure(400, e.code, e.message)
+    # Admission first, for every call of the POST, so a refusal is this POST's answer.
+    releases: list[Callable[[], None] | None] = []
     for message in messages:
+        release = None
+        if message.is_request and message.method == "tools/call":
+            release, failure = admit_call(access, message)
+            if failure is not None:
+                for taken in releases:
+                    if taken is not None:
+                        taken()
+                return failure
+        releases.append(release)
+    for message, release in zip(messages, releases, strict=True):
         if message.is_request:
-            _hub().submit(session, message, access.view)
+            _hub().submit(session, message, access.view, release)
         else:
             services.dispatcher.receive(session, message)
     return Response("Accepted", status=202, mimetype="text/plain")

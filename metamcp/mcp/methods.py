@@ -14,6 +14,7 @@ from typing import Any
 from metamcp.config import Settings
 from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp.capacity import HangupWatch, ThreadBudget
 from metamcp.mcp.gateway import Gateway, client_error
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore
@@ -28,10 +29,6 @@ INSTRUCTIONS = (
     "'<server>__<name>'; resources keep their URIs."
 )
 CANCEL_TOPIC = "cancel"
-#: How often a standing stream looks whether its client left or its worker is shutting down.
-STOP_CHECK_SECONDS = 0.25
-#: How long a legacy SSE client waits for a thread to hold its stream before getting 503.
-STREAM_WAIT_SECONDS = 5.0
 LIST_METHODS = {
     "tools/list": "tools",
     "prompts/list": "prompts",
@@ -70,6 +67,7 @@ class Streamed:
         self._session = session
         self._on_close = on_close
         self._pumps = pumps
+        self._closers: list[Callable[[], None]] = []
 
     def start_pump(self, put: Callable[[dict[str, Any] | None], None]) -> None:
         """Run pump() on a pool thread, so the response can send keep-alives meanwhile."""
@@ -112,8 +110,16 @@ class Streamed:
         self._call.cancel(reason)
 
     def close(self) -> None:
-        self._call.close()
-        self._on_close()
+        try:
+            self._call.close()
+        finally:
+            self._on_close()
+            for closer in self._closers:
+                closer()
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Also run `closer` when the call closes (e.g. to end its admission)."""
+        self._closers.append(closer)
 
     def _response(self, message: dict[str, Any]) -> dict[str, Any]:
         if "error" in message:
@@ -131,12 +137,12 @@ class Dispatcher:
         self._publish = publish
         self._inflight: dict[tuple[str, str], Streamed] = {}
         self._lock = threading.Lock()
-        # Standing streams hold a worker thread each. Optional GET listeners take at most half
-        # the threads; legacy SSE streams (a client's only channel) may take all but two.
-        self._listeners = threading.BoundedSemaphore(max(1, settings.threads // 2))
-        self._streams = threading.BoundedSemaphore(max(1, settings.threads - 2))
+        #: Long holders of this worker's threads (tool calls, standing streams), within a budget
+        #: that leaves `reserved_threads` for short requests.
+        self.budget = ThreadBudget(settings.threads, settings.reserved_threads)
         #: Set when the worker begins a graceful shutdown: standing streams end.
         self.stopping = threading.Event()
+        self._hangups = HangupWatch(self.stopping)
         #: Readers of streamed calls: one per call in flight, so as many as request threads.
         self._pumps = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="metamcp-call")
         self._handlers: dict[str, Callable[[Session, Message, NamespaceView | None],
@@ -286,52 +292,47 @@ class Dispatcher:
 
     # --- the standing GET stream ---------------------------------------------------------
 
-    def hold_stream(self, listener: bool = False) -> bool:
-        """Take a thread for a standing stream: a GET listener (optional, so only if one is
-        free at once) or a legacy SSE stream (waits a little for one); False when none is."""
-        if listener and not self._listeners.acquire(blocking=False):
-            return False
-        if self._streams.acquire(timeout=0 if listener else STREAM_WAIT_SECONDS):
-            return True
-        if listener:
-            self._listeners.release()
-        return False
+    def hold_stream(self) -> Callable[[], None]:
+        """Take a place for a standing stream (GET listener or legacy SSE) in the thread budget;
+        raises Saturated (503) when the worker has none left. Returns the release."""
+        return self.budget.hold("stream")
 
-    def release_stream(self, listener: bool = False) -> None:
-        self._streams.release()
-        if listener:
-            self._listeners.release()
-
-    def standing_stream(self, first: bytes, messages: queue.SimpleQueue[dict[str, Any]], client: Any,
+    def standing_stream(self, first: bytes, messages: queue.SimpleQueue[dict[str, Any] | None], client: Any,
                         when_quiet: Callable[[], bool]) -> Iterator[bytes]:
         """SSE body of a standing stream: `first`, then each queued message as it comes, and a
         keep-alive comment after each quiet period (`when_quiet()` runs first; False ends the
         stream). It also ends when the client hangs up (`client`: its socket) or the worker
-        stops; short waits keep both prompt."""
+        stops: the hang-up watcher queues None to wake it, so an idle stream sleeps until its
+        next keep-alive instead of polling."""
         keepalive = self._settings.keepalive_seconds
-        yield first
-        quiet_since = time.monotonic()
-        while not self.stopping.is_set():
-            try:
-                message = messages.get(timeout=min(keepalive, STOP_CHECK_SECONDS))
-            except queue.Empty:
-                if sse.peer_closed(client):
-                    return
-                if time.monotonic() - quiet_since >= keepalive:
+        watched = self._hangups.watch(client, lambda: messages.put(None))
+        try:
+            yield first
+            quiet_since = time.monotonic()
+            while not self.stopping.is_set():
+                try:
+                    message = messages.get(timeout=max(0.0, quiet_since + keepalive - time.monotonic()))
+                except queue.Empty:
                     if not when_quiet():
                         return
                     yield sse.comment()
                     quiet_since = time.monotonic()
-                continue
-            yield sse.encode_event(json.dumps(message, separators=(",", ":")), event="message")
-            quiet_since = time.monotonic()
+                    continue
+                if message is None:  # woken: the client may have left, or the worker stops
+                    if sse.peer_closed(client):
+                        return
+                    continue
+                yield sse.encode_event(json.dumps(message, separators=(",", ":")), event="message")
+                quiet_since = time.monotonic()
+        finally:
+            self._hangups.unwatch(watched)
 
-    def open_listener(self, session: Session, client: Any = None) -> StreamBody | None:
-        """An SSE body of list_changed notifications and keep-alives; None when none is free.
-        `client`: the connection's socket, watched so a departed client frees its thread."""
-        if not self.hold_stream(listener=True):
-            return None
-        messages: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+    def open_listener(self, session: Session, client: Any = None) -> StreamBody:
+        """An SSE body of list_changed notifications and keep-alives; raises Saturated when the
+        worker has no room. `client`: the connection's socket, watched so a departed client
+        frees its thread."""
+        release = self.hold_stream()
+        messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
 
         def announce(method: str) -> None:
             messages.put(jsonrpc.notification(method))
@@ -347,6 +348,6 @@ class Dispatcher:
 
         def cleanup() -> None:
             self._gateway.unsubscribe(announce)
-            self.release_stream(listener=True)
+            release()
 
         return StreamBody(events, cleanup)

@@ -15,6 +15,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from metamcp.api.health import package_version
 from metamcp.errors import MetaMCPError, error_response
+from metamcp.limits import LimitExceeded
+from metamcp.mcp.capacity import Saturated
+from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, REQUEST_TIMEOUT, UPSTREAM_ERROR, RpcError
 from metamcp.mcp.transport import Access, AccessDenied, authorize
 from metamcp.mcp.upstream import UpstreamRpcError
@@ -28,7 +31,10 @@ _ERRORS = {
     "403": "This key may not use this endpoint",
     "404": "No such tool in this endpoint's namespace",
     "422": "The tool ran and reported an error (its content is in details)",
+    "429": "Over a limit: the key's request rate or in-flight calls, or failed authentications "
+           "from this address (see Retry-After)",
     "502": "The upstream server failed",
+    "503": "This worker is saturated with long calls; retry after Retry-After seconds",
     "504": "The upstream server did not answer in time",
 }
 #: REST status of each JSON-RPC code the gateway answers an upstream failure with.
@@ -40,8 +46,17 @@ _ERROR_SCHEMA = {
 
 
 def _denied(e: AccessDenied) -> Response:
-    return error_response(e.status, {401: "unauthorized", 403: "forbidden"}.get(e.status, "not_found"),
-                          e.message.split(": ", 1)[-1])
+    code = {401: "unauthorized", 403: "forbidden", 429: "too_many_requests"}.get(e.status, "not_found")
+    response = error_response(e.status, code, e.message.split(": ", 1)[-1])
+    if e.retry_after is not None:
+        response.headers["Retry-After"] = str(e.retry_after)
+    return response
+
+
+def _refused(e: LimitExceeded | Saturated) -> Response:
+    response = error_response(e.status, e.code, e.message)
+    response.headers["Retry-After"] = str(e.retry_after)
+    return response
 
 
 def _security(access: Access) -> tuple[dict[str, Any], list[dict[str, list[str]]]]:
@@ -116,7 +131,18 @@ def call_tool(endpoint: str, tool: str) -> Response:
         return error_response(e.status, e.code, e.message, e.details)
     if not isinstance(arguments, dict):
         return error_response(400, "bad_request", "The body must be a JSON object of the tool's arguments.")
-    gateway = current_app.extensions["metamcp"].gateway
+    services = current_app.extensions["metamcp"]
+    try:
+        release = services.admission.call(access.key_id)
+    except (LimitExceeded, Saturated) as e:
+        return _refused(e)
+    try:
+        return _call(services.gateway, access, tool, arguments)
+    finally:
+        release()
+
+
+def _call(gateway: Gateway, access: Access, tool: str, arguments: dict[str, Any]) -> Response:
     try:
         server, original = gateway.route("tools", tool, access.view)
         result = gateway.request(server, "tools/call", {"name": original, "arguments": arguments})

@@ -2,8 +2,9 @@
 
 `/mcp` serves every active server to unscoped keys; an endpoint serves its namespace, with
 the endpoint's auth (public, API key, and optionally `?api_key=`). Checks run in a fixed
-order: Origin, endpoint, credential, scope, Accept, Content-Type, size, JSON, envelope,
-session, protocol version. Requests go to metamcp.mcp.methods; a tools/call is streamed back as
+order: Origin, endpoint, the address's failed authentications, credential, the key's rate,
+scope, Accept, Content-Type, size, JSON, envelope, session, protocol version; a tools/call is
+then admitted (the key's in-flight cap, the worker's thread budget) or refused with 429/503. Requests go to metamcp.mcp.methods; a tools/call is streamed back as
 SSE (upstream notifications first, then the result) with keep-alive comments, and a client
 that goes away closes the upstream call.
 """
@@ -14,7 +15,7 @@ import json
 import logging
 import queue
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,11 +23,20 @@ from uuid import UUID
 
 from flask import Blueprint, Response, current_app, request
 
-from metamcp.api.auth import request_credential
+from metamcp.api.auth import limited_authentication, request_credential
 from metamcp.endpoints import Endpoint
 from metamcp.errors import DatabaseUnavailable, MetaMCPError, Unauthorized
+from metamcp.limits import LimitExceeded
 from metamcp.mcp import jsonrpc, sse
-from metamcp.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError
+from metamcp.mcp.capacity import Saturated
+from metamcp.mcp.jsonrpc import (
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    SERVER_BUSY,
+    TOO_MANY_REQUESTS,
+    Message,
+    RpcError,
+)
 from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
 from metamcp.mcp.sessions import Session
 from metamcp.namespaces import NamespaceView
@@ -64,9 +74,7 @@ def rpc_failure(status: int, code: int, text: str, request_id: Any = None) -> Re
 def database_unavailable(error: DatabaseUnavailable) -> Response:
     """What MCP routes answer when a step needs the database and it is away: a JSON-RPC error
     with HTTP 503 and Retry-After (warm sessions, keys and tool tables do not get here)."""
-    response = rpc_failure(503, INTERNAL_ERROR, f"Service Unavailable: {error.message}")
-    response.headers.update(error.headers)
-    return response
+    return refusal(503, f"Service Unavailable: {error.message}", error.retry_after)
 
 
 bp.register_error_handler(DatabaseUnavailable, database_unavailable)
@@ -104,12 +112,14 @@ class Access:
 
 
 class AccessDenied(Exception):
-    """A request refused before it reaches the dispatcher: the HTTP status and why."""
+    """A request refused before it reaches the dispatcher: the HTTP status and why (and, for
+    429/503, the seconds after which to retry)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 def authorize(endpoint_name: str | None = None) -> Access:
@@ -133,9 +143,11 @@ def authorize(endpoint_name: str | None = None) -> Access:
         hint = " or ?api_key=" if endpoint is not None and endpoint.query_param else ""
         raise AccessDenied(401, f"Unauthorized: send X-API-Key or Authorization: Bearer{hint}")
     try:
-        principal = services.authenticator.authenticate(credential)
+        principal = limited_authentication(credential)
     except Unauthorized as e:
         raise AccessDenied(401, f"Unauthorized: {e.message}") from None
+    except LimitExceeded as e:
+        raise AccessDenied(429, e.message, e.retry_after) from None
     if endpoint is None and principal.is_scoped:
         raise AccessDenied(403, "Forbidden: this API key is limited to namespaces; use their endpoints "
                                 "at /metamcp/<endpoint>/mcp")
@@ -149,7 +161,28 @@ def guard(endpoint_name: str | None = None) -> tuple[Access | None, Response | N
     try:
         return authorize(endpoint_name), None
     except AccessDenied as e:
+        if e.retry_after is not None:
+            return None, refusal(e.status, e.message, e.retry_after)
         return None, rpc_failure(e.status, INVALID_REQUEST, e.message)
+
+
+def refusal(status: int, message: str, retry_after: int | None, request_id: Any = None) -> Response:
+    """429 (a limit) or 503 (no room in this worker, or the database away) with Retry-After,
+    as a JSON-RPC error."""
+    code = TOO_MANY_REQUESTS if status == 429 else SERVER_BUSY
+    response = rpc_failure(status, code, message, request_id)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def admit_call(access: Access, message: Message) -> tuple[Callable[[], None] | None, Response | None]:
+    """Admission of a tools/call (the key's in-flight cap, then the worker's thread budget):
+    the release to run when the call ends, or the 429/503 refusal."""
+    try:
+        return current_app.extensions["metamcp"].admission.call(access.key_id), None
+    except (LimitExceeded, Saturated) as e:
+        return None, refusal(e.status, e.message, e.retry_after, message.id)
 
 
 def _session(access: Access) -> tuple[Session | None, Response | None]:
@@ -208,7 +241,22 @@ def post(endpoint: str | None = None) -> Response:
     if not message.is_request:
         _dispatcher().receive(session, message)
         return rpc_response(202, None)
-    outcome = _dispatcher().handle(session, message, access.view)
+    release: Callable[[], None] | None = None
+    if message.method == "tools/call":
+        release, failure = admit_call(access, message)
+        if failure is not None:
+            return failure
+    try:
+        outcome = _dispatcher().handle(session, message, access.view)
+    except BaseException:
+        if release is not None:
+            release()
+        raise
+    if release is not None:
+        if isinstance(outcome, Streamed):
+            outcome.on_close(release)  # the call holds its place until its stream closes
+        else:
+            release()
     if isinstance(outcome, Streamed):
         if SSE_TYPE in request.headers.get("Accept", ""):
             keepalive = current_app.extensions["metamcp"].settings.keepalive_seconds
@@ -262,8 +310,18 @@ def _batch(access: Access, items: list[Any]) -> Response:
         if not message.is_request:
             _dispatcher().receive(session, message)
             continue
-        outcome = _dispatcher().handle(session, message, access.view)
-        responses.append(outcome.drain() if isinstance(outcome, Streamed) else outcome)
+        release: Callable[[], None] | None = None
+        if message.method == "tools/call":
+            release, failure = admit_call(access, message)
+            if failure is not None:
+                responses.append(json.loads(failure.get_data()))
+                continue
+        try:
+            outcome = _dispatcher().handle(session, message, access.view)
+            responses.append(outcome.drain() if isinstance(outcome, Streamed) else outcome)
+        finally:
+            if release is not None:
+                release()
     return rpc_response(200, responses) if responses else rpc_response(202, None)
 
 
@@ -296,10 +354,10 @@ def get(endpoint: str | None = None) -> Response:
     session, failure = _session(access)
     if failure is not None or session is None:
         return failure  # type: ignore[return-value]
-    events = _dispatcher().open_listener(session, request.environ.get("gunicorn.socket"))
-    if events is None:
-        # Every thread for standing streams is taken; clients treat 405 as "no stream offered".
-        return Response(status=405, headers={"Allow": "POST, DELETE"})
+    try:
+        events = _dispatcher().open_listener(session, request.environ.get("gunicorn.socket"))
+    except Saturated as e:
+        return refusal(e.status, e.message, e.retry_after)
     return Response(events, mimetype=SSE_TYPE,
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -55,7 +55,10 @@ PROTOCOL_VERSION = "2025-11-25"
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 USER_AGENT = "metamcp"
 MAX_PAGES = 100
-POOL_SIZE = 32
+#: Connections kept open per upstream and worker. Opened only on demand, so it is an upper
+#: bound: each concurrent call holds one, and a smaller pool would close (and log) every
+#: connection beyond it after use once many calls run at once.
+POOL_SIZE = 1024
 #: Read timeout of standing GET streams (they may be idle; a dead peer is noticed after this).
 STREAM_IDLE_TIMEOUT = 300.0
 #: Read timeout of best-effort messages (cancellations, replies to pings, DELETE).
