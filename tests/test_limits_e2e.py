@@ -244,7 +244,7 @@ def test_in_flight_cap_holds_on_the_endpoint_rest_tool_api(gateway: Callable[...
     server_id = rest("POST", "/api/v1/mcp/servers", json={
         "name": "slowpoke", "transport": "streamable_http", "url": slow_upstream.url}).json()["id"]
     namespace = rest("POST", "/api/v1/namespaces", json={"name": "tools"}).json()["id"]
-    assert rest("PUT", f"/api/v1/namespaces/{namespace}/servers/{server_id}", json={}).status_code == 200
+    assert rest("PUT", f"/api/v1/namespaces/{namespace}/servers/{server_id}", json={"status": "active"}).status_code == 200
     assert rest("POST", "/api/v1/endpoints", json={"name": "tools", "namespace_id": namespace}).status_code == 201
     deadline = time.monotonic() + 60
     with ThreadPoolExecutor(max_workers=1) as pool:
