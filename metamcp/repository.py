@@ -234,14 +234,6 @@ def insert_session(
     return _returned(cur)
 
 
-def get_session(cur: Cursor, session_id: str) -> Row | None:
-    cur.execute(
-        "SELECT id, key_id, protocol_version, log_level, endpoint_id FROM mcp_sessions WHERE id = %s",
-        (session_id,),
-    )
-    return _one(cur)
-
-
 def update_session(cur: Cursor, session_id: str, log_level: str | None) -> None:
     cur.execute(
         "UPDATE mcp_sessions SET log_level = %s, last_used_at = now() WHERE id = %s",

@@ -264,15 +264,20 @@ def main() -> int:
               f"p50 {pct(endpoint_list_latencies, 50):.2f} ms, p99 {pct(endpoint_list_latencies, 99):.2f} ms")
         return 0
     finally:
-        for process in reversed(processes):
-            process.send_signal(2)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_all(processes, 20)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stop_all(processes: list[subprocess.Popen[Any]], grace: float) -> None:
+    """Ctrl-C each process (the last started first), then kill what is left after `grace` s."""
+    for process in reversed(processes):
+        process.send_signal(2)
+    for process in processes:
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from bench import ROOT, McpSession, free_port, pct, wait_for
+from bench import ROOT, McpSession, free_port, pct, stop_all, wait_for
 
 INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {},
@@ -265,12 +265,5 @@ def run(workers: int, calls: int, streams: int, seconds: float, threads: int | N
               f"{streams} idle streams cost {idle_cpu * 100:.1f}% of a core")
         return 0
     finally:
-        for process in reversed(processes):
-            process.send_signal(2)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_all(processes, 30)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,9 +30,24 @@ TEST_ENCRYPTION_KEY = bytes(range(32))
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
+@contextmanager
+def scratch_database(server_url: str, prefix: str, migrated: bool = True) -> Iterator[str]:
+    """A database of its own on the server of `server_url` (migrated unless told otherwise),
+    dropped afterwards whatever the test did to it."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = psycopg2.connect(server_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+        if migrated:
+            migrate(url)
+        yield url
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 @pytest.fixture(scope="session")
@@ -39,17 +55,8 @@ def database_url() -> Iterator[str]:
     """A fresh, migrated database for this test session."""
     external = os.environ.get("DATABASE_URL")
     if external:
-        name = "metamcp_test_" + secrets.token_hex(4)
-        admin = psycopg2.connect(external)
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        url = _with_database(external, name)
-        migrate(url)
-        yield url
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        with scratch_database(external, "metamcp_test") as url:
+            yield url
         return
     # Short path: the server's Unix socket lives in its data directory.
     root = Path(tempfile.mkdtemp(prefix="mmt", dir="/tmp"))

@@ -20,10 +20,10 @@ from flask.testing import FlaskClient
 
 from metamcp import create_app
 from metamcp.config import Settings
-from metamcp.db import Database, migrate
+from metamcp.db import Database
 from metamcp.readiness import FRESH_FOR
 
-from .conftest import TransactionCounter, _with_database
+from .conftest import TransactionCounter, scratch_database
 
 STUBBORN = Path(__file__).resolve().parent / "servers" / "stubborn_server.py"
 
@@ -58,17 +58,8 @@ def hung_url() -> Iterator[str]:
 @pytest.fixture
 def spare_database(database_url: str) -> Iterator[str]:
     """A migrated database of its own, dropped afterwards (whatever the test did to it)."""
-    name = "metamcp_spare_" + secrets.token_hex(4)
-    admin = psycopg2.connect(database_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(database_url, name)
-    migrate(url)
-    yield url
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with scratch_database(database_url, "metamcp_spare") as url:
+        yield url
 
 
 def marked(marker: str) -> list[int]:

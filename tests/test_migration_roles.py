@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
@@ -12,22 +11,16 @@ from yoyo import get_backend, read_migrations
 
 from metamcp.db import MIGRATIONS_DIR
 
+from .conftest import scratch_database
+
 ROLES = "0004_key_roles"
 
 
 @pytest.fixture
 def fresh_url(database_url: str) -> Iterator[str]:
     """An empty database on the test server, dropped afterwards."""
-    name = "metamcp_mig_" + secrets.token_hex(4)
-    admin = psycopg2.connect(database_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(database_url)
-    yield urlunsplit(parts._replace(path="/" + name))
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with scratch_database(database_url, "metamcp_mig", migrated=False) as url:
+        yield url
 
 
 def test_existing_keys_get_the_role_matching_their_scope(fresh_url: str) -> None:
