@@ -1,5 +1,5 @@
 """The WSGI entry point: `gunicorn -c python:metamcp.gunicorn_conf wsgi:app`."""
 
-from metamcp import create_app
+from metamcp.app import create_app
 
 app = create_app()

@@ -1,5 +1,5 @@
-"""MetaMCP: one authenticated MCP endpoint in front of many upstream MCP servers."""
+"""MetaMCP: one authenticated MCP endpoint in front of many upstream MCP servers.
 
-from metamcp.app import create_app
-
-__all__ = ["create_app"]
+Empty on purpose: importing a submodule (say metamcp.mcp.naming) loads nothing else; the app
+factory is metamcp.app.create_app.
+"""

@@ -9,7 +9,8 @@ import jwt
 from flask import Flask
 from flask.testing import FlaskClient
 
-from metamcp import create_app, crypto, repository
+from metamcp import crypto, repository
+from metamcp.app import create_app
 from metamcp.config import Settings
 from metamcp.db import Database
 

@@ -170,7 +170,7 @@ def test_secrets_under_another_encryption_key_fail_softly(api: Api, settings: An
     """Regression: a changed ENCRYPTION_KEY once turned /health and the registry into 500s."""
     from dataclasses import replace
 
-    from metamcp import create_app
+    from metamcp.app import create_app
 
     server = api.post("", json={**HTTP_SERVER, "bearer_token": "sealed-under-key-one-1234"}).json
     other = create_app(replace(settings, encryption_key=bytes([7] * 32)), listen=False)

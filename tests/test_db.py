@@ -16,7 +16,8 @@ import psycopg2
 import pytest
 from flask import Flask
 
-from metamcp import create_app, crypto, repository
+from metamcp import crypto, repository
+from metamcp.app import create_app
 from metamcp.authn import Authenticator
 from metamcp.config import Settings
 from metamcp.db import Availability, Database, is_connection_failure

@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 from flask.testing import FlaskClient
 
-from metamcp import create_app
+from metamcp.app import create_app
 from metamcp.config import Settings
 from metamcp.db import Database
 from metamcp.readiness import FRESH_FOR

@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from metamcp import create_app
+from metamcp.app import create_app
 from metamcp.config import Settings
 from metamcp.crypto import SecretBox
 from metamcp.db import Database

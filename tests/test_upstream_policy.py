@@ -14,8 +14,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from metamcp import create_app
 from metamcp.addresses import AddressPolicy, parse_allow_entry
+from metamcp.app import create_app
 from metamcp.config import Settings
 from metamcp.db import Database
 

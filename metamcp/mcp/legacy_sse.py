@@ -28,9 +28,15 @@ from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.capacity import Saturated
 from metamcp.mcp.jsonrpc import INVALID_REQUEST, Message, RpcError
 from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
+from metamcp.mcp.protocol import (
+    JSON_TYPE,
+    LEGACY_VERSION,
+    SSE_HEADERS,
+    SSE_TYPE,
+    SUPPORTED_VERSIONS,
+)
 from metamcp.mcp.sessions import Session
 from metamcp.mcp.transport import (
-    SUPPORTED_VERSIONS,
     admit_call,
     database_unavailable,
     guard,
@@ -46,7 +52,6 @@ bp = Blueprint("legacy_sse", __name__)
 bp.register_error_handler(DatabaseUnavailable, database_unavailable)
 
 TOPIC = "sse"
-LEGACY_VERSION = "2024-11-05"
 
 
 class SseHub:
@@ -186,8 +191,7 @@ def open_stream(endpoint: str) -> Response:
         except Exception:  # noqa: BLE001 - e.g. the worker is exiting and its pool is closed
             logger.info("a legacy SSE session was not ended at close (the worker is exiting)")
 
-    return Response(StreamBody(events, cleanup), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(StreamBody(events, cleanup), mimetype=SSE_TYPE, headers=SSE_HEADERS)
 
 
 @bp.post("/metamcp/<endpoint>/message")
@@ -203,7 +207,7 @@ def post_message(endpoint: str) -> Response:
     if not access.owns(session):
         return rpc_failure(404, INVALID_REQUEST, "Session not found")
     assert session is not None
-    if request.mimetype != "application/json":
+    if request.mimetype != JSON_TYPE:
         return rpc_failure(415, INVALID_REQUEST, "Unsupported Media Type: send application/json")
     try:
         parsed = jsonrpc.parse_body(read_body())

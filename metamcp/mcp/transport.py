@@ -38,6 +38,15 @@ from metamcp.mcp.jsonrpc import (
     RpcError,
 )
 from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
+from metamcp.mcp.protocol import (
+    BATCH_VERSION,
+    JSON_TYPE,
+    SESSION_HEADER,
+    SSE_HEADERS,
+    SSE_TYPE,
+    SUPPORTED_VERSIONS,
+    VERSION_HEADER,
+)
 from metamcp.mcp.sessions import Session
 from metamcp.namespaces import NamespaceView
 from metamcp.request_body import read_body
@@ -46,13 +55,6 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("mcp", __name__)
 
-SESSION_HEADER = "Mcp-Session-Id"
-VERSION_HEADER = "MCP-Protocol-Version"
-JSON_TYPE = "application/json"
-SSE_TYPE = "text/event-stream"
-#: Revisions served, newest first; the only one that allows JSON-RPC batches comes last.
-SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
-BATCH_VERSION = "2025-03-26"
 #: Paths whose errors are JSON-RPC errors (the endpoint tool API answers REST errors).
 MCP_PATH = re.compile(r"/mcp|/metamcp/[^/]+/(?:mcp|sse|message)")
 
@@ -261,7 +263,7 @@ def post(endpoint: str | None = None) -> Response:
         if SSE_TYPE in request.headers.get("Accept", ""):
             keepalive = current_app.extensions["metamcp"].settings.keepalive_seconds
             return Response(StreamBody(_stream(outcome, keepalive), outcome.close), mimetype=SSE_TYPE,
-                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                            headers=SSE_HEADERS)
         return rpc_response(200, outcome.drain())
     return rpc_response(200, outcome)
 
@@ -349,7 +351,7 @@ def get(endpoint: str | None = None) -> Response:
     access, failure = guard(endpoint)
     if failure is not None or access is None:
         return failure  # type: ignore[return-value]
-    if "text/event-stream" not in request.headers.get("Accept", ""):
+    if SSE_TYPE not in request.headers.get("Accept", ""):
         return rpc_failure(406, INVALID_REQUEST, "Not Acceptable: Accept must include text/event-stream")
     session, failure = _session(access)
     if failure is not None or session is None:
@@ -359,7 +361,7 @@ def get(endpoint: str | None = None) -> Response:
     except Saturated as e:
         return refusal(e.status, e.message, e.retry_after)
     return Response(events, mimetype=SSE_TYPE,
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                    headers=SSE_HEADERS)
 
 
 @bp.delete("/mcp")

@@ -28,6 +28,7 @@ import urllib3.exceptions
 
 from metamcp.addresses import AddressPolicy, AddressRefused
 from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp.protocol import HANDSHAKE_VERSIONS, LATEST_VERSION
 from metamcp.mcp.upstream_call import (
     TRANSPORT_ERRORS,
     Exchange,
@@ -50,9 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = "2025-11-25"
-#: Revisions we accept back from `initialize` (the 2025 handshake; never `server/discover`).
-HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 USER_AGENT = "metamcp"
 MAX_PAGES = 100
 #: Connections kept open per upstream and worker. Opened only on demand, so it is an upper
@@ -160,7 +158,7 @@ class Upstream:
             raise type(failure[1])(failure[1].message)
 
     def _initialize_params(self) -> dict[str, Any]:
-        return {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+        return {"protocolVersion": LATEST_VERSION, "capabilities": {},
                 "clientInfo": {"name": "metamcp", "version": _version()}}
 
     def _accepted(self, message: dict[str, Any]) -> dict[str, Any]:

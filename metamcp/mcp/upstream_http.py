@@ -18,6 +18,14 @@ from typing import Any
 import requests
 
 from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp.protocol import (
+    ACCEPT_BOTH,
+    JSON_TYPE,
+    LAST_EVENT_ID_HEADER,
+    SESSION_HEADER,
+    SSE_TYPE,
+    VERSION_HEADER,
+)
 from metamcp.mcp.upstream import (
     QUIET_TIMEOUT,
     STREAM_IDLE_TIMEOUT,
@@ -33,12 +41,6 @@ from metamcp.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
 
-SESSION_HEADER = "Mcp-Session-Id"
-VERSION_HEADER = "MCP-Protocol-Version"
-LAST_EVENT_ID_HEADER = "Last-Event-ID"
-JSON = "application/json"
-EVENT_STREAM = "text/event-stream"
-ACCEPT_BOTH = f"{JSON}, {EVENT_STREAM}"
 #: Visible ASCII, as the specification requires of session ids.
 SESSION_ID = re.compile(r"[\x21-\x7e]{1,1024}")
 #: A reply stream that ends before its response is resumed (GET with Last-Event-ID) while it
@@ -237,10 +239,10 @@ class StreamableHttpUpstream(Upstream):
                     raise UpstreamError(f"upstream {self.name!r}: HTTP {status} while {action}")
                 yield reply
                 return
-            if status == 202 or kind not in (JSON, EVENT_STREAM):
+            if status == 202 or kind not in (JSON_TYPE, SSE_TYPE):
                 raise UpstreamError(f"upstream {self.name!r}: answered HTTP {status} "
                                     f"({kind or 'no body'}) to a request while {action}")
-            if kind == JSON:
+            if kind == JSON_TYPE:
                 reply = self._parse(exchange.read_all(), action)
                 if not is_response(reply) or reply.get("id") != request_id:
                     raise UpstreamError(f"upstream {self.name!r}: answered with another message "
@@ -255,7 +257,7 @@ class StreamableHttpUpstream(Upstream):
     def _error_reply(self, exchange: Exchange, kind: str, request_id: int,
                      action: str) -> dict[str, Any] | None:
         """A JSON-RPC error carried by an HTTP error (as SDK servers send), else None."""
-        if kind != JSON:
+        if kind != JSON_TYPE:
             return None
         try:
             message = self._parse(exchange.read_all(), action)
@@ -306,9 +308,9 @@ class StreamableHttpUpstream(Upstream):
         raise UpstreamError(f"upstream {self.name!r}: the stream ended without a response while {action}")
 
     def _resume(self, session: _Session, last_id: str, read: float, action: str) -> requests.Response:
-        headers = {**self._headers(session, EVENT_STREAM), LAST_EVENT_ID_HEADER: last_id}
+        headers = {**self._headers(session, SSE_TYPE), LAST_EVENT_ID_HEADER: last_id}
         response = self._send("GET", self._url, action, headers=headers, timeout=self._timeout(read))
-        if response.status_code != 200 or _content_type(response) != EVENT_STREAM:
+        if response.status_code != 200 or _content_type(response) != SSE_TYPE:
             response.close()
             raise UpstreamError(f"upstream {self.name!r}: resuming the stream failed "
                                 f"(HTTP {response.status_code}) while {action}")
@@ -343,7 +345,7 @@ class StreamableHttpUpstream(Upstream):
         """Hold one GET stream until it ends; False if the upstream offers none (405)."""
         action = "listening for notifications"
         session = self._initialized()
-        response = self._send("GET", self._url, action, headers=self._headers(session, EVENT_STREAM),
+        response = self._send("GET", self._url, action, headers=self._headers(session, SSE_TYPE),
                               timeout=self._timeout(STREAM_IDLE_TIMEOUT))
         exchange = Exchange(response)
         with self._listen_lock:
@@ -355,7 +357,7 @@ class StreamableHttpUpstream(Upstream):
                 return False
             if response.status_code == 404 and session.id is not None:
                 self._expire(session)
-            if response.status_code != 200 or _content_type(response) != EVENT_STREAM:
+            if response.status_code != 200 or _content_type(response) != SSE_TYPE:
                 raise UpstreamError(f"HTTP {response.status_code}")
             for event in sse.decode(exchange.chunks()):
                 if event.event == "message" and event.data:

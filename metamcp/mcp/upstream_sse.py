@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp.protocol import SSE_TYPE
 from metamcp.mcp.upstream import (
     QUIET_TIMEOUT,
     STREAM_IDLE_TIMEOUT,
@@ -30,8 +31,6 @@ from metamcp.mcp.upstream_call import Inbox, Inboxes
 from metamcp.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
-
-EVENT_STREAM = "text/event-stream"
 
 
 class _Connection(Inboxes):
@@ -122,10 +121,10 @@ class LegacySseUpstream(Upstream):
 
     def _open(self, timeout: float | None) -> _Connection:
         action = "opening the event stream"
-        response = self._send("GET", self._url, action, headers={"Accept": EVENT_STREAM},
+        response = self._send("GET", self._url, action, headers={"Accept": SSE_TYPE},
                               timeout=self._timeout(max(STREAM_IDLE_TIMEOUT, self._read_timeout)))
         kind = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
-        if response.status_code != 200 or kind != EVENT_STREAM:
+        if response.status_code != 200 or kind != SSE_TYPE:
             response.close()
             raise UpstreamError(f"upstream {self.name!r}: HTTP {response.status_code} ({kind or 'no body'}) "
                                 f"while {action}")
