@@ -94,12 +94,14 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             repository.insert_key(cur, name, new.hash, new.prefix)
             keys.append(new.plain)
     log_file = tmp_path_factory.mktemp("upstream") / "alpha.log"
+    # Bound before the upstreams pick their ports: a port they picked (and released until they
+    # start) could otherwise be handed to this listener, and an upstream would talk to it.
+    hang, stop_hang = _hanging_listener()
     upstreams = {
         "alpha": UpstreamProcess(name="alpha", page_size=2, log_file=log_file),  # SSE, paginates
         "beta": UpstreamProcess(name="beta", json_response=True),     # JSON replies
         "gamma": UpstreamProcess(name="gamma", transport="sse"),      # legacy HTTP+SSE
     }
-    hang, stop_hang = _hanging_listener()
     env = child_env(
         DATABASE_URL=database_url,
         METAMCP_DATA_DIR=str(tmp_path_factory.mktemp("data")),
