@@ -14,9 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from metamcp.api.health import package_version
-from metamcp.errors import MetaMCPError, error_response
-from metamcp.limits import LimitExceeded
-from metamcp.mcp.capacity import Saturated
+from metamcp.errors import error_response
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, REQUEST_TIMEOUT, UPSTREAM_ERROR, RpcError
 from metamcp.mcp.transport import Access, AccessDenied, authorize
@@ -50,12 +48,6 @@ def _denied(e: AccessDenied) -> Response:
     response = error_response(e.status, code, e.message.split(": ", 1)[-1])
     if e.retry_after is not None:
         response.headers["Retry-After"] = str(e.retry_after)
-    return response
-
-
-def _refused(e: LimitExceeded | Saturated) -> Response:
-    response = error_response(e.status, e.code, e.message)
-    response.headers["Retry-After"] = str(e.retry_after)
     return response
 
 
@@ -125,17 +117,13 @@ def call_tool(endpoint: str, tool: str) -> Response:
         return _denied(e)
     if request.mimetype != "application/json":
         return error_response(415, "unsupported_media_type", "Send the arguments as a JSON object.")
-    try:
-        arguments = read_json()
-    except MetaMCPError as e:  # 413, broken framing, invalid or too deep JSON
-        return error_response(e.status, e.code, e.message, e.details)
+    # Project errors (413, broken framing, invalid or too deep JSON, 429/503 at admission) are
+    # REST errors here, rendered with their Retry-After by the app's one handler.
+    arguments = read_json()
     if not isinstance(arguments, dict):
         return error_response(400, "bad_request", "The body must be a JSON object of the tool's arguments.")
     services = current_app.extensions["metamcp"]
-    try:
-        release = services.admission.call(access.key_id)
-    except (LimitExceeded, Saturated) as e:
-        return _refused(e)
+    release = services.admission.call(access.key_id)
     try:
         return _call(services.gateway, access, tool, arguments)
     finally:
