@@ -1,12 +1,13 @@
 """`/mcp` and `/metamcp/{endpoint}/mcp`: Streamable HTTP (MCP 2025-03-26, 2025-06-18, 2025-11-25).
 
-`/mcp` serves every active server to unscoped keys; an endpoint serves its namespace, with
-the endpoint's auth (public, API key, and optionally `?api_key=`). Checks run in a fixed
-order: Origin, endpoint, the address's failed authentications, credential, the key's rate,
-scope, Accept, Content-Type, size, JSON, envelope, session, protocol version; a tools/call is
-then admitted (the key's in-flight cap, the worker's thread budget) or refused with 429/503. Requests go to metamcp.mcp.methods; a tools/call is streamed back as
-SSE (upstream notifications first, then the result) with keep-alive comments, and a client
-that goes away closes the upstream call.
+`/mcp` serves every active server to keys not limited to namespaces (admin or client); an
+endpoint serves its namespace, with the endpoint's auth (public, API key, and optionally
+`?api_key=`). Checks run in a fixed order: Origin, endpoint, the address's failed
+authentications, credential, the key's rate, scope, Accept, Content-Type, size, JSON, envelope,
+session, protocol version; a tools/call is then admitted (the key's in-flight cap, the worker's
+thread budget) or refused with 429/503. Requests go to metamcp.mcp.methods; a tools/call is
+streamed back as SSE (upstream notifications first, then the result) with keep-alive comments,
+and a client that goes away closes the upstream call.
 """
 
 from __future__ import annotations
