@@ -52,7 +52,7 @@ def wait_for(url: str, seconds: float = 60) -> None:
         try:
             requests.get(url, timeout=1)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or not answering yet
             time.sleep(0.1)
     raise SystemExit(f"{url} did not come up")
 
