@@ -19,7 +19,6 @@ from metamcp.api import keys as keys_api
 from metamcp.api import namespaces as namespaces_api
 from metamcp.api import servers as servers_api
 from metamcp.api.schemas import ErrorSchema
-from metamcp.authn import TOPIC as KEYS_TOPIC
 from metamcp.authn import Authenticator
 from metamcp.config import Settings, load_settings
 from metamcp.crypto import SecretBox
@@ -36,15 +35,12 @@ from metamcp.mcp import legacy_sse, tool_api, transport
 from metamcp.mcp.capacity import Admission
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_REQUEST
-from metamcp.mcp.methods import CANCEL_TOPIC, Dispatcher
-from metamcp.mcp.sessions import TOPIC as SESSIONS_TOPIC
+from metamcp.mcp.methods import Dispatcher
 from metamcp.mcp.sessions import SessionPurger, SessionStore
-from metamcp.namespaces import TOPIC as NAMESPACES_TOPIC
 from metamcp.namespaces import NamespaceRegistry
-from metamcp.notify import ChangeListener
+from metamcp.notify import Callback, ChangeListener, Topic
 from metamcp.readiness import Readiness
 from metamcp.request_body import read_body, read_json
-from metamcp.servers import TOPIC as SERVERS_TOPIC
 from metamcp.servers import ServerRegistry
 from metamcp.stdio_policy import StdioPolicy
 
@@ -177,32 +173,34 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
 
     def publish(topic: str, details: dict[str, Any]) -> None:
         with db.transaction() as cur:
-            repository.notify_change(cur, topic, **details)
+            repository.notify_change(cur, Topic(topic), **details)
 
     namespaces = NamespaceRegistry(db)
     endpoints = EndpointRegistry(db)
     gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync_tools)
-    # The writing process reloads at once; the others hear it through LISTEN/NOTIFY.
-    registry.observers.extend([gateway.on_registry_change, namespaces.on_change])
-    namespaces.observers.append(gateway.on_namespace_change)
     dispatcher = Dispatcher(gateway, sessions, settings, health_api.package_version(), publish)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
     sse_hub = legacy_sse.SseHub(db, dispatcher, settings)
+    # What each committed change refreshes: in this process once it commits, in the others
+    # when their listener hears it.
+    subscriptions: dict[Topic, list[Callback]] = {
+        Topic.KEYS: [authenticator.on_change],
+        Topic.SERVERS: [gateway.on_registry_change, namespaces.on_change],
+        Topic.NAMESPACES: [namespaces.on_change, endpoints.on_change, gateway.on_namespace_change],
+        Topic.SESSIONS: [sessions.on_change],
+        Topic.LISTS: [gateway.on_list_change],
+        Topic.CANCEL: [dispatcher.on_cancel],
+        Topic.SSE: [sse_hub.on_notify],
+    }
+    for topic, callbacks in subscriptions.items():
+        for callback in callbacks:
+            db.bus.subscribe(topic, callback)
     listener = purger = None
     if listen:
         purger = SessionPurger(sessions, db)
         purger.start()
-        listener = ChangeListener(settings.database_url, report=db.report)
-        listener.subscribe(KEYS_TOPIC, authenticator.on_change)
-        for callback in (gateway.on_registry_change, namespaces.on_change):
-            listener.subscribe(SERVERS_TOPIC, callback)
-        for callback in (namespaces.on_change, endpoints.on_change, gateway.on_namespace_change):
-            listener.subscribe(NAMESPACES_TOPIC, callback)
-        listener.subscribe(legacy_sse.TOPIC, sse_hub.on_notify)
-        listener.subscribe("lists", gateway.on_list_change)
-        listener.subscribe(SESSIONS_TOPIC, sessions.on_change)
-        listener.subscribe(CANCEL_TOPIC, dispatcher.on_cancel)
+        listener = ChangeListener(settings.database_url, db.bus, report=db.report)
         listener.start()
     app.extensions["metamcp"] = Services(
         settings, db, authenticator, registry, sessions, gateway, dispatcher, namespaces, endpoints,

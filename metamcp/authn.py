@@ -23,7 +23,6 @@ from metamcp.errors import DatabaseUnavailable, Unauthorized
 logger = logging.getLogger(__name__)
 
 #: Change-notification topic of the api_keys table.
-TOPIC = "keys"
 #: Write last_used_at at most this often per key, to keep writes off the hot path.
 TOUCH_INTERVAL = 60.0
 #: Roles of API keys: admin manages the gateway (and can run commands on its host through

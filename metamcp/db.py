@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -19,13 +20,12 @@ import psycopg2.extras
 from metamcp.config import ConfigError, Settings
 from metamcp.embedded import EmbeddedError, EmbeddedPostgres
 from metamcp.errors import DatabaseUnavailable
+from metamcp.notify import ChangeBus
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 EMBEDDED_DATABASE = "metamcp"
-#: Channel of the cross-process cache invalidation messages (see metamcp.notify).
-NOTIFY_CHANNEL = "metamcp_changes"
 
 psycopg2.extras.register_uuid()
 
@@ -260,8 +260,20 @@ def _alive(conn: psycopg2.extensions.connection) -> bool:
     return not readable
 
 
+class Cursor(psycopg2.extras.RealDictCursor):
+    """A transaction's cursor (rows as dicts). It collects the changes published in the
+    transaction (repository.notify_change), which this process delivers once it commits."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.published: list[dict[str, Any]] = []
+        #: The publishing process, stamped on each NOTIFY (see ChangeBus.origin).
+        self.origin = ""
+
+
 class Database:
-    """A thread-safe connection pool for one process (one per gunicorn worker).
+    """A thread-safe connection pool for one process (one per gunicorn worker), and its
+    change bus.
 
     Connections are opened on demand, so a worker starts while PostgreSQL is away.
     """
@@ -269,22 +281,27 @@ class Database:
     #: Seconds a transaction waits for a free pooled connection before answering 503.
     CHECKOUT_TIMEOUT = 10.0
 
-    def __init__(self, url: str, max_connections: int) -> None:
+    def __init__(self, url: str, max_connections: int, bus: ChangeBus | None = None) -> None:
         self.url = url
+        #: Where committed changes are delivered in this process (see metamcp.notify).
+        self.bus = bus or ChangeBus()
         self._pool = _Pool(url, max_connections)
         self.availability = Availability(on_down=self._pool.reset)
 
     @contextmanager
-    def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
-        """A cursor inside one transaction: committed on success, rolled back on error.
+    def transaction(self) -> Iterator[Cursor]:
+        """A cursor inside one transaction: committed on success, rolled back on error. The
+        changes it published reach this process's bus after the commit.
 
         Raises DatabaseUnavailable when the server cannot be reached, before or during it.
         """
         conn = self._checkout()
         broken = False
+        published: list[dict[str, Any]] = []
         try:
             with conn:  # commits or rolls back
-                with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                with conn.cursor(cursor_factory=Cursor) as cur:
+                    cur.origin, published = self.bus.origin, cur.published
                     yield cur
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
             if not is_connection_failure(e, conn):
@@ -295,6 +312,7 @@ class Database:
         finally:
             self._pool.put(conn, close=broken or conn.closed != 0)
         self.availability.succeeded()
+        self.bus.deliver(published)
 
     def _checkout(self) -> psycopg2.extensions.connection:
         if not self.availability.may_try():

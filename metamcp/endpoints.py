@@ -15,7 +15,7 @@ from uuid import UUID
 from metamcp import repository
 from metamcp.db import Database
 from metamcp.errors import DatabaseUnavailable, NotFound, ValidationFailed
-from metamcp.namespaces import TOPIC
+from metamcp.notify import Topic
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,6 @@ class EndpointRegistry:
         #: Lookups from before the last change: served only while the database is away.
         self._stale: dict[str, Endpoint | None] = {}
         self._lock = threading.Lock()
-        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     def list_all(self) -> list[dict[str, Any]]:
         with self._db.transaction() as cur:
@@ -56,7 +55,6 @@ class EndpointRegistry:
         with self._db.transaction() as cur:
             endpoint_id = self._write(cur, values, lambda: repository.insert_endpoint(cur, values))
             row = self._existing(cur, endpoint_id)
-        self._changed(endpoint_id)
         return _public(row)
 
     def update(self, endpoint_id: UUID, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,15 +64,13 @@ class EndpointRegistry:
             values.update(self._columns(fields))
             self._write(cur, values, lambda: repository.update_endpoint(cur, endpoint_id, values))
             row = self._existing(cur, endpoint_id)
-        self._changed(endpoint_id)
         return _public(row)
 
     def delete(self, endpoint_id: UUID) -> None:
         with self._db.transaction() as cur:
             if not repository.delete_endpoint(cur, endpoint_id):
                 raise NotFound(f"No endpoint with id {endpoint_id}.")
-            repository.notify_change(cur, TOPIC, endpoint=endpoint_id)
-        self._changed(endpoint_id)
+            repository.notify_change(cur, Topic.NAMESPACES, endpoint=endpoint_id)
 
     def by_name(self, name: str) -> Endpoint | None:
         """The endpoint serving /metamcp/{name}/...; cached, None when there is none."""
@@ -120,7 +116,7 @@ class EndpointRegistry:
                                    {"namespace_id": [f"No namespace with id {values['namespace_id']}."]})
         with repository.conflict_as(cur, f"An endpoint named {values['name']!r} already exists; choose another name."):
             result = write()
-        repository.notify_change(cur, TOPIC, endpoint=values["name"])
+        repository.notify_change(cur, Topic.NAMESPACES, endpoint=values["name"])
         return result
 
     @staticmethod
@@ -129,8 +125,3 @@ class EndpointRegistry:
         if row is None:
             raise NotFound(f"No endpoint with id {endpoint_id}.")
         return row
-
-    def _changed(self, endpoint_id: UUID) -> None:
-        self.on_change()
-        for observer in self.observers:
-            observer({"topic": TOPIC, "endpoint": str(endpoint_id)})

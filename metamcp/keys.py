@@ -11,8 +11,9 @@ from typing import Any
 from uuid import UUID
 
 from metamcp import crypto, repository
-from metamcp.authn import ADMIN, CLIENT, ROLES, TOPIC
+from metamcp.authn import ADMIN, CLIENT, ROLES
 from metamcp.errors import NotFound, ValidationFailed
+from metamcp.notify import Topic
 
 #: Highest per-key rate (requests per minute) accepted; beyond it a limit means nothing.
 MAX_RATE_LIMIT = 1_000_000
@@ -63,7 +64,7 @@ def create(cur: Any, name: str, role: str, namespaces: list[str] | None = None,
     row = repository.insert_key(cur, check_name(name), new.hash, new.prefix, role, check_rate_limit(rate_limit))
     if namespaces is not None:
         repository.set_key_access(cur, row["id"], role, namespace_ids(cur, namespaces))
-    repository.notify_change(cur, TOPIC)
+    repository.notify_change(cur, Topic.KEYS)
     return existing(cur, row["id"]), new.plain
 
 
@@ -88,7 +89,7 @@ def change(cur: Any, key_id: int, fields: dict[str, Any]) -> dict[str, Any]:
                           check_rate_limit(fields.get("rate_limit", row["rate_limit"])))
     if role != row["role"] or "namespaces" in fields or scope != current_scope:
         repository.set_key_access(cur, key_id, role, namespace_ids(cur, scope))
-    repository.notify_change(cur, TOPIC)
+    repository.notify_change(cur, Topic.KEYS)
     return existing(cur, key_id)
 
 

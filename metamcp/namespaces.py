@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -23,12 +23,10 @@ from uuid import UUID
 import psycopg2.errors
 
 from metamcp import repository
-from metamcp.authn import TOPIC as KEYS_TOPIC
 from metamcp.db import Database
 from metamcp.errors import Conflict, DatabaseUnavailable, NotFound
 from metamcp.mcp import naming
-
-TOPIC = "namespaces"
+from metamcp.notify import Topic
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +133,6 @@ class NamespaceRegistry:
         self._stale: dict[UUID, NamespaceView | None] = {}
         self._synced: dict[UUID, str] = {}  # server id -> digest of the tool list last recorded
         self._lock = threading.Lock()
-        #: Called in this process after each committed change (other processes get NOTIFY).
-        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     # --- namespaces ----------------------------------------------------------------------
 
@@ -154,7 +150,6 @@ class NamespaceRegistry:
                 row = repository.insert_namespace(cur, fields["name"], fields.get("description", ""))
             self._notify(cur, row["id"])
             public = self._public(cur, row)
-        self._changed(row["id"])
         return public
 
     def update(self, namespace_id: UUID, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,7 +160,6 @@ class NamespaceRegistry:
                 repository.update_namespace(cur, namespace_id, merged["name"], merged["description"])
             self._notify(cur, namespace_id)
             public = self._public(cur, self._existing(cur, namespace_id))
-        self._changed(namespace_id)
         return public
 
     def delete(self, namespace_id: UUID) -> None:
@@ -176,8 +170,7 @@ class NamespaceRegistry:
                                         psycopg2.errors.RestrictViolation, psycopg2.errors.ForeignKeyViolation):
                 repository.delete_namespace(cur, namespace_id)
             self._notify(cur, namespace_id)
-            repository.notify_change(cur, KEYS_TOPIC)  # keys scoped to it now reach less
-        self._changed(namespace_id)
+            repository.notify_change(cur, Topic.KEYS)  # keys scoped to it now reach less
 
     def attach(self, namespace_id: UUID, server_id: UUID, status: str) -> dict[str, Any]:
         with self._db.transaction() as cur:
@@ -187,7 +180,6 @@ class NamespaceRegistry:
             repository.attach_server(cur, namespace_id, server_id, status)
             self._notify(cur, namespace_id)
             public = self._public(cur, self._existing(cur, namespace_id))
-        self._changed(namespace_id)
         return public
 
     def detach(self, namespace_id: UUID, server_id: UUID) -> None:
@@ -196,7 +188,6 @@ class NamespaceRegistry:
             if not repository.detach_server(cur, namespace_id, server_id):
                 raise NotFound(f"Server {server_id} is not attached to this namespace.")
             self._notify(cur, namespace_id)
-        self._changed(namespace_id)
 
     # --- tools ---------------------------------------------------------------------------
 
@@ -222,7 +213,6 @@ class NamespaceRegistry:
                 repository.upsert_namespace_tool(cur, namespace_id, tool_id, settings)
             self._notify(cur, namespace_id)
             public = [_public_tool(row) for row in repository.namespace_tools(cur, namespace_id)]
-        self._changed(namespace_id)
         return public
 
     @staticmethod
@@ -296,12 +286,7 @@ class NamespaceRegistry:
     # --- internals -----------------------------------------------------------------------
 
     def _notify(self, cur: Any, namespace_id: UUID) -> None:
-        repository.notify_change(cur, TOPIC, id=namespace_id)
-
-    def _changed(self, namespace_id: UUID) -> None:
-        self.on_change()
-        for observer in self.observers:
-            observer({"topic": TOPIC, "id": str(namespace_id)})
+        repository.notify_change(cur, Topic.NAMESPACES, id=namespace_id)
 
     @staticmethod
     def _existing(cur: Any, namespace_id: UUID, lock: bool = False) -> dict[str, Any]:

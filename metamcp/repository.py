@@ -16,8 +16,9 @@ import psycopg2.errors
 from psycopg2.extensions import cursor as Cursor
 from psycopg2.extras import Json
 
-from metamcp.db import NOTIFY_CHANNEL
+from metamcp.db import Cursor as TransactionCursor
 from metamcp.errors import Conflict
+from metamcp.notify import NOTIFY_CHANNEL, Topic
 
 Row = dict[str, Any]
 
@@ -196,9 +197,12 @@ def delete_server(cur: Cursor, server_id: UUID) -> bool:
 # --- Change notification ----------------------------------------------------------------
 
 
-def notify_change(cur: Cursor, topic: str, **details: Any) -> None:
-    """Tell every process (after commit) that cached data of `topic` changed."""
-    payload = json.dumps({"topic": topic, **details}, default=str)
+def notify_change(cur: TransactionCursor, topic: Topic, **details: Any) -> None:
+    """Tell every process that cached data of `topic` changed, once the transaction commits
+    (this process through its bus, the others through NOTIFY; see metamcp.notify)."""
+    message = json.loads(json.dumps({"topic": topic.value, **details}, default=str))
+    cur.published.append(message)
+    payload = json.dumps({**message, "origin": cur.origin})
     cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
 
 

@@ -8,7 +8,7 @@ change notification that tells every process to reload.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +19,7 @@ from metamcp.addresses import AddressPolicy, AddressRefused, resolve
 from metamcp.crypto import CryptoError, SecretBox, mask_secret
 from metamcp.db import Database
 from metamcp.errors import MetaMCPError, NotFound, ValidationFailed
+from metamcp.notify import Topic
 from metamcp.stdio_policy import StdioPolicy
 
 HTTP_TRANSPORTS = ("streamable_http", "sse")
@@ -41,7 +42,6 @@ DEFAULTS: dict[str, Any] = {
     "bearer_token": None,
     "is_active": True,
 }
-TOPIC = "servers"
 #: Seconds registration waits for a host name to resolve (then the connect-time check decides).
 RESOLVE_TIMEOUT = 3.0
 #: Fields a change may touch on a stdio server the policy no longer allows, to switch it off.
@@ -117,8 +117,6 @@ class ServerRegistry:
         #: Where upstream URLs may point (the default refuses only the always-refused ranges).
         self.policy = policy or AddressPolicy()
         self._stdio = stdio or StdioPolicy()
-        #: Called in this process after each committed change (other processes get NOTIFY).
-        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -154,7 +152,6 @@ class ServerRegistry:
         self._check_stdio(merged)
         with self._db.transaction() as cur:
             row = self._write(cur, None, merged)
-        self._changed(row["id"])
         return self._public(row)
 
     def replace(self, server_id: UUID, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,17 +164,12 @@ class ServerRegistry:
         with self._db.transaction() as cur:
             if not repository.delete_server(cur, server_id):
                 raise NotFound(f"No server with id {server_id}.")
-            repository.notify_change(cur, TOPIC, id=server_id)
-        self._changed(server_id)
+            repository.notify_change(cur, Topic.SERVERS, id=server_id)
 
     def config(self, server_id: UUID) -> ServerConfig:
         """One server's decrypted definition, active or not."""
         with self._db.transaction() as cur:
             return self._config(self._existing(cur, server_id))
-
-    def _changed(self, server_id: UUID) -> None:
-        for observer in self.observers:
-            observer({"topic": TOPIC, "id": str(server_id)})
 
     # --- internals -----------------------------------------------------------------------
 
@@ -194,7 +186,6 @@ class ServerRegistry:
             if merged["is_active"] or not set(fields) <= SWITCH_OFF_FIELDS:
                 self._check_stdio(merged)
             row = self._write(cur, server_id, merged)
-        self._changed(server_id)
         return self._public(row)
 
     def check_stdio(self, fields: Mapping[str, Any]) -> None:
@@ -222,7 +213,7 @@ class ServerRegistry:
                 if updated is None:
                     raise NotFound(f"No server with id {server_id}.")
                 row = updated
-        repository.notify_change(cur, TOPIC, id=row["id"])
+        repository.notify_change(cur, Topic.SERVERS, id=row["id"])
         return row
 
     @staticmethod

@@ -17,10 +17,10 @@ import psycopg2
 
 from metamcp import keys, repository
 from metamcp.authn import ADMIN, CLIENT, ROLES
-from metamcp.authn import TOPIC as KEYS_TOPIC
 from metamcp.config import ConfigError
 from metamcp.db import Database, open_database
 from metamcp.errors import MetaMCPError
+from metamcp.notify import Topic
 
 
 class CliError(Exception):
@@ -128,7 +128,7 @@ def _set_active(active: bool) -> Callable[[argparse.Namespace, Database], None]:
     def command(args: argparse.Namespace, db: Database) -> None:
         with db.transaction() as cur:
             row = _require(repository.set_key_active(cur, args.id, active), args.id)
-            repository.notify_change(cur, KEYS_TOPIC)
+            repository.notify_change(cur, Topic.KEYS)
         emit(args, [row])
 
     return command
@@ -138,7 +138,7 @@ def cmd_delete(args: argparse.Namespace, db: Database) -> None:
     with db.transaction() as cur:
         row = _require(repository.get_key(cur, args.id), args.id)
         repository.delete_key(cur, args.id)
-        repository.notify_change(cur, KEYS_TOPIC)
+        repository.notify_change(cur, Topic.KEYS)
     if args.json:
         print(json.dumps({"deleted": row["id"]}))
     else:

@@ -25,6 +25,7 @@ from metamcp import crypto, repository
 from metamcp.app import create_app
 from metamcp.config import Settings
 from metamcp.db import Database, EmbeddedPostgres, migrate
+from metamcp.notify import Topic
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_ENCRYPTION_KEY = bytes(range(32))
@@ -109,7 +110,7 @@ def make_key(db: Database) -> Callable[..., tuple[int, str]]:
         new = crypto.generate_api_key()
         with db.transaction() as cur:
             row = repository.insert_key(cur, name, new.hash, new.prefix)
-            repository.notify_change(cur, "keys")
+            repository.notify_change(cur, Topic.KEYS)
         return row["id"], new.plain
 
     return make

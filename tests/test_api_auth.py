@@ -13,6 +13,7 @@ from metamcp import crypto, repository
 from metamcp.app import create_app
 from metamcp.config import Settings
 from metamcp.db import Database
+from metamcp.notify import Topic
 
 from .conftest import TEST_JWT_SECRET, TransactionCounter
 
@@ -118,7 +119,7 @@ def test_inactivation_locks_out_jwts_within_a_second(settings: Settings, db: Dat
         assert client.get("/api/v1/mcp/servers", headers=headers).status_code == 200
         with db.transaction() as cur:  # another connection, as scripts/keys.py would
             repository.set_key_active(cur, key_id, False)
-            repository.notify_change(cur, "keys")
+            repository.notify_change(cur, Topic.KEYS)
         start = time.monotonic()
         status = 200
         while status == 200 and time.monotonic() - start < 5:

@@ -1,10 +1,9 @@
 """The database boundary: DatabaseUnavailable, one log line per outage, the pool's dead-connection
-reset, the stale caches that serve while PostgreSQL is away, and the guarded listener."""
+reset, the stale caches that serve while PostgreSQL is away."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,6 @@ from metamcp.authn import Authenticator
 from metamcp.config import Settings
 from metamcp.db import Availability, Database, is_connection_failure
 from metamcp.errors import DatabaseUnavailable
-from metamcp.notify import ChangeListener
 
 #: Nothing listens on port 1 of 127.0.0.1: a PostgreSQL that is away.
 DEAD_URL = "postgresql://metamcp@127.0.0.1:1/metamcp"
@@ -171,34 +169,3 @@ def test_rest_and_mcp_answer_503_with_retry_after(settings: Settings, tmp_path: 
         assert client.get("/health").status_code == 200
     finally:
         app.extensions["metamcp"].close()
-
-
-def test_a_raising_callback_is_logged_and_the_listener_lives_on(
-        db: Database, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    listener = ChangeListener(database_url, poll_seconds=0.5)
-    heard: list[dict[str, Any]] = []
-    done = threading.Event()
-
-    def broken(_message: dict[str, Any]) -> None:
-        raise RuntimeError("callback bug")
-
-    def good(message: dict[str, Any]) -> None:
-        heard.append(message)
-        if len([m for m in heard if not m.get("resync")]) == 2:
-            done.set()
-
-    listener.subscribe("probe", broken)
-    listener.subscribe("probe", good)
-    with caplog.at_level(logging.ERROR, logger="metamcp.notify"):
-        listener.start()
-        try:
-            assert listener.listening.wait(10)
-            for n in range(2):
-                with db.transaction() as cur:
-                    repository.notify_change(cur, "probe", n=n)
-            assert done.wait(10), heard
-            assert listener._thread is not None and listener._thread.is_alive()
-        finally:
-            listener.stop()
-    assert [m.get("n") for m in heard if not m.get("resync")] == [0, 1]
-    assert any("callback bug" in (r.exc_text or "") or r.exc_info for r in caplog.records)

@@ -35,7 +35,7 @@ def admin_routes(spec: dict[str, Any]) -> Iterator[tuple[str, str]]:
             def value(match: re.Match[str], parameters: dict[str, Any] = parameters) -> str:
                 schema = parameters.get(match.group(1), {}).get("schema", {})
                 if schema.get("type") == "integer":
-                    return "1"
+                    return "999999"  # no such key: the walk must not delete the admin key it uses
                 if schema.get("format") == "uuid":
                     return str(uuid.uuid4())
                 return "some-name"

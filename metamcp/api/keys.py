@@ -18,9 +18,9 @@ from metamcp.api.schemas import (
     KeySchema,
     NewKeySchema,
 )
-from metamcp.authn import TOPIC
 from metamcp.db import Database
 from metamcp.errors import NotFound
+from metamcp.notify import Topic
 
 blp = Blueprint("keys", __name__, url_prefix="/api/v1/keys",
                 description="API keys: only hashes are stored; admin keys manage, client keys use MCP "
@@ -81,4 +81,4 @@ class KeyById(MethodView):
         with _db().transaction() as cur:
             if not repository.delete_key(cur, key_id):
                 raise NotFound(f"No API key with id {key_id}.")
-            repository.notify_change(cur, TOPIC)
+            repository.notify_change(cur, Topic.KEYS)

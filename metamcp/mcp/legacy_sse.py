@@ -44,15 +44,13 @@ from metamcp.mcp.transport import (
     rpc_failure,
 )
 from metamcp.namespaces import NamespaceView
+from metamcp.notify import Topic
 from metamcp.request_body import read_body
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("legacy_sse", __name__)
 bp.register_error_handler(DatabaseUnavailable, database_unavailable)
-
-TOPIC = "sse"
-
 
 class SseHub:
     """This process's legacy SSE streams, and delivery to streams held anywhere."""
@@ -81,7 +79,7 @@ class SseHub:
             return
         with self._db.transaction() as cur:
             repository.push_outbox(cur, session_id, message)
-            repository.notify_change(cur, TOPIC, session=session_id)
+            repository.notify_change(cur, Topic.SSE, session=session_id)
 
     def on_notify(self, message: dict[str, Any]) -> None:
         """Messages were stored for a stream; the listener reconnecting (no session) means maybe any."""

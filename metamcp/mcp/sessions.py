@@ -24,10 +24,10 @@ from uuid import UUID
 from metamcp import repository
 from metamcp.db import Database
 from metamcp.errors import DatabaseUnavailable
+from metamcp.notify import Topic
 
 logger = logging.getLogger(__name__)
 
-TOPIC = "sessions"
 #: Longest pause between last_used_at writes for one session (shorter for short timeouts).
 TOUCH_INTERVAL = 600.0
 #: Sessions one process keeps cached; past this the least recently used one is dropped (it is
@@ -133,14 +133,14 @@ class SessionStore:
         updated = replace(session, log_level=level)
         with self._db.transaction() as cur:
             repository.update_session(cur, session.id, level)
-            repository.notify_change(cur, TOPIC, id=session.id)
+            repository.notify_change(cur, Topic.SESSIONS, id=session.id)
         self._keep(updated)
         return updated
 
     def delete(self, session_id: str) -> bool:
         with self._db.transaction() as cur:
             deleted = repository.delete_session(cur, session_id)
-            repository.notify_change(cur, TOPIC, id=session_id)
+            repository.notify_change(cur, Topic.SESSIONS, id=session_id)
         self.forget(session_id)
         return deleted
 
