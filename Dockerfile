@@ -11,13 +11,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     METAMCP_PORT=12009 \
     METAMCP_DATA_DIR=/data
 
-WORKDIR /app
+WORKDIR /src
 COPY setup.cfg pyproject.toml README.md wsgi.py ./
 COPY metamcp ./metamcp
 COPY migrations ./migrations
+# A regular install: the package, wsgi.py and the migrations (under share/metamcp) land in
+# site-packages and the prefix; the sources are not kept.
+RUN pip install . && rm -rf /src
+
+WORKDIR /app
 COPY scripts ./scripts
-# Editable: the code finds migrations/ beside the package, as in a checkout.
-RUN pip install -e .
 
 RUN useradd --system --uid 10001 --home-dir /app metamcp \
     && mkdir -p /data && chown metamcp /data

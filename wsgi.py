@@ -1,5 +1,9 @@
-"""The WSGI entry point: `gunicorn -c python:metamcp.gunicorn_conf wsgi:app`."""
+"""The WSGI entry point of plain `gunicorn wsgi:app` (DATABASE_URL set; see metamcp.app.serve).
 
-from metamcp.app import create_app
+`make run` and the Docker image use gunicorn's config instead (metamcp.gunicorn_conf), whose
+master prepares the database once for all workers.
+"""
 
-app = create_app()
+from metamcp.app import serve
+
+app = serve()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2
 from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
@@ -20,9 +22,9 @@ from metamcp.api import namespaces as namespaces_api
 from metamcp.api import servers as servers_api
 from metamcp.api.schemas import ErrorSchema
 from metamcp.authn import Authenticator
-from metamcp.config import Settings, load_settings
+from metamcp.config import ConfigError, Settings, ensure_secrets, load_settings
 from metamcp.crypto import SecretBox
-from metamcp.db import Database
+from metamcp.db import Database, first_line, migrate
 from metamcp.endpoints import EndpointRegistry
 from metamcp.errors import (
     MetaMCPError,
@@ -139,6 +141,26 @@ def _holds_nul(value: Any) -> bool:
         elif isinstance(item, list):
             todo.extend(item)
     return False
+
+
+def serve() -> Flask:
+    """The app of plain `gunicorn wsgi:app` (wsgi.py), which has no master to prepare for it:
+    secrets generated on the first run, pending migrations applied (under yoyo's lock, so
+    workers starting together agree). DATABASE_URL is required; a database that is away only
+    postpones the migrations to the next start. Exits with one line on a bad setting."""
+    try:
+        ensure_secrets()
+        settings = load_settings()
+        if settings.database_url is None:
+            raise ConfigError("DATABASE_URL", "not set; `gunicorn wsgi:app` needs one (`make run` "
+                                              "starts an embedded PostgreSQL)")
+    except (ConfigError, OSError) as error:
+        sys.exit(f"metamcp: cannot start: {error}")
+    try:
+        migrate(settings.database_url)
+    except psycopg2.OperationalError as error:
+        logger.warning("migrations not checked, the database is away: %s", first_line(error))
+    return create_app(settings)
 
 
 def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flask:

