@@ -18,7 +18,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-from metamcp.config import ConfigError, Settings
+from metamcp.config import ConfigError, Settings, ensure_secrets, load_settings
 from metamcp.embedded import EmbeddedError, EmbeddedPostgres
 from metamcp.errors import DatabaseUnavailable
 from metamcp.notify import ChangeBus
@@ -36,21 +36,8 @@ def _migrations_dir() -> Path:
 
 
 MIGRATIONS_DIR = _migrations_dir()
-EMBEDDED_DATABASE = "metamcp"
 
 psycopg2.extras.register_uuid()
-
-
-def create_database(admin_url: str, name: str) -> None:
-    conn = psycopg2.connect(admin_url, connect_timeout=10)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{name}"')  # noqa: S608 - constant identifier
-    finally:
-        conn.close()
 
 
 def check_connection(url: str) -> None:
@@ -364,8 +351,6 @@ def open_database() -> Iterator[tuple[Database, Settings]]:
     Generates the secrets on first use, as the gateway would; stops an embedded server only if
     this command started it.
     """
-    from metamcp.config import ensure_secrets, load_settings
-
     ensure_secrets()
     settings = load_settings()
     url, embedded = prepare_database(settings)

