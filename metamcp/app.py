@@ -20,25 +20,23 @@ from metamcp.api import health as health_api
 from metamcp.api import keys as keys_api
 from metamcp.api import namespaces as namespaces_api
 from metamcp.api import servers as servers_api
+from metamcp.api.errors import http_exception_response, register_error_handlers
 from metamcp.api.schemas import ErrorSchema
 from metamcp.authn import Authenticator
 from metamcp.config import ConfigError, Settings, ensure_secrets, load_settings
 from metamcp.crypto import SecretBox
 from metamcp.db import Database, first_line, migrate
 from metamcp.endpoints import EndpointRegistry
-from metamcp.errors import (
-    MetaMCPError,
-    ValidationFailed,
-    http_exception_response,
-    register_error_handlers,
-)
+from metamcp.errors import McpHttpError, MetaMCPError, ValidationFailed
 from metamcp.limits import Limits
 from metamcp.mcp import legacy_sse, tool_api, transport
 from metamcp.mcp.capacity import Admission
+from metamcp.mcp.dispatcher import Dispatcher
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_REQUEST
-from metamcp.mcp.methods import Dispatcher
+from metamcp.mcp.protocol import JSON_TYPE
 from metamcp.mcp.sessions import SessionPurger, SessionStore
+from metamcp.mcp.streams import Streams
 from metamcp.namespaces import NamespaceRegistry
 from metamcp.notify import Callback, ChangeListener, Topic
 from metamcp.readiness import Readiness
@@ -63,6 +61,7 @@ class Services:
     sessions: SessionStore
     gateway: Gateway
     dispatcher: Dispatcher
+    streams: Streams
     namespaces: NamespaceRegistry
     endpoints: EndpointRegistry
     sse: legacy_sse.SseHub
@@ -91,7 +90,7 @@ class MetaMCPApi(Api):
     def handle_http_exception(self, error: HTTPException) -> Response:
         if error.code == 405 and transport.MCP_PATH.fullmatch(request.path):
             # A method an MCP route does not serve: a JSON-RPC error, with Allow as on REST.
-            response = transport.rpc_failure(405, INVALID_REQUEST, "Method Not Allowed")
+            response = transport.mcp_error(McpHttpError(405, INVALID_REQUEST, "Method Not Allowed"))
             for name, value in error.get_headers():
                 if name.lower() != "content-type":
                     response.headers[name] = value
@@ -119,7 +118,7 @@ def check_json_body() -> None:
     )
     if not has_body:
         return
-    if request.mimetype != "application/json":
+    if request.mimetype != JSON_TYPE:
         raise UnsupportedMediaType("Send the body as JSON with 'Content-Type: application/json'.")
     # Size, framing, syntax and depth; webargs parses the same bytes again, known to be safe.
     value = read_json()
@@ -193,14 +192,15 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
                               StdioPolicy.from_settings(settings))
     sessions = SessionStore(db, settings.session_idle_timeout)
 
-    def publish(topic: str, details: dict[str, Any]) -> None:
+    def publish(topic: Topic, details: dict[str, Any]) -> None:
         with db.transaction() as cur:
-            repository.notify_change(cur, Topic(topic), **details)
+            repository.notify_change(cur, topic, **details)
 
     namespaces = NamespaceRegistry(db)
     endpoints = EndpointRegistry(db)
     gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync_tools)
-    dispatcher = Dispatcher(gateway, sessions, settings, health_api.package_version(), publish)
+    dispatcher = Dispatcher(gateway, sessions, health_api.package_version(), publish)
+    streams = Streams(settings, sessions, gateway)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
     sse_hub = legacy_sse.SseHub(db, dispatcher, settings)
@@ -225,9 +225,9 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         listener = ChangeListener(settings.database_url, db.bus, report=db.report)
         listener.start()
     app.extensions["metamcp"] = Services(
-        settings, db, authenticator, registry, sessions, gateway, dispatcher, namespaces, endpoints,
-        sse_hub, listener, Readiness(settings.database_url), limits, Admission(limits, dispatcher.budget),
-        purger,
+        settings, db, authenticator, registry, sessions, gateway, dispatcher, streams, namespaces,
+        endpoints, sse_hub, listener, Readiness(settings.database_url), limits,
+        Admission(limits, streams.budget), purger,
     )
 
     register_error_handlers(app)

@@ -1,14 +1,21 @@
-"""The project's exception tree and the one place that turns errors into JSON bodies."""
+"""The project's exception tree, and the one mapping of an error to a REST or JSON-RPC answer.
+
+No web framework here: the app renders what to_rest() and to_jsonrpc() return (metamcp.api.errors
+for REST, metamcp.mcp.transport for MCP routes).
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from metamcp.mcp import jsonrpc
+from metamcp.mcp.jsonrpc import INVALID_REQUEST, SERVER_BUSY, TOO_MANY_REQUESTS
 
 logger = logging.getLogger(__name__)
+
+#: An answer as the app sends it: HTTP status, JSON body, extra headers.
+Answer = tuple[int, dict[str, Any], dict[str, str]]
 
 #: error code of each HTTP status the REST API answers with.
 STATUS_CODES = {
@@ -37,6 +44,9 @@ class MetaMCPError(Exception):
     code = "internal_error"
     #: Seconds the client should wait before trying again (sent as Retry-After), if any.
     retry_after: int | None = None
+    #: On MCP routes, the HTTP reason phrase that starts the JSON-RPC message ("Unauthorized:
+    #: ..."), for errors whose REST message is only the detail.
+    rpc_prefix: str | None = None
 
     def __init__(self, message: str, details: Any = None) -> None:
         super().__init__(message)
@@ -48,6 +58,35 @@ class MetaMCPError(Exception):
         """Response headers this error adds (Retry-After)."""
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
+    @property
+    def rpc_code(self) -> int:
+        """The JSON-RPC code of this error on MCP routes: a limit, no room (or no database), or
+        a refused request."""
+        if self.status == 429:
+            return TOO_MANY_REQUESTS
+        if self.status == 503:
+            return SERVER_BUSY
+        return INVALID_REQUEST
+
+    @property
+    def rpc_message(self) -> str:
+        return self.message if self.rpc_prefix is None else f"{self.rpc_prefix}: {self.message}"
+
+    def to_rest(self) -> Answer:
+        """The REST answer: the project's error body, Retry-After when set."""
+        status, body, headers = rest_error(self.status, self.code, self.message, self.details)
+        return status, body, {**headers, **self.headers}
+
+    def to_jsonrpc(self, request_id: jsonrpc.RequestId | None = None) -> Answer:
+        """The answer of an MCP route: a JSON-RPC error with this HTTP status, Retry-After when set."""
+        return self.status, jsonrpc.error(request_id, self.rpc_code, self.rpc_message), self.headers
+
+
+def rest_error(status: int, code: str, message: str, details: Any = None) -> Answer:
+    """The REST error body of every REST answer; a 401 names the scheme to authenticate with."""
+    headers = {"WWW-Authenticate": 'Bearer realm="metamcp"'} if status == 401 else {}
+    return status, {"error": code, "message": message, "details": details}, headers
+
 
 class BadRequest(MetaMCPError):
     status, code = 400, "bad_request"
@@ -55,14 +94,17 @@ class BadRequest(MetaMCPError):
 
 class Unauthorized(MetaMCPError):
     status, code = 401, "unauthorized"
+    rpc_prefix = "Unauthorized"
 
 
 class Forbidden(MetaMCPError):
     status, code = 403, "forbidden"
+    rpc_prefix = "Forbidden"
 
 
 class NotFound(MetaMCPError):
     status, code = 404, "not_found"
+    rpc_prefix = "Not Found"
 
 
 class Conflict(MetaMCPError):
@@ -81,6 +123,7 @@ class DatabaseUnavailable(MetaMCPError):
     """PostgreSQL cannot be reached (or has no free connection): retry shortly."""
 
     status, code = 503, "unavailable"
+    rpc_prefix = "Service Unavailable"
     #: Seconds clients are told to wait (the embedded server restarts within a few).
     retry_after = 2
 
@@ -88,55 +131,28 @@ class DatabaseUnavailable(MetaMCPError):
         super().__init__(message, details)
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
-    response = jsonify({"error": code, "message": message, "details": details})
-    response.status_code = status
-    if status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="metamcp"'
-    return response
+class McpHttpError(MetaMCPError):
+    """A request refused on an MCP route before (or instead of) the dispatcher: the HTTP status,
+    the JSON-RPC code and message of the answer, the request's id when known, and for 429/503
+    the seconds after which to retry."""
 
+    def __init__(self, status: int, code: int, message: str, request_id: jsonrpc.RequestId | None = None,
+                 retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = STATUS_CODES.get(status, "error")
+        self._rpc_code = code
+        self.request_id = request_id
+        self.retry_after = retry_after
 
-def http_exception_response(error: HTTPException) -> Response:
-    """Werkzeug and webargs/flask-smorest aborts, in the project's error format."""
-    status = error.code or 500
-    data = getattr(error, "data", None) or {}
-    details = data.get("messages") or data.get("errors")
-    message = data.get("message") or error.description or "request failed"
-    if status == 422:
-        message = "The request did not pass validation; see details for each field."
-        # webargs nests messages under the location ("json", "query"); one location is noise.
-        if isinstance(details, dict) and len(details) == 1:
-            details = next(iter(details.values()))
-        whole = details.get("_schema") if isinstance(details, dict) and len(details) == 1 else None
-        if isinstance(whole, list) and whole and isinstance(whole[0], str):
-            message = " ".join(whole)  # about the body as a whole: that is the message
-    elif status == 400 and details == {"json": ["Invalid JSON body."]}:
-        message, details = "The request body is not valid JSON.", None
-    elif status == 413:
-        message = "The request body is too large."
-    response = error_response(status, STATUS_CODES.get(status, "error"), message, details)
-    # The exception's own headers (Allow on a 405, Retry-After...), then those of an abort().
-    for name, value in error.get_headers():
-        if name.lower() != "content-type":
-            response.headers[name] = value
-    for name, value in (data.get("headers") or {}).items():
-        response.headers[name] = value
-    return response
+    @classmethod
+    def answering(cls, request_id: jsonrpc.RequestId | None, error: MetaMCPError) -> McpHttpError:
+        """`error` (a limit, no room...) as the answer to the request `request_id`."""
+        return cls(error.status, error.rpc_code, error.rpc_message, request_id, error.retry_after)
 
+    @property
+    def rpc_code(self) -> int:
+        return self._rpc_code
 
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(MetaMCPError)
-    def _project_error(error: MetaMCPError) -> Response:
-        response = error_response(error.status, error.code, error.message, error.details)
-        response.headers.update(error.headers)
-        return response
-
-    @app.errorhandler(HTTPException)
-    def _http_error(error: HTTPException) -> Response:
-        return http_exception_response(error)
-
-    @app.errorhandler(Exception)
-    def _unexpected(error: Exception) -> Response:
-        # Boundary: anything unforeseen becomes an opaque 500; the traceback goes to the log only.
-        logger.exception("unhandled error")
-        return error_response(500, "internal_error", "Internal error; it has been logged.")
+    def to_jsonrpc(self, request_id: jsonrpc.RequestId | None = None) -> Answer:
+        return super().to_jsonrpc(self.request_id if request_id is None else request_id)

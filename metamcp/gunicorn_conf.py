@@ -87,7 +87,7 @@ def post_worker_init(worker: Any) -> None:
 
     def on_term(signum: int, frame: Any) -> None:
         if services is not None:
-            services.dispatcher.stopping.set()
+            services.streams.stopping.set()
         if callable(previous):
             previous(signum, frame)
 
@@ -98,7 +98,7 @@ def worker_int(worker: Any) -> None:
     """Ctrl-C (SIGINT) or SIGQUIT: the worker exits now; end its standing streams first."""
     services = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("metamcp")
     if services is not None:
-        services.dispatcher.stopping.set()
+        services.streams.stopping.set()
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -7,7 +7,8 @@ import sys
 
 from .conftest import ROOT
 
-PURE = ("metamcp", "metamcp.mcp.naming", "metamcp.mcp.protocol", "metamcp.mcp.jsonrpc", "metamcp.mcp.sse")
+PURE = ("metamcp", "metamcp.errors", "metamcp.mcp.naming", "metamcp.mcp.protocol", "metamcp.mcp.jsonrpc",
+        "metamcp.mcp.sse")
 
 
 def test_protocol_core_imports_without_flask_or_psycopg2() -> None:

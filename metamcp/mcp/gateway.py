@@ -38,6 +38,7 @@ from metamcp.mcp.upstream import (
     create_upstream,
 )
 from metamcp.namespaces import NamespaceView
+from metamcp.notify import Topic
 from metamcp.servers import ServerConfig, ServerRegistry
 from metamcp.stdio_policy import StdioPolicy
 
@@ -110,7 +111,7 @@ class Gateway:
         self,
         registry: ServerRegistry,
         settings: Settings,
-        publish: Callable[[str, dict[str, Any]], None] | None = None,
+        publish: Callable[[Topic, dict[str, Any]], None] | None = None,
         on_tools: Callable[[UUID, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self._registry = registry
@@ -261,7 +262,7 @@ class Gateway:
         published = False
         if self._publish is not None:
             try:
-                self._publish("lists", {"server": server, "kinds": kinds})
+                self._publish(Topic.LISTS, {"server": server, "kinds": kinds})
                 published = True
             except DatabaseUnavailable:
                 pass  # this process at least; the others refresh every list when their listener is back

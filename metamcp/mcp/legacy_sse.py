@@ -23,11 +23,10 @@ from flask import Blueprint, Response, current_app, request
 from metamcp import repository
 from metamcp.config import Settings
 from metamcp.db import Database
-from metamcp.errors import DatabaseUnavailable, MetaMCPError
+from metamcp.errors import DatabaseUnavailable, McpHttpError, MetaMCPError
 from metamcp.mcp import jsonrpc, sse
-from metamcp.mcp.capacity import Saturated
+from metamcp.mcp.dispatcher import Dispatcher
 from metamcp.mcp.jsonrpc import INVALID_REQUEST, Message, RpcError
-from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
 from metamcp.mcp.protocol import (
     JSON_TYPE,
     LEGACY_VERSION,
@@ -36,13 +35,8 @@ from metamcp.mcp.protocol import (
     SUPPORTED_VERSIONS,
 )
 from metamcp.mcp.sessions import Session
-from metamcp.mcp.transport import (
-    admit_call,
-    database_unavailable,
-    guard,
-    refusal,
-    rpc_failure,
-)
+from metamcp.mcp.streams import StreamBody, Streamed, Streams
+from metamcp.mcp.transport import admit_call, authorize, mcp_error, owned_session
 from metamcp.namespaces import NamespaceView
 from metamcp.notify import Topic
 from metamcp.request_body import read_body
@@ -50,7 +44,7 @@ from metamcp.request_body import read_body
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("legacy_sse", __name__)
-bp.register_error_handler(DatabaseUnavailable, database_unavailable)
+bp.register_error_handler(MetaMCPError, mcp_error)
 
 class SseHub:
     """This process's legacy SSE streams, and delivery to streams held anywhere."""
@@ -124,8 +118,7 @@ class SseHub:
             else:
                 self.deliver(session.id, outcome)
         except DatabaseUnavailable as e:
-            self._deliver_quietly(session.id, jsonrpc.error(message.id, jsonrpc.INTERNAL_ERROR,
-                                                            f"Service Unavailable: {e.message}"))
+            self._deliver_quietly(session.id, jsonrpc.error(message.id, jsonrpc.INTERNAL_ERROR, e.rpc_message))
         except Exception:  # noqa: BLE001 - boundary: the client must get an answer, not silence
             logger.exception("answering a legacy SSE request failed")
             self._deliver_quietly(session.id, jsonrpc.error(message.id, jsonrpc.INTERNAL_ERROR, "Internal error"))
@@ -151,15 +144,11 @@ def _hub() -> SseHub:
 
 @bp.get("/metamcp/<endpoint>/sse")
 def open_stream(endpoint: str) -> Response:
-    access, failure = guard(endpoint)
-    if failure is not None or access is None:
-        return failure  # type: ignore[return-value]
+    access = authorize(endpoint)
     services = current_app.extensions["metamcp"]
     dispatcher: Dispatcher = services.dispatcher
-    try:
-        release = dispatcher.hold_stream()
-    except Saturated as e:
-        return refusal(e.status, e.message, e.retry_after)
+    streams: Streams = services.streams
+    release = streams.hold()  # Saturated (503) when the worker has no room for another stream
     try:
         session = services.sessions.create(access.key_id, LEGACY_VERSION, {}, access.endpoint_id)
     except Exception:
@@ -176,8 +165,8 @@ def open_stream(endpoint: str) -> Response:
         # An open stream keeps its session alive; one purged (or deleted) ends the stream.
         return services.sessions.get(session.id) is not None
 
-    events = dispatcher.standing_stream(sse.encode_event(post_url, event="endpoint"), messages,
-                                        request.environ.get("gunicorn.socket"), collect)
+    events = streams.standing(sse.encode_event(post_url, event="endpoint"), messages,
+                              request.environ.get("gunicorn.socket"), collect)
 
     def cleanup() -> None:
         hub.close_stream(session.id)
@@ -194,41 +183,32 @@ def open_stream(endpoint: str) -> Response:
 
 @bp.post("/metamcp/<endpoint>/message")
 def post_message(endpoint: str) -> Response:
-    access, failure = guard(endpoint)
-    if failure is not None or access is None:
-        return failure  # type: ignore[return-value]
+    access = authorize(endpoint)
     services = current_app.extensions["metamcp"]
-    session_id = request.args.get("sessionId")
-    if not session_id:
-        return rpc_failure(400, INVALID_REQUEST, "Bad Request: sessionId query parameter required")
-    session = services.sessions.get(session_id)
-    if not access.owns(session):
-        return rpc_failure(404, INVALID_REQUEST, "Session not found")
-    assert session is not None
+    session = owned_session(access, request.args.get("sessionId"),
+                            "Bad Request: sessionId query parameter required")
     if request.mimetype != JSON_TYPE:
-        return rpc_failure(415, INVALID_REQUEST, "Unsupported Media Type: send application/json")
+        raise McpHttpError(415, INVALID_REQUEST, f"Unsupported Media Type: send {JSON_TYPE}")
+    body = read_body()  # 413 past the limit, 400 for broken framing
     try:
-        parsed = jsonrpc.parse_body(read_body())
+        parsed = jsonrpc.parse_body(body)
         items = parsed if isinstance(parsed, list) else [parsed]
         if not items:
             raise RpcError(INVALID_REQUEST, "Invalid Request: empty batch")
         messages = [jsonrpc.validate(item) for item in items]
-    except MetaMCPError as e:  # 413 past the limit, 400 for broken framing
-        return rpc_failure(e.status, INVALID_REQUEST, e.message)
     except RpcError as e:
-        return rpc_failure(400, e.code, e.message)
+        raise McpHttpError(400, e.code, e.message) from None
     # Admission first, for every call of the POST, so a refusal is this POST's answer.
     releases: list[Callable[[], None] | None] = []
-    for message in messages:
-        release = None
-        if message.is_request and message.method == "tools/call":
-            release, failure = admit_call(access, message)
-            if failure is not None:
-                for taken in releases:
-                    if taken is not None:
-                        taken()
-                return failure
-        releases.append(release)
+    try:
+        for message in messages:
+            calls = message.is_request and message.method == "tools/call"
+            releases.append(admit_call(access, message) if calls else None)
+    except McpHttpError:
+        for taken in releases:
+            if taken is not None:
+                taken()
+        raise
     for message, release in zip(messages, releases, strict=True):
         if message.is_request:
             _hub().submit(session, message, access.view, release)

@@ -13,11 +13,12 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from metamcp.api.errors import error_response
 from metamcp.api.health import package_version
-from metamcp.errors import error_response
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, REQUEST_TIMEOUT, UPSTREAM_ERROR, RpcError
-from metamcp.mcp.transport import Access, AccessDenied, authorize
+from metamcp.mcp.protocol import JSON_TYPE
+from metamcp.mcp.transport import Access, authorize
 from metamcp.mcp.upstream import UpstreamRpcError
 from metamcp.request_body import read_json
 
@@ -43,14 +44,6 @@ _ERROR_SCHEMA = {
 }
 
 
-def _denied(e: AccessDenied) -> Response:
-    code = {401: "unauthorized", 403: "forbidden", 429: "too_many_requests"}.get(e.status, "not_found")
-    response = error_response(e.status, code, e.message.split(": ", 1)[-1])
-    if e.retry_after is not None:
-        response.headers["Retry-After"] = str(e.retry_after)
-    return response
-
-
 def _security(access: Access) -> tuple[dict[str, Any], list[dict[str, list[str]]]]:
     endpoint = access.endpoint
     if endpoint is None or not endpoint.api_key:
@@ -66,17 +59,14 @@ def _security(access: Access) -> tuple[dict[str, Any], list[dict[str, list[str]]
 
 @bp.get("/metamcp/<endpoint>/api/openapi.json")
 def openapi(endpoint: str) -> Response:
-    try:
-        access = authorize(endpoint)
-    except AccessDenied as e:
-        return _denied(e)
+    access = authorize(endpoint)  # refusals are REST errors, rendered by the app's one handler
     tools = current_app.extensions["metamcp"].gateway.aggregate("tools", access.view)
     schemes, security = _security(access)
     paths = {}
     for tool in tools:
         responses: dict[str, Any] = {
             "200": {"description": "The tool's result (MCP CallToolResult)",
-                    "content": {"application/json": {"schema": {
+                    "content": {JSON_TYPE: {"schema": {
                         "type": "object",
                         "properties": {"content": {"type": "array", "items": {"type": "object"}},
                                        "structuredContent": tool.get("outputSchema") or {"type": "object"},
@@ -84,12 +74,12 @@ def openapi(endpoint: str) -> Response:
         }
         for status, description in _ERRORS.items():
             responses[status] = {"description": description,
-                                 "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+                                 "content": {JSON_TYPE: {"schema": _ERROR_SCHEMA}}}
         operation: dict[str, Any] = {
             "operationId": tool["name"],
             "summary": tool.get("title") or (tool.get("annotations") or {}).get("title") or tool["name"],
             "description": tool.get("description") or "",
-            "requestBody": {"required": True, "content": {"application/json": {
+            "requestBody": {"required": True, "content": {JSON_TYPE: {
                 "schema": tool.get("inputSchema") or {"type": "object"}}}},
             "responses": responses,
         }
@@ -111,11 +101,8 @@ def openapi(endpoint: str) -> Response:
 
 @bp.post("/metamcp/<endpoint>/api/<tool>")
 def call_tool(endpoint: str, tool: str) -> Response:
-    try:
-        access = authorize(endpoint)
-    except AccessDenied as e:
-        return _denied(e)
-    if request.mimetype != "application/json":
+    access = authorize(endpoint)  # refusals are REST errors, rendered by the app's one handler
+    if request.mimetype != JSON_TYPE:
         return error_response(415, "unsupported_media_type", "Send the arguments as a JSON object.")
     # Project errors (413, broken framing, invalid or too deep JSON, 429/503 at admission) are
     # REST errors here, rendered with their Retry-After by the app's one handler.

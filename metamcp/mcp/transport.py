@@ -5,18 +5,19 @@ endpoint serves its namespace, with the endpoint's auth (public, API key, and op
 `?api_key=`). Checks run in a fixed order: Origin, endpoint, the address's failed
 authentications, credential, the key's rate, scope, Accept, Content-Type, size, JSON, envelope,
 session, protocol version; a tools/call is then admitted (the key's in-flight cap, the worker's
-thread budget) or refused with 429/503. Requests go to metamcp.mcp.methods; a tools/call is
-streamed back as SSE (upstream notifications first, then the result) with keep-alive comments,
-and a client that goes away closes the upstream call.
+thread budget) or refused with 429/503. Every refusal is raised (McpHttpError, or a project
+error such as LimitExceeded) and answered by one handler as a JSON-RPC error with its HTTP
+status. Requests go to metamcp.mcp.dispatcher; a tools/call is streamed back as SSE (upstream
+notifications first, then the result; metamcp.mcp.streams) with keep-alive comments, and a
+client that goes away closes the upstream call.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,19 +27,12 @@ from flask import Blueprint, Response, current_app, request
 
 from metamcp.api.auth import limited_authentication, request_credential
 from metamcp.endpoints import Endpoint
-from metamcp.errors import DatabaseUnavailable, MetaMCPError, Unauthorized
+from metamcp.errors import Forbidden, McpHttpError, MetaMCPError, NotFound, Unauthorized
 from metamcp.limits import LimitExceeded
-from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp import jsonrpc
 from metamcp.mcp.capacity import Saturated
-from metamcp.mcp.jsonrpc import (
-    INVALID_REQUEST,
-    METHOD_NOT_FOUND,
-    SERVER_BUSY,
-    TOO_MANY_REQUESTS,
-    Message,
-    RpcError,
-)
-from metamcp.mcp.methods import Dispatcher, StreamBody, Streamed
+from metamcp.mcp.dispatcher import Dispatcher
+from metamcp.mcp.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.protocol import (
     BATCH_VERSION,
     JSON_TYPE,
@@ -49,6 +43,7 @@ from metamcp.mcp.protocol import (
     VERSION_HEADER,
 )
 from metamcp.mcp.sessions import Session
+from metamcp.mcp.streams import Streamed
 from metamcp.namespaces import NamespaceView
 from metamcp.request_body import read_body
 
@@ -70,17 +65,15 @@ def rpc_response(status: int, message: dict[str, Any] | list[Any] | None,
     return Response(body, status=status, mimetype=JSON_TYPE if body else None, headers=headers)
 
 
-def rpc_failure(status: int, code: int, text: str, request_id: Any = None) -> Response:
-    return rpc_response(status, jsonrpc.error(request_id, code, text))
+def mcp_error(error: MetaMCPError) -> Response:
+    """The one answer of a refusal on MCP routes: a JSON-RPC error with the refusal's HTTP status
+    (and Retry-After for 429/503). Also what a step that needs the database answers when it is
+    away: 503 (warm sessions, keys and tool tables do not get here)."""
+    status, body, headers = error.to_jsonrpc()
+    return rpc_response(status, body, headers or None)
 
 
-def database_unavailable(error: DatabaseUnavailable) -> Response:
-    """What MCP routes answer when a step needs the database and it is away: a JSON-RPC error
-    with HTTP 503 and Retry-After (warm sessions, keys and tool tables do not get here)."""
-    return refusal(503, f"Service Unavailable: {error.message}", error.retry_after)
-
-
-bp.register_error_handler(DatabaseUnavailable, database_unavailable)
+bp.register_error_handler(MetaMCPError, mcp_error)
 
 
 def _accepts(media_type: str) -> bool:
@@ -114,28 +107,19 @@ class Access:
         return session is not None and session.key_id == self.key_id and session.endpoint_id == self.endpoint_id
 
 
-class AccessDenied(Exception):
-    """A request refused before it reaches the dispatcher: the HTTP status and why (and, for
-    429/503, the seconds after which to retry)."""
-
-    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-
-
 def authorize(endpoint_name: str | None = None) -> Access:
-    """Origin, endpoint, credential and scope checks of every MCP and endpoint route."""
+    """Origin, endpoint, credential and scope checks of every MCP and endpoint route; raises
+    Forbidden, NotFound, Unauthorized or LimitExceeded (rendered as JSON-RPC errors on MCP
+    routes, as REST errors by the tool API)."""
     if not _origin_allowed(request.headers.get("Origin")):
-        raise AccessDenied(403, "Forbidden: Origin not allowed")
+        raise Forbidden("Origin not allowed")
     services = current_app.extensions["metamcp"]
     endpoint = view = None
     if endpoint_name is not None:
         endpoint = services.endpoints.by_name(endpoint_name)
         view = None if endpoint is None else services.namespaces.view(endpoint.namespace_id)
         if endpoint is None or view is None:
-            raise AccessDenied(404, f"Not Found: no endpoint named {endpoint_name!r}")
+            raise NotFound(f"no endpoint named {endpoint_name!r}")
         if not endpoint.api_key:
             return Access(None, endpoint, view)
     credential = request_credential()
@@ -144,111 +128,80 @@ def authorize(endpoint_name: str | None = None) -> Access:
         credential, by_query = request.args.get("api_key") or None, True
     if credential is None:
         hint = " or ?api_key=" if endpoint is not None and endpoint.query_param else ""
-        raise AccessDenied(401, f"Unauthorized: send X-API-Key or Authorization: Bearer{hint}")
-    try:
-        principal = limited_authentication(credential)
-    except Unauthorized as e:
-        raise AccessDenied(401, f"Unauthorized: {e.message}") from None
-    except LimitExceeded as e:
-        raise AccessDenied(429, e.message, e.retry_after) from None
+        raise Unauthorized(f"send X-API-Key or Authorization: Bearer{hint}")
+    principal = limited_authentication(credential)  # Unauthorized, or LimitExceeded (429)
     if endpoint is None and principal.is_scoped:
-        raise AccessDenied(403, "Forbidden: this API key is limited to namespaces; use their endpoints "
-                                "at /metamcp/<endpoint>/mcp")
+        raise Forbidden("this API key is limited to namespaces; use their endpoints at /metamcp/<endpoint>/mcp")
     if endpoint is not None and not principal.may_reach(endpoint.namespace_id):
-        raise AccessDenied(403, f"Forbidden: this API key may not use endpoint {endpoint.name!r}")
+        raise Forbidden(f"this API key may not use endpoint {endpoint.name!r}")
     return Access(principal.key_id, endpoint, view, by_query)
 
 
-def guard(endpoint_name: str | None = None) -> tuple[Access | None, Response | None]:
-    """authorize(), with a refusal as the JSON-RPC error answer of MCP routes."""
-    try:
-        return authorize(endpoint_name), None
-    except AccessDenied as e:
-        if e.retry_after is not None:
-            return None, refusal(e.status, e.message, e.retry_after)
-        return None, rpc_failure(e.status, INVALID_REQUEST, e.message)
-
-
-def refusal(status: int, message: str, retry_after: int | None, request_id: Any = None) -> Response:
-    """429 (a limit) or 503 (no room in this worker, or the database away) with Retry-After,
-    as a JSON-RPC error."""
-    code = TOO_MANY_REQUESTS if status == 429 else SERVER_BUSY
-    response = rpc_failure(status, code, message, request_id)
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
-    return response
-
-
-def admit_call(access: Access, message: Message) -> tuple[Callable[[], None] | None, Response | None]:
+def admit_call(access: Access, message: Message) -> Callable[[], None]:
     """Admission of a tools/call (the key's in-flight cap, then the worker's thread budget):
-    the release to run when the call ends, or the 429/503 refusal."""
+    the release to run when the call ends; raises McpHttpError 429/503 answering the call."""
     try:
-        return current_app.extensions["metamcp"].admission.call(access.key_id), None
+        release: Callable[[], None] = current_app.extensions["metamcp"].admission.call(access.key_id)
     except (LimitExceeded, Saturated) as e:
-        return None, refusal(e.status, e.message, e.retry_after, message.id)
+        raise McpHttpError.answering(message.id, e) from None
+    return release
 
 
-def _session(access: Access) -> tuple[Session | None, Response | None]:
-    session_id = request.headers.get(SESSION_HEADER)
+def owned_session(access: Access, session_id: str | None, missing: str) -> Session:
+    """The caller's session `session_id`; 400 `missing` without one, 404 when unknown. A session
+    of another key or endpoint is answered exactly like an unknown one."""
     if not session_id:
-        return None, rpc_failure(400, INVALID_REQUEST, f"Bad Request: {SESSION_HEADER} header required")
+        raise McpHttpError(400, INVALID_REQUEST, missing)
     session = current_app.extensions["metamcp"].sessions.get(session_id)
-    # A session of another key or endpoint is answered exactly like an unknown one.
-    if not access.owns(session):
-        return None, rpc_failure(404, INVALID_REQUEST, "Session not found")
-    assert session is not None
+    if session is None or not access.owns(session):
+        raise McpHttpError(404, INVALID_REQUEST, "Session not found")
+    return session
+
+
+def _session(access: Access) -> Session:
+    session = owned_session(access, request.headers.get(SESSION_HEADER),
+                            f"Bad Request: {SESSION_HEADER} header required")
     version = request.headers.get(VERSION_HEADER)
     if version is not None and version not in SUPPORTED_VERSIONS:
-        return None, rpc_failure(
+        raise McpHttpError(
             400, INVALID_REQUEST,
             f"Bad Request: unsupported {VERSION_HEADER} {version!r}; supported: {', '.join(SUPPORTED_VERSIONS)}",
         )
-    return session, None
+    return session
 
 
 @bp.post("/mcp")
 @bp.post("/metamcp/<endpoint>/mcp")
 def post(endpoint: str | None = None) -> Response:
-    access, failure = guard(endpoint)
-    if failure is not None or access is None:
-        return failure  # type: ignore[return-value]
+    access = authorize(endpoint)
     if not (_accepts(JSON_TYPE) and _accepts(SSE_TYPE)):
-        return rpc_failure(406, INVALID_REQUEST,
-                           "Not Acceptable: Accept must include application/json and text/event-stream")
+        raise McpHttpError(406, INVALID_REQUEST,
+                           f"Not Acceptable: Accept must include {JSON_TYPE} and {SSE_TYPE}")
     if request.mimetype != JSON_TYPE:
-        return rpc_failure(415, INVALID_REQUEST, "Unsupported Media Type: send application/json")
-    try:
-        body = read_body()
-    except MetaMCPError as e:  # 413 past the limit, 400 for broken framing
-        return rpc_failure(e.status, INVALID_REQUEST, e.message)
+        raise McpHttpError(415, INVALID_REQUEST, f"Unsupported Media Type: send {JSON_TYPE}")
+    body = read_body()  # 413 past the limit, 400 for broken framing
     try:
         parsed = jsonrpc.parse_body(body)
         if isinstance(parsed, list):
             return _batch(access, parsed)
         message = jsonrpc.validate(parsed)
     except RpcError as e:
-        return rpc_failure(400, e.code, e.message)
+        raise McpHttpError(400, e.code, e.message) from None
 
     if message.method == "initialize":
         if not message.is_request:
-            return rpc_failure(400, INVALID_REQUEST, "Invalid Request: initialize needs an id")
+            raise McpHttpError(400, INVALID_REQUEST, "Invalid Request: initialize needs an id")
         return _initialize(access, message)
     if message.method == "server/discover":
         # Revision 2026-07-28 probe: a plain error makes clients fall back to initialize.
-        return rpc_failure(400, METHOD_NOT_FOUND,
+        raise McpHttpError(400, METHOD_NOT_FOUND,
                            "Method not found: server/discover; this server speaks 2025-11-25 and older "
                            "revisions, start with initialize", message.id)
-    session, failure = _session(access)
-    if failure is not None or session is None:
-        return failure  # type: ignore[return-value]
+    session = _session(access)
     if not message.is_request:
         _dispatcher().receive(session, message)
         return rpc_response(202, None)
-    release: Callable[[], None] | None = None
-    if message.method == "tools/call":
-        release, failure = admit_call(access, message)
-        if failure is not None:
-            return failure
+    release = admit_call(access, message) if message.method == "tools/call" else None
     try:
         outcome = _dispatcher().handle(session, message, access.view)
     except BaseException:
@@ -262,9 +215,8 @@ def post(endpoint: str | None = None) -> Response:
             release()
     if isinstance(outcome, Streamed):
         if SSE_TYPE in request.headers.get("Accept", ""):
-            keepalive = current_app.extensions["metamcp"].settings.keepalive_seconds
-            return Response(StreamBody(_stream(outcome, keepalive), outcome.close), mimetype=SSE_TYPE,
-                            headers=SSE_HEADERS)
+            events = current_app.extensions["metamcp"].streams.call_body(outcome)
+            return Response(events, mimetype=SSE_TYPE, headers=SSE_HEADERS)
         return rpc_response(200, outcome.drain())
     return rpc_response(200, outcome)
 
@@ -273,7 +225,7 @@ def _initialize(access: Access, message: Message) -> Response:
     params = message.params
     requested = params.get("protocolVersion")
     if not isinstance(requested, str):
-        return rpc_failure(400, jsonrpc.INVALID_PARAMS, "Invalid params: protocolVersion required",
+        raise McpHttpError(400, jsonrpc.INVALID_PARAMS, "Invalid params: protocolVersion required",
                            message.id)
     version = requested if requested in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[0]
     client_info = _client_info(params.get("clientInfo"))
@@ -293,12 +245,10 @@ def _client_info(value: Any) -> dict[str, str]:
 
 def _batch(access: Access, items: list[Any]) -> Response:
     if not items:
-        return rpc_failure(400, INVALID_REQUEST, "Invalid Request: empty batch")
-    session, failure = _session(access)
-    if failure is not None or session is None:
-        return failure  # type: ignore[return-value]
+        raise McpHttpError(400, INVALID_REQUEST, "Invalid Request: empty batch")
+    session = _session(access)
     if session.protocol_version != BATCH_VERSION:
-        return rpc_failure(400, INVALID_REQUEST,
+        raise McpHttpError(400, INVALID_REQUEST,
                            f"Invalid Request: batches are not allowed in {session.protocol_version}")
     responses: list[dict[str, Any]] = []
     for item in items:
@@ -313,12 +263,11 @@ def _batch(access: Access, items: list[Any]) -> Response:
         if not message.is_request:
             _dispatcher().receive(session, message)
             continue
-        release: Callable[[], None] | None = None
-        if message.method == "tools/call":
-            release, failure = admit_call(access, message)
-            if failure is not None:
-                responses.append(json.loads(failure.get_data()))
-                continue
+        try:
+            release = admit_call(access, message) if message.method == "tools/call" else None
+        except McpHttpError as refused:
+            responses.append(refused.to_jsonrpc()[1])
+            continue
         try:
             outcome = _dispatcher().handle(session, message, access.view)
             responses.append(outcome.drain() if isinstance(outcome, Streamed) else outcome)
@@ -328,51 +277,22 @@ def _batch(access: Access, items: list[Any]) -> Response:
     return rpc_response(200, responses) if responses else rpc_response(202, None)
 
 
-def _stream(outcome: Streamed, keepalive: float) -> Iterator[bytes]:
-    """SSE body of a streamed call: its messages in order, keep-alives while it is silent.
-
-    The body's close() (StreamBody) closes the upstream call when the client leaves early.
-    """
-    messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-    outcome.start_pump(messages.put)
-    while True:
-        try:
-            message = messages.get(timeout=keepalive)
-        except queue.Empty:
-            yield sse.comment()
-            continue
-        if message is None:
-            return
-        yield sse.encode_event(json.dumps(message, separators=(",", ":")), event="message")
-
-
 @bp.get("/mcp")
 @bp.get("/metamcp/<endpoint>/mcp")
 def get(endpoint: str | None = None) -> Response:
-    access, failure = guard(endpoint)
-    if failure is not None or access is None:
-        return failure  # type: ignore[return-value]
+    access = authorize(endpoint)
     if SSE_TYPE not in request.headers.get("Accept", ""):
-        return rpc_failure(406, INVALID_REQUEST, "Not Acceptable: Accept must include text/event-stream")
-    session, failure = _session(access)
-    if failure is not None or session is None:
-        return failure  # type: ignore[return-value]
-    try:
-        events = _dispatcher().open_listener(session, request.environ.get("gunicorn.socket"))
-    except Saturated as e:
-        return refusal(e.status, e.message, e.retry_after)
-    return Response(events, mimetype=SSE_TYPE,
-                    headers=SSE_HEADERS)
+        raise McpHttpError(406, INVALID_REQUEST, f"Not Acceptable: Accept must include {SSE_TYPE}")
+    session = _session(access)
+    # Saturated (503) when the worker has no room for another stream.
+    events = current_app.extensions["metamcp"].streams.open_listener(
+        session, request.environ.get("gunicorn.socket"))
+    return Response(events, mimetype=SSE_TYPE, headers=SSE_HEADERS)
 
 
 @bp.delete("/mcp")
 @bp.delete("/metamcp/<endpoint>/mcp")
 def delete(endpoint: str | None = None) -> Response:
-    access, failure = guard(endpoint)
-    if failure is not None or access is None:
-        return failure  # type: ignore[return-value]
-    session, failure = _session(access)
-    if failure is not None or session is None:
-        return failure  # type: ignore[return-value]
+    session = _session(authorize(endpoint))
     _dispatcher().end_session(session)
     return Response(status=204)

@@ -1,0 +1,191 @@
+"""MCP methods of a downstream session: the JSON-RPC dispatcher between the transport and the
+gateway (no WSGI, sockets or thread pools; a tools/call comes back as a Streamed for the transport).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from metamcp.mcp import jsonrpc
+from metamcp.mcp.gateway import Gateway
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
+from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore
+from metamcp.mcp.streams import Streamed
+from metamcp.mcp.upstream import UpstreamRpcError
+from metamcp.namespaces import NamespaceView
+from metamcp.notify import Topic
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "metamcp"
+INSTRUCTIONS = (
+    "MetaMCP gateway: the tools and prompts of several MCP servers, each named "
+    "'<server>__<name>'; resources keep their URIs."
+)
+LIST_METHODS = {
+    "tools/list": "tools",
+    "prompts/list": "prompts",
+    "resources/list": "resources",
+    "resources/templates/list": "resourceTemplates",
+}
+
+
+class Dispatcher:
+    """The JSON-RPC methods of a downstream session, a handler per method."""
+
+    def __init__(self, gateway: Gateway, sessions: SessionStore, version: str,
+                 publish: Callable[[Topic, dict[str, Any]], None]) -> None:
+        self._gateway = gateway
+        self._sessions = sessions
+        self._version = version
+        self._publish = publish
+        self._inflight: dict[tuple[str, str], Streamed] = {}
+        self._lock = threading.Lock()
+        self._handlers: dict[str, Callable[[Session, Message, NamespaceView | None],
+                                           dict[str, Any] | Streamed]] = {
+            "ping": lambda _s, _m, _v: {},
+            "tools/call": self._call_tool,
+            "prompts/get": self._get_prompt,
+            "resources/read": self._read_resource,
+            "completion/complete": self._complete,
+            "logging/setLevel": self._set_level,
+        }
+
+    def initialize_result(self, version: str) -> dict[str, Any]:
+        return {
+            "protocolVersion": version,
+            "capabilities": {
+                "tools": {"listChanged": True},
+                "prompts": {"listChanged": True},
+                "resources": {"listChanged": True},
+                "completions": {},
+                "logging": {},
+            },
+            "serverInfo": {"name": SERVER_NAME, "title": "MetaMCP", "version": self._version},
+            "instructions": INSTRUCTIONS,
+        }
+
+    def handle(self, session: Session, message: Message,
+               view: NamespaceView | None = None) -> dict[str, Any] | Streamed:
+        """Answer one request: a response dict, or a Streamed call. `view`: the namespace of
+        an endpoint's session (None: every active server)."""
+        method = message.method or ""
+        try:
+            if method in LIST_METHODS:
+                cursor = message.params.get("cursor")
+                page = self._gateway.list_page(LIST_METHODS[method], cursor, view)
+                return jsonrpc.result(message.id, page)
+            handler = self._handlers.get(method)
+            if handler is None:
+                raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
+            outcome = handler(session, message, view)
+            return outcome if isinstance(outcome, Streamed) else jsonrpc.result(message.id, outcome)
+        except RpcError as e:
+            return jsonrpc.error(message.id, e.code, e.message, e.data)
+        except UpstreamRpcError as e:  # the upstream's own answer (the gateway maps failures)
+            return jsonrpc.error(message.id, e.code, e.message, e.data)
+
+    def receive(self, session: Session, message: Message) -> None:
+        """A notification (or a response) from the client."""
+        if message.method != "notifications/cancelled":
+            return
+        request_id = message.params.get("requestId")
+        if not isinstance(request_id, str | int) or isinstance(request_id, bool):
+            return
+        details = {"session": session.id, "request": request_id,
+                   "reason": message.params.get("reason")}
+        if not self.cancel(details):
+            self._publish(Topic.CANCEL, details)  # the call may run in another worker
+
+    def on_cancel(self, details: dict[str, Any]) -> None:
+        """A cancellation published by another process."""
+        self.cancel(details)
+
+    def cancel(self, details: dict[str, Any]) -> bool:
+        key = (str(details.get("session")), json.dumps(details.get("request")))
+        streamed = self._inflight.get(key)
+        if streamed is None:
+            return False
+        logger.info("cancelling a call at the client's request")
+        streamed.cancel(details.get("reason"))
+        return True
+
+    def end_session(self, session: Session) -> None:
+        self._sessions.delete(session.id)
+        for key, streamed in list(self._inflight.items()):
+            if key[0] == session.id:
+                streamed.cancel("session ended")
+
+    # --- methods -------------------------------------------------------------------------
+
+    def _forward_params(self, message: Message, **params: Any) -> dict[str, Any]:
+        meta = message.params.get("_meta")
+        if isinstance(meta, dict):
+            params["_meta"] = meta
+        return params
+
+    @staticmethod
+    def _name_and_arguments(message: Message) -> tuple[str, dict[str, Any]]:
+        name = message.params.get("name")
+        arguments = message.params.get("arguments", {})
+        if not isinstance(name, str) or not name:
+            raise RpcError(INVALID_PARAMS, "Invalid params: name must be a non-empty string")
+        if not isinstance(arguments, dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object")
+        return name, arguments
+
+    def _call_tool(self, session: Session, message: Message, view: NamespaceView | None) -> Streamed:
+        name, arguments = self._name_and_arguments(message)
+        server, original = self._gateway.route("tools", name, view)
+        params = self._forward_params(message, name=original, arguments=arguments)
+        call = self._gateway.call(server, "tools/call", params)
+        key = (session.id, json.dumps(message.id))
+
+        def forget() -> None:
+            with self._lock:
+                self._inflight.pop(key, None)
+
+        streamed = Streamed(call, message.id, session, forget, server)
+        with self._lock:
+            self._inflight[key] = streamed
+        return streamed
+
+    def _get_prompt(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+        name, arguments = self._name_and_arguments(message)
+        server, original = self._gateway.route("prompts", name, view)
+        params = self._forward_params(message, name=original, arguments=arguments)
+        return self._gateway.request(server, "prompts/get", params)
+
+    def _read_resource(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+        uri = message.params.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise RpcError(INVALID_PARAMS, "Invalid params: uri must be a non-empty string")
+        server = self._gateway.route_resource(uri, view)
+        return self._gateway.request(server, "resources/read", self._forward_params(message, uri=uri))
+
+    def _complete(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+        ref = message.params.get("ref")
+        argument = message.params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params: ref and argument must be objects")
+        params = {k: v for k, v in message.params.items() if k != "ref"}
+        if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
+            server, original = self._gateway.route("prompts", ref["name"], view)
+            params["ref"] = {**ref, "name": original}
+        elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
+            server = self._gateway.route_resource(ref["uri"], view)
+            params["ref"] = ref
+        else:
+            raise RpcError(INVALID_PARAMS, "Invalid params: ref must be a ref/prompt or ref/resource")
+        return self._gateway.request(server, "completion/complete", params)
+
+    def _set_level(self, session: Session, message: Message, _view: NamespaceView | None) -> dict[str, Any]:
+        level = message.params.get("level")
+        if level not in LOG_LEVELS:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
+        self._sessions.set_log_level(session, level)
+        return {}

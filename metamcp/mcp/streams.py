@@ -1,0 +1,213 @@
+"""SSE bodies of a worker: a streamed call, the standing streams (GET listener, legacy SSE), and
+the thread budget and hang-up watch they live within.
+
+No web framework here: the views wrap these bodies in their responses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from metamcp.config import Settings
+from metamcp.errors import DatabaseUnavailable
+from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp.capacity import HangupWatch, ThreadBudget
+from metamcp.mcp.gateway import Gateway, client_error
+from metamcp.mcp.sessions import Session, SessionStore
+from metamcp.mcp.upstream import PendingCall, UpstreamError
+
+logger = logging.getLogger(__name__)
+
+
+class StreamBody:
+    """A WSGI body that runs `cleanup` once when the server closes it, even if never iterated."""
+
+    def __init__(self, chunks: Iterator[bytes], cleanup: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._cleanup: Callable[[], None] | None = cleanup
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        cleanup, self._cleanup = self._cleanup, None
+        if cleanup is not None:
+            cleanup()
+
+
+class Streamed:
+    """An upstream call whose messages go back to the client as they arrive."""
+
+    def __init__(self, call: PendingCall, request_id: Any, session: Session,
+                 on_close: Callable[[], None], server: str) -> None:
+        self._call = call
+        self._server = server
+        self.request_id = request_id
+        self._session = session
+        self._on_close = on_close
+        self._closers: list[Callable[[], None]] = []
+
+    def pump(self, put: Callable[[dict[str, Any] | None], None]) -> None:
+        """Forward notifications, then the response with the client's id; None marks the end."""
+        try:
+            for message in self._call:
+                if "method" not in message:
+                    put(self._response(message))
+                    return
+                if message["method"] == "notifications/message":
+                    level = (message.get("params") or {}).get("level", "info")
+                    if not self._session.wants_log(level):
+                        continue
+                put(message)
+            put(jsonrpc.error(self.request_id, jsonrpc.UPSTREAM_ERROR,
+                              "The upstream closed the call without a response"))
+        except UpstreamError as e:
+            logger.warning("%s", e.message)  # the detail, once; the client gets the generic text
+            error = client_error(self._server, e)
+            put(jsonrpc.error(self.request_id, error.code, error.message))
+        except Exception:  # noqa: BLE001 - boundary: the client must get an answer, not a hang
+            logger.exception("streaming a call failed")
+            put(jsonrpc.error(self.request_id, jsonrpc.INTERNAL_ERROR, "Internal error"))
+        finally:
+            put(None)
+
+    def drain(self) -> dict[str, Any]:
+        """The final response only (for clients that take JSON, and for batches)."""
+        final: list[dict[str, Any]] = []
+        try:
+            self.pump(lambda m: final.append(m) if m is not None and "method" not in m else None)
+        finally:
+            self.close()
+        return final[-1]
+
+    def cancel(self, reason: str | None) -> None:
+        self._call.cancel(reason)
+
+    def close(self) -> None:
+        try:
+            self._call.close()
+        finally:
+            self._on_close()
+            for closer in self._closers:
+                closer()
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Also run `closer` when the call closes (e.g. to end its admission)."""
+        self._closers.append(closer)
+
+    def _response(self, message: dict[str, Any]) -> dict[str, Any]:
+        if "error" in message:
+            return {"jsonrpc": "2.0", "id": self.request_id, "error": message["error"]}
+        return jsonrpc.result(self.request_id, message.get("result") or {})
+
+
+def _event(message: dict[str, Any]) -> bytes:
+    return sse.encode_event(json.dumps(message, separators=(",", ":")), event="message")
+
+
+class Streams:
+    """This worker's long-lived SSE bodies and the threads they hold."""
+
+    def __init__(self, settings: Settings, sessions: SessionStore, gateway: Gateway) -> None:
+        self._sessions = sessions
+        self._gateway = gateway
+        self._keepalive = settings.keepalive_seconds
+        #: Long holders of this worker's threads (tool calls, standing streams), within a budget
+        #: that leaves `reserved_threads` for short requests.
+        self.budget = ThreadBudget(settings.threads, settings.reserved_threads)
+        #: Set when the worker begins a graceful shutdown: standing streams end.
+        self.stopping = threading.Event()
+        self._hangups = HangupWatch(self.stopping)
+        #: Readers of streamed calls: one per call in flight, so as many as request threads.
+        self._pumps = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="metamcp-call")
+
+    def call_body(self, outcome: Streamed) -> StreamBody:
+        """SSE body of a streamed call: its messages in order, keep-alives while it is silent.
+
+        The body's close() closes the upstream call when the client leaves early.
+        """
+        return StreamBody(self._call_events(outcome), outcome.close)
+
+    def _call_events(self, outcome: Streamed) -> Iterator[bytes]:
+        messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        # The pump runs on a pool thread, so this one can send keep-alives meanwhile.
+        self._pumps.submit(outcome.pump, messages.put)
+        while True:
+            try:
+                message = messages.get(timeout=self._keepalive)
+            except queue.Empty:
+                yield sse.comment()
+                continue
+            if message is None:
+                return
+            yield _event(message)
+
+    def hold(self) -> Callable[[], None]:
+        """Take a place for a standing stream (GET listener or legacy SSE) in the thread budget;
+        raises Saturated (503) when the worker has none left. Returns the release."""
+        return self.budget.hold("stream")
+
+    def standing(self, first: bytes, messages: queue.SimpleQueue[dict[str, Any] | None], client: Any,
+                 when_quiet: Callable[[], bool]) -> Iterator[bytes]:
+        """SSE body of a standing stream: `first`, then each queued message as it comes, and a
+        keep-alive comment after each quiet period (`when_quiet()` runs first; False ends the
+        stream). It also ends when the client hangs up (`client`: its socket) or the worker
+        stops: the hang-up watcher queues None to wake it, so an idle stream sleeps until its
+        next keep-alive instead of polling."""
+        keepalive = self._keepalive
+        watched = self._hangups.watch(client, lambda: messages.put(None))
+        try:
+            yield first
+            quiet_since = time.monotonic()
+            while not self.stopping.is_set():
+                try:
+                    message = messages.get(timeout=max(0.0, quiet_since + keepalive - time.monotonic()))
+                except queue.Empty:
+                    if not when_quiet():
+                        return
+                    yield sse.comment()
+                    quiet_since = time.monotonic()
+                    continue
+                if message is None:  # woken: the client may have left, or the worker stops
+                    if sse.peer_closed(client):
+                        return
+                    continue
+                yield _event(message)
+                quiet_since = time.monotonic()
+        finally:
+            self._hangups.unwatch(watched)
+
+    def open_listener(self, session: Session, client: Any = None) -> StreamBody:
+        """An SSE body of list_changed notifications and keep-alives; raises Saturated when the
+        worker has no room. `client`: the connection's socket, watched so a departed client
+        frees its thread."""
+        release = self.hold()
+        messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+
+        def announce(method: str) -> None:
+            messages.put(jsonrpc.notification(method))
+
+        def session_alive() -> bool:
+            try:
+                return self._sessions.get(session.id) is not None  # ends when the session is deleted
+            except DatabaseUnavailable:
+                return True  # cannot tell while the database is away: keep the stream
+
+        self._gateway.subscribe(announce)
+        events = self.standing(sse.comment("stream open"), messages, client, session_alive)
+
+        def cleanup() -> None:
+            self._gateway.unsubscribe(announce)
+            release()
+
+        return StreamBody(events, cleanup)
