@@ -1,9 +1,8 @@
 """The aggregated lists: each upstream's lists cached and fanned out, named, and kept per namespace.
 
-Each upstream's lists are cached (refreshed on list_changed, on registry change and after a
-TTL) and fanned out in parallel on a bounded pool, so one slow or dead upstream costs at most
-its timeout and never fails the aggregate. The downstream sessions' streams subscribe here to
-hear that a list changed.
+Lists are cached (refreshed on list_changed, on registry change and after a TTL) and fanned out
+on a bounded pool, so one slow or dead upstream costs at most its timeout and never fails the
+aggregate. Downstream sessions' streams subscribe here to hear that a list changed.
 """
 
 from __future__ import annotations
@@ -65,10 +64,8 @@ class ExposedTool:
 
 @dataclass
 class ToolTable:
-    """A namespace's active tools by exposed name, with the view and the lists it was made from.
-
-    Kept until the view or a list changes (both are replaced, never modified, so identity tells).
-    """
+    """A namespace's tools with the view and lists they were made from, kept until the view or
+    a list changes (both are replaced, never modified, so identity tells)."""
 
     view: NamespaceView
     servers: list[str]
