@@ -199,8 +199,9 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     namespaces = NamespaceRegistry(db)
     endpoints = EndpointRegistry(db)
     gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync_tools)
-    dispatcher = Dispatcher(gateway, sessions, health_api.package_version(), publish)
-    streams = Streams(settings, sessions, gateway)
+    dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, health_api.package_version(),
+                            publish)
+    streams = Streams(settings, sessions, gateway.catalog)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
     sse_hub = legacy_sse.SseHub(db, dispatcher, settings)
@@ -208,10 +209,10 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     # when their listener hears it.
     subscriptions: dict[Topic, list[Callback]] = {
         Topic.KEYS: [authenticator.on_change],
-        Topic.SERVERS: [gateway.on_registry_change, namespaces.on_change],
-        Topic.NAMESPACES: [namespaces.on_change, endpoints.on_change, gateway.on_namespace_change],
+        Topic.SERVERS: [gateway.catalog.on_registry_change, namespaces.on_change],
+        Topic.NAMESPACES: [namespaces.on_change, endpoints.on_change, gateway.catalog.on_namespace_change],
         Topic.SESSIONS: [sessions.on_change],
-        Topic.LISTS: [gateway.on_list_change],
+        Topic.LISTS: [gateway.catalog.on_list_change],
         Topic.CANCEL: [dispatcher.on_cancel],
         Topic.SSE: [sse_hub.on_notify],
     }

@@ -1,6 +1,6 @@
 """Namespaces: servers grouped, each tool switched on or off and renamed per namespace.
 
-The tools table holds every tool the gateway has seen upstream (metamcp.mcp.gateway hands
+The tools table holds every tool the gateway has seen upstream (metamcp.mcp.catalog hands
 each fresh tools/list to sync_tools, which writes only what changed). A tool's status and
 overrides in a namespace live in namespace_tools; no row means active and unchanged.
 

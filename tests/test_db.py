@@ -139,14 +139,14 @@ def test_a_resync_keeps_caches_that_cannot_be_refilled(app: Flask, db: Database)
     session = services.sessions.create(None, "2025-11-25", {})
     for component in (services.sessions, services.servers, services.namespaces, services.endpoints):
         component._db = away
-    assert services.gateway.servers() == {}
+    assert services.gateway.pool.servers() == {}
     away.away = True
     for component, topic in ((services.sessions, "sessions"), (services.namespaces, "namespaces"),
-                             (services.endpoints, "namespaces"), (services.gateway, "servers")):
+                             (services.endpoints, "namespaces"), (services.gateway.catalog, "servers")):
         handler = component.on_registry_change if topic == "servers" else component.on_change
         handler({"topic": topic, "resync": True})
     assert services.sessions.get(session.id) == session
-    assert services.gateway.servers() == {}
+    assert services.gateway.pool.servers() == {}
     away.away = False
     assert services.sessions.get(session.id) == session  # checked again, still there
 

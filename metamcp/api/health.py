@@ -99,5 +99,5 @@ class HealthDetail(MethodView):
                          "pool": services.db.stats()},
             "sessions": {"cached": services.sessions.cached(),
                          "idle_timeout": services.sessions.idle_timeout},
-            "upstreams": services.gateway.health(),
+            "upstreams": services.gateway.health.report(services.gateway.pool.servers(), services.gateway.pool.kept),
         }

@@ -94,7 +94,7 @@ class NamespaceServer(MethodView):
 def _tools(namespace_id: UUID) -> list[dict[str, Any]]:
     """The namespace's tools, after asking its servers for their current lists (cached)."""
     view = registry().get(namespace_id)
-    current_app.extensions["metamcp"].gateway.refresh_tools([s["name"] for s in view["servers"]])
+    current_app.extensions["metamcp"].gateway.catalog.refresh_tools([s["name"] for s in view["servers"]])
     return registry().tools(namespace_id)
 
 

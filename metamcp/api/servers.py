@@ -27,6 +27,7 @@ from metamcp.api.schemas import (
     ToolResultSchema,
 )
 from metamcp.errors import ValidationFailed
+from metamcp.mcp.health import process_state
 from metamcp.mcp.upstream import UpstreamRpcError
 from metamcp.servers import ServerRegistry
 
@@ -115,7 +116,7 @@ def _live(server_id: UUID, method: str, params: dict[str, Any]) -> dict[str, Any
     """Ask a server's upstream directly (active or not), turning failures into REST errors."""
     services = current_app.extensions["metamcp"]
     config = registry().config(server_id)
-    upstream = services.gateway.connect(config)
+    upstream = services.gateway.pool.open(config)
     try:
         if method == "tools/list":
             return {"tools": upstream.list_all("tools/list", "tools")}
@@ -165,7 +166,7 @@ class ServerLogs(MethodView):
         Each gateway worker runs its own child; this shows the one of the worker that answers.
         """
         name = registry().get(server_id)["name"]
-        upstream = current_app.extensions["metamcp"].gateway.kept(name)
+        upstream = current_app.extensions["metamcp"].gateway.pool.kept(name)
         lines = getattr(upstream, "stderr_lines", None)
         return {"server": name, "process": _process(name), "lines": lines() if callable(lines) else []}
 
@@ -177,7 +178,7 @@ def _with_process(server: dict[str, Any]) -> dict[str, Any]:
 
 
 def _process(name: str) -> dict[str, Any] | None:
-    return current_app.extensions["metamcp"].gateway.process_state(name)
+    return process_state(current_app.extensions["metamcp"].gateway.pool.kept(name))
 
 
 @blp.route("/import")

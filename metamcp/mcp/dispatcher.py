@@ -11,8 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from metamcp.mcp import jsonrpc
-from metamcp.mcp.gateway import Gateway
+from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
+from metamcp.mcp.pool import Pool
+from metamcp.mcp.router import Router
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore
 from metamcp.mcp.streams import Streamed
 from metamcp.mcp.upstream import UpstreamRpcError
@@ -37,9 +39,11 @@ LIST_METHODS = {
 class Dispatcher:
     """The JSON-RPC methods of a downstream session, a handler per method."""
 
-    def __init__(self, gateway: Gateway, sessions: SessionStore, version: str,
+    def __init__(self, router: Router, catalog: Catalog, pool: Pool, sessions: SessionStore, version: str,
                  publish: Callable[[Topic, dict[str, Any]], None]) -> None:
-        self._gateway = gateway
+        self._router = router
+        self._catalog = catalog
+        self._pool = pool
         self._sessions = sessions
         self._version = version
         self._publish = publish
@@ -77,7 +81,7 @@ class Dispatcher:
         try:
             if method in LIST_METHODS:
                 cursor = message.params.get("cursor")
-                page = self._gateway.list_page(LIST_METHODS[method], cursor, view)
+                page = self._catalog.list_page(LIST_METHODS[method], cursor, view)
                 return jsonrpc.result(message.id, page)
             handler = self._handlers.get(method)
             if handler is None:
@@ -140,32 +144,32 @@ class Dispatcher:
 
     def _call_tool(self, session: Session, message: Message, view: NamespaceView | None) -> Streamed:
         name, arguments = self._name_and_arguments(message)
-        server, original = self._gateway.route("tools", name, view)
-        params = self._forward_params(message, name=original, arguments=arguments)
-        call = self._gateway.call(server, "tools/call", params)
+        route = self._router.route("tools", name, view)
+        params = self._forward_params(message, name=route.name, arguments=arguments)
+        call = self._pool.call(route.server, "tools/call", params)
         key = (session.id, json.dumps(message.id))
 
         def forget() -> None:
             with self._lock:
                 self._inflight.pop(key, None)
 
-        streamed = Streamed(call, message.id, session, forget, server)
+        streamed = Streamed(call, message.id, session, forget, route.server)
         with self._lock:
             self._inflight[key] = streamed
         return streamed
 
     def _get_prompt(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         name, arguments = self._name_and_arguments(message)
-        server, original = self._gateway.route("prompts", name, view)
-        params = self._forward_params(message, name=original, arguments=arguments)
-        return self._gateway.request(server, "prompts/get", params)
+        route = self._router.route("prompts", name, view)
+        params = self._forward_params(message, name=route.name, arguments=arguments)
+        return self._pool.request(route.server, "prompts/get", params)
 
     def _read_resource(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         uri = message.params.get("uri")
         if not isinstance(uri, str) or not uri:
             raise RpcError(INVALID_PARAMS, "Invalid params: uri must be a non-empty string")
-        server = self._gateway.route_resource(uri, view)
-        return self._gateway.request(server, "resources/read", self._forward_params(message, uri=uri))
+        server = self._router.route_resource(uri, view)
+        return self._pool.request(server, "resources/read", self._forward_params(message, uri=uri))
 
     def _complete(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         ref = message.params.get("ref")
@@ -174,14 +178,14 @@ class Dispatcher:
             raise RpcError(INVALID_PARAMS, "Invalid params: ref and argument must be objects")
         params = {k: v for k, v in message.params.items() if k != "ref"}
         if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
-            server, original = self._gateway.route("prompts", ref["name"], view)
-            params["ref"] = {**ref, "name": original}
+            route = self._router.route("prompts", ref["name"], view)
+            server, params["ref"] = route.server, {**ref, "name": route.name}
         elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
-            server = self._gateway.route_resource(ref["uri"], view)
+            server = self._router.route_resource(ref["uri"], view)
             params["ref"] = ref
         else:
             raise RpcError(INVALID_PARAMS, "Invalid params: ref must be a ref/prompt or ref/resource")
-        return self._gateway.request(server, "completion/complete", params)
+        return self._pool.request(server, "completion/complete", params)
 
     def _set_level(self, session: Session, message: Message, _view: NamespaceView | None) -> dict[str, Any]:
         level = message.params.get("level")

@@ -19,7 +19,8 @@ from metamcp.config import Settings
 from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.capacity import HangupWatch, ThreadBudget
-from metamcp.mcp.gateway import Gateway, client_error
+from metamcp.mcp.catalog import Catalog
+from metamcp.mcp.pool import client_error
 from metamcp.mcp.sessions import Session, SessionStore
 from metamcp.mcp.upstream import PendingCall, UpstreamError
 
@@ -118,9 +119,9 @@ def _event(message: dict[str, Any]) -> bytes:
 class Streams:
     """This worker's long-lived SSE bodies and the threads they hold."""
 
-    def __init__(self, settings: Settings, sessions: SessionStore, gateway: Gateway) -> None:
+    def __init__(self, settings: Settings, sessions: SessionStore, catalog: Catalog) -> None:
         self._sessions = sessions
-        self._gateway = gateway
+        self._catalog = catalog
         self._keepalive = settings.keepalive_seconds
         #: Long holders of this worker's threads (tool calls, standing streams), within a budget
         #: that leaves `reserved_threads` for short requests.
@@ -203,11 +204,11 @@ class Streams:
             except DatabaseUnavailable:
                 return True  # cannot tell while the database is away: keep the stream
 
-        self._gateway.subscribe(announce)
+        self._catalog.subscribe(announce)
         events = self.standing(sse.comment("stream open"), messages, client, session_alive)
 
         def cleanup() -> None:
-            self._gateway.unsubscribe(announce)
+            self._catalog.unsubscribe(announce)
             release()
 
         return StreamBody(events, cleanup)

@@ -60,7 +60,7 @@ def _security(access: Access) -> tuple[dict[str, Any], list[dict[str, list[str]]
 @bp.get("/metamcp/<endpoint>/api/openapi.json")
 def openapi(endpoint: str) -> Response:
     access = authorize(endpoint)  # refusals are REST errors, rendered by the app's one handler
-    tools = current_app.extensions["metamcp"].gateway.aggregate("tools", access.view)
+    tools = current_app.extensions["metamcp"].gateway.catalog.aggregate("tools", access.view)
     schemes, security = _security(access)
     paths = {}
     for tool in tools:
@@ -119,8 +119,8 @@ def call_tool(endpoint: str, tool: str) -> Response:
 
 def _call(gateway: Gateway, access: Access, tool: str, arguments: dict[str, Any]) -> Response:
     try:
-        server, original = gateway.route("tools", tool, access.view)
-        result = gateway.request(server, "tools/call", {"name": original, "arguments": arguments})
+        route = gateway.router.route("tools", tool, access.view)
+        result = gateway.pool.request(route.server, "tools/call", {"name": route.name, "arguments": arguments})
     except RpcError as e:  # upstream failures arrive as the gateway's client_error
         if e.code == INVALID_PARAMS:
             return error_response(404, "not_found", f"No tool named {tool!r} in this endpoint.")

@@ -1,0 +1,329 @@
+"""The aggregated lists: each upstream's lists cached and fanned out, named, and kept per namespace.
+
+Lists are cached (refreshed on list_changed, on registry change and after a TTL) and fanned out
+on a bounded pool, so one slow or dead upstream costs at most its timeout and never fails the
+aggregate. Downstream sessions' streams subscribe here to hear that a list changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, wait
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from metamcp.config import Settings
+from metamcp.errors import DatabaseUnavailable
+from metamcp.mcp import naming
+from metamcp.mcp.health import Health
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
+from metamcp.mcp.pool import Pool
+from metamcp.mcp.upstream import UpstreamError, UpstreamRpcError
+from metamcp.namespaces import NamespaceView
+from metamcp.notify import Topic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Kind:
+    method: str
+    key: str
+    capability: str
+    named: bool  # tools and prompts get `server__` names; resources keep their URIs
+
+
+KINDS = {
+    "tools": Kind("tools/list", "tools", "tools", True),
+    "prompts": Kind("prompts/list", "prompts", "prompts", True),
+    "resources": Kind("resources/list", "resources", "resources", False),
+    "resourceTemplates": Kind("resources/templates/list", "resourceTemplates", "resources", False),
+}
+
+
+@dataclass
+class ServerList:
+    """One upstream's list of one kind, as exposed, with its routes."""
+
+    items: list[dict[str, Any]]
+    routes: dict[str, str]  # exposed name or URI -> the upstream's own name or URI
+    expires: float
+
+
+@dataclass(frozen=True)
+class ExposedTool:
+    """A tool as a namespace's clients see it (overrides applied), and where it comes from."""
+
+    item: dict[str, Any]
+    server: str
+    original: str  # the upstream's own name
+
+
+@dataclass
+class ToolTable:
+    """A namespace's tools with the view and lists they were made from, kept until the view or
+    a list changes (both are replaced, never modified, so identity tells)."""
+
+    view: NamespaceView
+    servers: list[str]
+    lists: list[ServerList | None]
+    tools: dict[str, ExposedTool]
+
+    def made_from(self, view: NamespaceView, servers: list[str], lists: list[ServerList | None]) -> bool:
+        return (self.view is view and self.servers == servers
+                and all(a is b for a, b in zip(self.lists, lists, strict=True)))
+
+
+def namespace_tools(view: NamespaceView, servers: list[str],
+                    lists: list[ServerList | None]) -> dict[str, ExposedTool]:
+    """The namespace's active tools (from each server's list, None: none) by the name its
+    clients use. Overrides are applied first, so a tool is found by its exposed name only and
+    its status is that of the tool the name stands for.
+    """
+    tools: dict[str, ExposedTool] = {}
+    for server, server_list in zip(servers, lists, strict=True):
+        if server_list is None:
+            continue
+        for item in server_list.items:
+            original = server_list.routes[item["name"]]
+            settings = view.settings(server, original)
+            if not settings.active:
+                continue
+            shown = settings.apply(item, item["name"])
+            if shown["name"] in tools:
+                logger.warning("namespace %s: two tools named %s; keeping the first", view.name, shown["name"])
+                continue
+            tools[shown["name"]] = ExposedTool(shown, server, original)
+    return tools
+
+
+class Catalog:
+    """The lists of every active server (view None) or of one namespace (a NamespaceView)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        health: Health,
+        settings: Settings,
+        executor: Executor,
+        publish: Callable[[Topic, dict[str, Any]], None] | None = None,
+        on_tools: Callable[[UUID, list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._health = health
+        self._settings = settings
+        #: The bounded pool lists are fanned out on.
+        self._executor = executor
+        #: Announces an upstream's list_changed to every process (LISTEN/NOTIFY).
+        self._publish = publish
+        #: Receives each fresh tools/list of a server (the tools table is kept from it).
+        self._on_tools = on_tools
+        self._lists: dict[tuple[str, str], ServerList] = {}  # (server, kind) -> its list
+        #: Each namespace's tool table.
+        self._tables: dict[UUID, ToolTable] = {}
+        self._subscribers: list[Callable[[str], None]] = []
+        self._lock = threading.RLock()
+
+    # --- lists -------------------------------------------------------------------------------
+
+    def list_page(self, kind: str, cursor: object, view: NamespaceView | None = None) -> dict[str, Any]:
+        """One page of the aggregated list of `kind` (tools, prompts, resources, ...)."""
+        offset = naming.decode_cursor(cursor)
+        items = self.aggregate(kind, view)
+        size = self._settings.page_size
+        if offset > len(items):
+            raise RpcError(INVALID_PARAMS, "Invalid cursor")
+        page: dict[str, Any] = {KINDS[kind].key: items[offset : offset + size]}
+        if offset + size < len(items):
+            page["nextCursor"] = naming.encode_cursor(offset + size)
+        return page
+
+    def aggregate(self, kind: str, view: NamespaceView | None = None) -> list[dict[str, Any]]:
+        servers = self.names(view)
+        lists = self.lists(kind, servers)
+        if view is not None and kind == "tools":
+            return [tool.item for tool in self.tool_table(view, servers, lists).values()]
+        return [item for name in servers if name in lists for item in lists[name].items]
+
+    def refresh_tools(self, servers: list[str]) -> None:
+        """Make sure the tools of these (active) servers were listed lately, which records them."""
+        active = self._pool.servers()
+        self.lists("tools", [name for name in servers if name in active])
+
+    def names(self, view: NamespaceView | None) -> list[str]:
+        """The active servers a downstream session sees, sorted."""
+        names = sorted(self._pool.servers())
+        return names if view is None else [name for name in names if name in view.servers]
+
+    def tool_table(
+        self, view: NamespaceView, servers: list[str], lists: dict[str, ServerList]
+    ) -> dict[str, ExposedTool]:
+        """namespace_tools() of these lists, kept until the view or a list changes."""
+        sources = [lists.get(server) for server in servers]
+        cached = self._tables.get(view.id)
+        if cached is not None and cached.made_from(view, servers, sources):
+            return cached.tools
+        tools = namespace_tools(view, servers, sources)
+        self._tables[view.id] = ToolTable(view, servers, sources, tools)
+        return tools
+
+    def lists(self, kind: str, servers: list[str]) -> dict[str, ServerList]:
+        """These servers' lists of `kind`, cached or fetched in parallel; a server that failed
+        lately, or fails now, is left out."""
+        now = time.monotonic()
+        found: dict[str, ServerList] = {}
+        missing = []
+        for name in servers:
+            cached = self._lists.get((name, kind))
+            if cached is not None and cached.expires > now:
+                found[name] = cached
+            elif not self._health.failing(name, now):
+                missing.append(name)
+        if missing:
+            futures: dict[Future[ServerList | None], str] = {
+                self._executor.submit(self._fetch_list, name, kind): name for name in missing
+            }
+            done, late = wait(futures, timeout=self._settings.list_timeout + 0.5)
+            for future in late:
+                self._health.record_failure(futures[future], "list timed out")
+            for future in done:
+                fetched = future.result()
+                if fetched is not None:
+                    found[futures[future]] = fetched
+        return found
+
+    def forget(self, kind: str, servers: list[str]) -> None:
+        """Drop these servers' cached lists of `kind`: the next use fetches them."""
+        with self._lock:
+            for server in servers:
+                self._lists.pop((server, kind), None)
+
+    def drop_lists(self, server: str) -> None:
+        """Drop every cached list of `server` (its client was dropped)."""
+        with self._lock:
+            for key in [k for k in self._lists if k[0] == server]:
+                del self._lists[key]
+
+    def _fetch_list(self, name: str, kind: str) -> ServerList | None:
+        spec = KINDS[kind]
+        try:
+            upstream = self._pool.client(name)
+            info = upstream.server_info
+            if info is not None and spec.capability not in (info.get("capabilities") or {}):
+                items = []  # it does not offer this kind: nothing to ask
+            else:
+                items = upstream.list_all(spec.method, spec.key, timeout=self._settings.list_timeout)
+        except UpstreamRpcError as e:
+            if e.code != METHOD_NOT_FOUND:
+                self._health.record_failure(name, f"{spec.method} refused ({e.code}: {e.message})")
+                return None
+            items = []  # an upstream may not declare what it lacks: the same as an empty list
+        except (UpstreamError, RpcError) as e:
+            self._health.record_failure(name, str(e))
+            return None
+        except Exception as e:  # noqa: BLE001 - boundary: one upstream must not fail the list
+            logger.exception("listing %s of %s failed", kind, name)
+            self._health.record_failure(name, type(e).__name__)
+            return None
+        self._health.record_success(name)
+        config = self._pool.config(name)
+        if kind == "tools" and self._on_tools is not None and config is not None:
+            try:
+                self._on_tools(config.id, items)
+            except DatabaseUnavailable:
+                pass  # recorded at a later list, once the database is back (the outage is logged)
+            except Exception:  # noqa: BLE001 - recording is bookkeeping: the list is served anyway
+                logger.exception("recording the tools of %s failed", name)
+        server_list = self._expose(name, kind, items)
+        with self._lock:
+            if self._pool.config(name) is not None:
+                self._lists[(name, kind)] = server_list
+        return server_list
+
+    def _expose(self, server: str, kind: str, items: list[dict[str, Any]]) -> ServerList:
+        spec = KINDS[kind]
+        exposed_items, routes = [], {}
+        for item in items:
+            if spec.named:
+                original = item.get("name")
+                if not isinstance(original, str):
+                    continue
+                exposed = naming.expose(server, original)
+                if exposed in routes:
+                    logger.warning("%s: two %s map to %s; keeping the first", server, kind, exposed)
+                    continue
+                routes[exposed] = original
+                exposed_items.append({**item, "name": exposed})
+            else:
+                uri = item.get("uri") or item.get("uriTemplate")
+                if isinstance(uri, str):
+                    routes[uri] = uri
+                exposed_items.append(item)
+        return ServerList(exposed_items, routes, time.monotonic() + self._settings.list_cache_ttl)
+
+    # --- changes -----------------------------------------------------------------------------
+
+    def on_registry_change(self, _message: dict[str, Any]) -> None:
+        self._pool.registry_changed()
+        self.announce(*KINDS)
+
+    def on_namespace_change(self, _message: dict[str, Any]) -> None:
+        self.announce(*KINDS)  # a server or tool came or went in some namespace
+
+    def on_list_change(self, message: dict[str, Any]) -> None:
+        server, kinds = message.get("server"), message.get("kinds") or list(KINDS)
+        with self._lock:
+            if not isinstance(server, str):  # the listener reconnected: anything may have changed
+                self._lists.clear()
+            else:
+                for kind in kinds:
+                    self._lists.pop((server, kind), None)
+        self.announce(*kinds)
+
+    def on_notification(self, server: str, message: dict[str, Any]) -> None:
+        """A kept client heard its upstream: a list_changed is told to every process."""
+        method = message.get("method", "")
+        if not method.endswith("/list_changed"):
+            return
+        capability = method.split("/")[1]
+        kinds = [k for k, kind in KINDS.items() if kind.capability == capability]
+        logger.info("upstream %s: %s", server, method)
+        published = False
+        if self._publish is not None:
+            try:
+                self._publish(Topic.LISTS, {"server": server, "kinds": kinds})
+                published = True
+            except DatabaseUnavailable:
+                pass  # this process at least; the others refresh every list when their listener is back
+        if not published:
+            self.on_list_change({"server": server, "kinds": kinds})
+        if "tools" in kinds and self._on_tools is not None:
+            # Record the new tools now rather than at the next list (only the processes whose
+            # client heard the upstream do this; unchanged rows are not written twice).
+            self._executor.submit(self._refetch, server, "tools")
+
+    def _refetch(self, server: str, kind: str) -> None:
+        self.forget(kind, [server])
+        self.lists(kind, [server])
+
+    # --- list_changed subscribers (the GET streams of downstream sessions) ---------------
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Callable[[str], None]) -> None:
+        with self._lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+    def announce(self, *kinds: str) -> None:
+        """Tell every subscriber that the lists of these kinds changed."""
+        methods = {KINDS[k].capability for k in kinds if k in KINDS}
+        for callback in list(self._subscribers):
+            for capability in sorted(methods):
+                callback(f"notifications/{capability}/list_changed")

@@ -1,0 +1,77 @@
+"""Health of each upstream as this process saw it: its last success or failure, and when to retry."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from metamcp.servers import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a failed upstream is left out of list fan-outs before it is tried again.
+RETRY_FAILED_AFTER = 5.0
+
+
+@dataclass
+class UpstreamHealth:
+    status: str = "unknown"  # ok | error | unknown
+    last_error: str | None = None
+    checked_at: float | None = None
+    failed_until: float = 0.0
+
+
+class Health:
+    """What this process knows of each upstream (other workers may know differently)."""
+
+    def __init__(self) -> None:
+        self._upstreams: dict[str, UpstreamHealth] = {}
+
+    def of(self, name: str) -> UpstreamHealth:
+        return self._upstreams.setdefault(name, UpstreamHealth())
+
+    def failing(self, name: str, now: float) -> bool:
+        """Failed less than RETRY_FAILED_AFTER ago (at monotonic `now`): left out of fan-outs."""
+        return self.of(name).failed_until > now
+
+    def record_success(self, name: str) -> None:
+        health = self.of(name)
+        health.status, health.last_error, health.checked_at = "ok", None, time.time()
+        health.failed_until = 0.0
+
+    def record_failure(self, name: str, error: str) -> None:
+        logger.warning("upstream %s skipped: %s", name, error)
+        health = self.of(name)
+        health.status, health.last_error, health.checked_at = "error", error, time.time()
+        health.failed_until = time.monotonic() + RETRY_FAILED_AFTER
+
+    def report(self, servers: dict[str, ServerConfig],
+               kept: Callable[[str], object]) -> list[dict[str, Any]]:
+        """Each active upstream's last known state in this process; `kept` gives the pool's
+        client of a server, if it has one. Nothing is pinged or started here: an upstream this
+        process never used is `unknown`."""
+        report = []
+        for name, config in sorted(servers.items()):
+            health = self._upstreams.get(name) or UpstreamHealth()
+            entry: dict[str, Any] = {
+                "name": name,
+                "transport": config.transport,
+                "status": health.status,
+                "last_error": health.last_error,
+                "checked_at": health.checked_at,
+            }
+            process = process_state(kept(name))
+            if process is not None:
+                entry["process"] = process
+            report.append(entry)
+        return report
+
+
+def process_state(client: object) -> dict[str, Any] | None:
+    """A stdio server's child in this process (from its kept client): running, pid, restarts,
+    last error."""
+    state = getattr(client, "state", None)
+    return state() if callable(state) else None

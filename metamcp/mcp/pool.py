@@ -1,0 +1,204 @@
+"""The upstream clients of this process: one kept per active server, and requests forwarded on them.
+
+The pool reads the active servers from the registry (again only after a change), makes each
+server's client at first use and drops (and closes) it when its server changes or leaves. It
+knows nothing of lists or downstream sessions: whoever wires it sets `on_notification` (what
+the kept clients hear) and `on_drop` (a server's client was dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from metamcp.config import Settings
+from metamcp.errors import DatabaseUnavailable
+from metamcp.mcp.children import ChildRecords, run_dir
+from metamcp.mcp.health import Health
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, REQUEST_TIMEOUT, UPSTREAM_ERROR, RpcError
+from metamcp.mcp.upstream import (
+    PendingCall,
+    Upstream,
+    UpstreamError,
+    UpstreamTimeout,
+    create_upstream,
+)
+from metamcp.servers import ServerConfig, ServerRegistry
+from metamcp.stdio_policy import StdioPolicy
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a request waits for another thread's registry reload before using the last one.
+RELOAD_WAIT = 1.0
+
+
+def client_error(server: str, error: UpstreamError | None = None) -> RpcError:
+    """What an MCP client (or an endpoint's REST tool API) is told of an upstream failure: which
+    server, and whether it timed out; never the cause. Causes (connection refused, HTTP 404, ...)
+    would make the gateway a port scanner of the network behind it: they go to the log and to
+    the admin routes. An upstream's own JSON-RPC error answer is not a failure and passes as is.
+    """
+    if isinstance(error, UpstreamTimeout):
+        return RpcError(REQUEST_TIMEOUT, f"Upstream server {server!r} timed out")
+    return RpcError(UPSTREAM_ERROR, f"Upstream server {server!r} is unavailable")
+
+
+@dataclass
+class _State:
+    configs: dict[str, ServerConfig] | None = None
+    #: Registry changes heard, and the count the configs were read after (equal: current).
+    wanted: int = 0
+    loaded: int = 0
+    clients: dict[str, tuple[ServerConfig, Upstream]] = field(default_factory=dict)
+
+
+class Pool:
+    """This process's clients of the active servers, each made at first use."""
+
+    def __init__(self, registry: ServerRegistry, settings: Settings, health: Health,
+                 executor: Executor) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._health = health
+        #: Closes dropped clients and reconciles after a registry change, off the caller's thread.
+        self._executor = executor
+        #: Hears every notification of a kept client: (server, message).
+        self.on_notification: Callable[[str, dict[str, Any]], None] | None = None
+        #: Told, under the pool's lock, each server whose client a registry reload dropped.
+        self.on_drop: Callable[[str], None] | None = None
+        self._state = _State()
+        self._lock = threading.RLock()
+        self._reloading = threading.Lock()
+        #: Stdio children this process may run at once.
+        self._children = threading.BoundedSemaphore(settings.stdio_max_children)
+        self._child_records = ChildRecords(run_dir(settings.data_dir))
+
+    # --- the registry ------------------------------------------------------------------------
+
+    def servers(self) -> dict[str, ServerConfig]:
+        """Active servers by name; read from the database only after a change. While the
+        database is away, the last registry read keeps serving."""
+        state = self._state
+        if state.configs is not None and state.loaded == state.wanted:
+            return state.configs
+        # A reload normally takes milliseconds (and callers expect to see a change they just
+        # made); a reload stuck on an unreachable database must not hold warm requests long.
+        if not self._reloading.acquire(timeout=RELOAD_WAIT if state.configs is not None else -1):
+            assert state.configs is not None
+            return state.configs
+        try:
+            if state.configs is not None and state.loaded == state.wanted:
+                return state.configs
+            wanted = state.wanted
+            try:
+                fresh = {config.name: config for config in self._registry.configs()}
+            except DatabaseUnavailable:
+                if state.configs is None:
+                    raise
+                return state.configs
+            with self._lock:
+                dropped = [name for name, (config, _) in state.clients.items() if fresh.get(name) != config]
+                # The new configs first: a list still arriving for a server that left is not kept.
+                state.configs, state.loaded = fresh, wanted
+                for name in dropped:
+                    _, client = state.clients.pop(name)
+                    if self.on_drop is not None:
+                        self.on_drop(name)
+                    self._executor.submit(client.close)
+            return fresh
+        finally:
+            self._reloading.release()
+
+    def config(self, name: str) -> ServerConfig | None:
+        """`name`'s definition as last read from the registry (nothing is read now)."""
+        return (self._state.configs or {}).get(name)
+
+    def registry_changed(self) -> None:
+        """Read the registry again at next use, keeping the last read meanwhile."""
+        with self._lock:
+            self._state.wanted += 1
+        # Reconcile now, not at the next request: a removed stdio server's child stops at once.
+        self._executor.submit(self.servers)
+
+    # --- clients -------------------------------------------------------------------------------
+
+    def client(self, name: str) -> Upstream:
+        """The kept client of active server `name`, made at first use; -32602 for no such server."""
+        entry = self._state.clients.get(name)
+        if entry is not None:
+            return entry[1]
+        config = self.servers().get(name)
+        if config is None:
+            raise RpcError(INVALID_PARAMS, f"No active server named {name!r}")
+        with self._lock:
+            entry = self._state.clients.get(name)
+            if entry is None:
+                entry = (config, self._create(config, listen=True))
+                self._state.clients[name] = entry
+        return entry[1]
+
+    def kept(self, name: str) -> Upstream | None:
+        """The kept client of `name`, if this process has one (no connection is made)."""
+        entry = self._state.clients.get(name)
+        return entry[1] if entry is not None else None
+
+    def open(self, config: ServerConfig) -> Upstream:
+        """A new client for `config`, active or not, that the pool does not keep: the caller
+        closes it."""
+        return self._create(config, listen=False)
+
+    def _create(self, config: ServerConfig, listen: bool) -> Upstream:
+        extra: dict[str, Any] = {}
+        if config.transport == "stdio":
+            extra = {"start_timeout": self._settings.stdio_start_timeout,
+                     "idle_timeout": self._settings.stdio_idle_timeout,
+                     "children": self._children, "records": self._child_records,
+                     "stdio_policy": StdioPolicy.from_settings(self._settings)}
+        return create_upstream(
+            config,
+            connect_timeout=self._settings.upstream_connect_timeout,
+            read_timeout=self._settings.upstream_timeout,
+            on_notification=self._heard if listen else None,
+            policy=self._settings.upstream_policy,
+            **extra,
+        )
+
+    def _heard(self, server: str, message: dict[str, Any]) -> None:
+        if self.on_notification is not None:
+            self.on_notification(server, message)
+
+    # --- forwarding ----------------------------------------------------------------------------
+
+    def call(self, server: str, method: str, params: dict[str, Any]) -> PendingCall:
+        """A client's call: its failure is recorded and logged, the client gets client_error."""
+        try:
+            call = self.client(server).call(method, params)
+        except UpstreamError as e:
+            self._health.record_failure(server, str(e))
+            raise client_error(server, e) from None
+        return call
+
+    def request(self, server: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A client's request (UpstreamRpcError: the upstream's answer); failures as in call()."""
+        try:
+            result = self.client(server).request(method, params)
+        except UpstreamError as e:
+            self._health.record_failure(server, str(e))
+            raise client_error(server, e) from None
+        self._health.record_success(server)
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            clients = [c for _, c in self._state.clients.values()]
+            self._state = _State()
+        # In parallel: each close may wait (briefly) on an upstream that does not answer.
+        closers = [threading.Thread(target=c.close, daemon=True) for c in clients]
+        for closer in closers:
+            closer.start()
+        for closer in closers:
+            closer.join(timeout=10)  # a stdio child gets its grace periods before SIGKILL
