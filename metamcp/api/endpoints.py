@@ -10,7 +10,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from metamcp.api.auth import authenticate_request, documented
-from metamcp.api.schemas import (
+from metamcp.api.namespace_schemas import (
     EndpointInputSchema,
     EndpointListSchema,
     EndpointPatchSchema,

@@ -10,7 +10,7 @@ from flask_smorest import Blueprint
 
 from metamcp import keys, repository
 from metamcp.api.auth import authenticate_request, documented
-from metamcp.api.schemas import (
+from metamcp.api.key_schemas import (
     KeyInputSchema,
     KeyListQuerySchema,
     KeyListSchema,

@@ -22,22 +22,22 @@ RESERVED_HEADERS = {"host", "content-length", "content-type", "accept", "mcp-ses
                     "mcp-protocol-version", "transfer-encoding", "connection"}
 
 
-def _no_newlines(value: str) -> None:
+def no_newlines(value: str) -> None:
     if "\r" in value or "\n" in value or "\0" in value:
         raise ValidationError("Must not contain line breaks or NUL characters.")
 
 
-def _name_validators(regex: re.Pattern[str], error: str) -> list[Any]:
-    # _no_newlines: Python's `$` also matches before a final newline, PostgreSQL's does not.
-    return [validate.Length(min=1, max=64), validate.Regexp(regex, error=error), _no_newlines]
+def name_validators(regex: re.Pattern[str], error: str) -> list[Any]:
+    # no_newlines: Python's `$` also matches before a final newline, PostgreSQL's does not.
+    return [validate.Length(min=1, max=64), validate.Regexp(regex, error=error), no_newlines]
 
 
-_SERVER_NAME = _name_validators(
+_SERVER_NAME = name_validators(
     SERVER_NAME_RE, "Use 1-64 letters, digits, '_' or '-', without '__' (it separates server and tool names).")
-_URL_NAME = _name_validators(URL_NAME_RE, "Use 1-64 letters, digits, '_' or '-'.")
+URL_NAME = name_validators(URL_NAME_RE, "Use 1-64 letters, digits, '_' or '-'.")
 
 
-class _ChangesSomething:
+class ChangesSomething:
     """A PATCH body must name at least one field: `{}` (or no body) changes nothing and is
     more likely a client bug than an intent."""
 
@@ -78,11 +78,11 @@ class ServerInputSchema(Schema):
     )
     url = fields.String(
         allow_none=True,
-        validate=[validate.Length(max=2048), _no_newlines],
+        validate=[validate.Length(max=2048), no_newlines],
         metadata={"example": "http://127.0.0.1:3001/mcp"},
     )
     command = fields.String(
-        allow_none=True, validate=[validate.Length(min=1, max=1024), _no_newlines],
+        allow_none=True, validate=[validate.Length(min=1, max=1024), no_newlines],
         metadata={"example": "npx"},
     )
     args = fields.List(
@@ -92,21 +92,21 @@ class ServerInputSchema(Schema):
     )
     env = fields.Dict(
         keys=fields.String(validate=validate.Regexp(ENV_NAME_RE, error="Not a valid variable name.")),
-        values=fields.String(validate=[validate.Length(max=8192), _no_newlines]),
+        values=fields.String(validate=[validate.Length(max=8192), no_newlines]),
         validate=validate.Length(max=100),
         metadata={"description": "Encrypted at rest; returned masked", "example": {"API_TOKEN": "secret"}},
     )
     cwd = fields.String(allow_none=True, validate=validate.Length(min=1, max=1024))
     headers = fields.Dict(
         keys=fields.String(validate=validate.Regexp(HEADER_NAME_RE, error="Not a valid header name.")),
-        values=fields.String(validate=[validate.Length(max=8192), _no_newlines]),
+        values=fields.String(validate=[validate.Length(max=8192), no_newlines]),
         validate=validate.Length(max=50),
         metadata={"description": "Sent to the upstream; encrypted at rest; returned masked",
                   "example": {"X-Upstream-Key": "secret"}},
     )
     bearer_token = fields.String(
         allow_none=True,
-        validate=[validate.Length(min=1, max=8192), _no_newlines],
+        validate=[validate.Length(min=1, max=8192), no_newlines],
         metadata={"description": "Sent upstream as Authorization: Bearer; encrypted; returned masked"},
     )
     is_active = fields.Boolean(metadata={"example": True})
@@ -129,7 +129,7 @@ class ServerInputSchema(Schema):
         return data
 
 
-class ServerPatchSchema(_ChangesSomething, ServerInputSchema):
+class ServerPatchSchema(ChangesSomething, ServerInputSchema):
     """Some fields of a server definition (PATCH)."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -254,220 +254,3 @@ class ErrorSchema(Schema):
     error = fields.String(metadata={"example": "not_found"})
     message = fields.String(metadata={"example": "No server with id 6f1c2b1e-8f7a-4c1e-9a59-0b1f3f7c2d10."})
     details = fields.Raw(allow_none=True)
-
-
-# --- Namespaces, their tools, endpoints --------------------------------------------------
-
-#: A tool's exposed name when overridden in a namespace.
-TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def _status_field(**kwargs: Any) -> fields.String:
-    return fields.String(validate=validate.OneOf(["active", "inactive"]),
-                         metadata={"description": "active or inactive", "example": "inactive"}, **kwargs)
-
-
-class NamespaceInputSchema(Schema):
-    class Meta:
-        unknown = "raise"
-
-    name = fields.String(required=True, validate=_URL_NAME, metadata={"example": "research"})
-    description = fields.String(validate=validate.Length(max=2000), metadata={"example": "Search and files"})
-
-
-class NamespacePatchSchema(_ChangesSomething, NamespaceInputSchema):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(partial=True, **kwargs)
-
-
-class NamespaceServerSchema(Schema):
-    id = fields.UUID()
-    name = fields.String(metadata={"example": "files"})
-    status = fields.String(metadata={"description": "status in this namespace", "example": "active"})
-    is_active = fields.Boolean(metadata={"description": "the server's own switch"})
-
-
-class NamespaceSchema(Schema):
-    id = fields.UUID(metadata={"example": "0b6f2a8e-3c51-4a57-9d0e-6f7d1a2b3c4d"})
-    name = fields.String(metadata={"example": "research"})
-    description = fields.String()
-    servers = fields.List(fields.Nested(NamespaceServerSchema))
-    created_at = fields.DateTime()
-    updated_at = fields.DateTime()
-
-
-class NamespaceListSchema(Schema):
-    namespaces = fields.List(fields.Nested(NamespaceSchema))
-
-
-class AttachSchema(Schema):
-    class Meta:
-        unknown = "raise"
-
-    status = _status_field(required=True)
-
-
-class ToolChangeSchema(_ChangesSomething, Schema):
-    """Status and overrides of one tool in a namespace; annotations merge (null drops a key)."""
-
-    class Meta:
-        unknown = "raise"
-
-    status = _status_field()
-    name = fields.String(
-        allow_none=True,
-        validate=_name_validators(TOOL_NAME_RE, "Use 1-64 letters, digits, '_', '.' or '-'."),
-        metadata={"description": "name clients see; null restores <server>__<tool>", "example": "search"},
-    )
-    title = fields.String(allow_none=True, validate=validate.Length(max=200), metadata={"example": "Search"})
-    description = fields.String(allow_none=True, validate=validate.Length(max=10_000))
-    annotations = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), allow_none=True,
-                              metadata={"example": {"readOnlyHint": True}})
-
-
-class BulkToolChangeSchema(ToolChangeSchema):
-    id = fields.UUID(required=True, metadata={"description": "tool id"})
-
-
-class NamespaceToolSchema(Schema):
-    id = fields.UUID()
-    server_id = fields.UUID()
-    server_name = fields.String(metadata={"example": "files"})
-    server_status = fields.String(metadata={"description": "the server's status in this namespace"})
-    original_name = fields.String(metadata={"example": "search_files"})
-    name = fields.String(metadata={"description": "exposed name", "example": "files__search_files"})
-    status = fields.String(metadata={"example": "active"})
-    title = fields.String(allow_none=True)
-    description = fields.String(allow_none=True)
-    annotations = fields.Dict()
-    input_schema = fields.Dict()
-    overrides = fields.Dict(metadata={"example": {"name": None, "title": None, "description": None,
-                                                  "annotations": {}}})
-
-
-class NamespaceToolListSchema(Schema):
-    tools = fields.List(fields.Nested(NamespaceToolSchema))
-
-
-class EndpointAuthSchema(Schema):
-    class Meta:
-        unknown = "raise"
-
-    api_key = fields.Boolean(metadata={"description": "require an API key or JWT", "example": True})
-    query_param = fields.Boolean(metadata={"description": "also accept ?api_key=", "example": False})
-
-
-class EndpointInputSchema(Schema):
-    class Meta:
-        unknown = "raise"
-
-    name = fields.String(required=True, validate=_URL_NAME, metadata={"example": "research"})
-    namespace_id = fields.UUID(required=True)
-    description = fields.String(validate=validate.Length(max=2000))
-    auth = fields.Nested(EndpointAuthSchema)
-
-
-class EndpointPatchSchema(_ChangesSomething, EndpointInputSchema):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(partial=True, **kwargs)
-
-
-class EndpointSchema(Schema):
-    id = fields.UUID()
-    name = fields.String(metadata={"example": "research"})
-    namespace_id = fields.UUID()
-    namespace_name = fields.String(metadata={"example": "research"})
-    description = fields.String()
-    auth = fields.Nested(EndpointAuthSchema)
-    urls = fields.Dict(metadata={"example": {"mcp": "/metamcp/research/mcp", "sse": "/metamcp/research/sse",
-                                             "openapi": "/metamcp/research/api/openapi.json"}})
-    created_at = fields.DateTime()
-    updated_at = fields.DateTime()
-
-
-class EndpointListSchema(Schema):
-    endpoints = fields.List(fields.Nested(EndpointSchema))
-
-
-# --- API keys ----------------------------------------------------------------------------
-
-
-
-#: Key names: 1-200 characters once surrounding spaces are trimmed (the CHECK uses btrim).
-_KEY_NAME: list[Any] = [
-    validate.Length(min=1, max=200), validate.Regexp(re.compile(r"^ *[^ ]"), error="Must not be blank."),
-    _no_newlines,
-]
-
-
-def _namespaces_field(**kwargs: Any) -> fields.List:
-    return fields.List(
-        fields.String(validate=validate.Length(min=1, max=64)), allow_none=True,
-        metadata={"description": "client keys only. null: the key reaches every MCP route; a list of "
-                                 "namespace names or ids: only their endpoints", "example": ["research"]},
-        **kwargs)
-
-
-def _role_field(**kwargs: Any) -> fields.String:
-    return fields.String(
-        validate=validate.OneOf(["admin", "client"]),
-        metadata={"description": "admin: the admin API and every MCP route (an admin key can run "
-                                 "commands on the host through stdio servers); client: MCP only",
-                  "example": "client"},
-        **kwargs)
-
-
-def _rate_limit_field(**kwargs: Any) -> fields.Integer:
-    return fields.Integer(
-        allow_none=True, validate=validate.Range(min=1, max=1_000_000),
-        metadata={"description": "requests per minute for this key; null: the METAMCP_RATE_LIMIT default",
-                  "example": 600},
-        **kwargs)
-
-
-class KeyInputSchema(Schema):
-    class Meta:
-        unknown = "raise"
-
-    name = fields.String(required=True, validate=_KEY_NAME, metadata={"example": "laptop"})
-    role = _role_field(required=True)
-    namespaces = _namespaces_field(load_default=None)
-    rate_limit = _rate_limit_field(load_default=None)
-
-
-class KeyPatchSchema(_ChangesSomething, Schema):
-    class Meta:
-        unknown = "raise"
-
-    name = fields.String(validate=_KEY_NAME)
-    is_active = fields.Boolean()
-    role = _role_field()
-    namespaces = _namespaces_field()
-    rate_limit = _rate_limit_field()
-
-
-class KeySchema(Schema):
-    id = fields.Integer(metadata={"example": 3})
-    name = fields.String(metadata={"example": "laptop"})
-    key_prefix = fields.String(metadata={"example": "mcp_9mQx2Lp0"})
-    role = fields.String(metadata={"example": "client"})
-    is_active = fields.Boolean()
-    scoped = fields.Boolean(metadata={"description": "limited to `namespaces`"})
-    namespaces = fields.List(fields.String(), metadata={"example": ["research"]})
-    rate_limit = fields.Integer(allow_none=True, metadata={
-        "description": "requests per minute; null: the METAMCP_RATE_LIMIT default", "example": None})
-    created_at = fields.DateTime()
-    last_used_at = fields.DateTime(allow_none=True)
-
-
-class NewKeySchema(KeySchema):
-    key = fields.String(metadata={"description": "the API key; shown only in this answer",
-                                  "example": "mcp_9mQx2Lp0..."})
-
-
-class KeyListSchema(Schema):
-    keys = fields.List(fields.Nested(KeySchema))
-
-
-class KeyListQuerySchema(Schema):
-    include_inactive = fields.Boolean(load_default=False)
