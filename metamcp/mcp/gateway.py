@@ -29,14 +29,9 @@ from metamcp.mcp.jsonrpc import (
     UPSTREAM_ERROR,
     RpcError,
 )
-from metamcp.mcp.upstream import (
-    PendingCall,
-    Upstream,
-    UpstreamError,
-    UpstreamRpcError,
-    UpstreamTimeout,
-    create_upstream,
-)
+from metamcp.mcp.upstream.call import PendingCall, UpstreamError, UpstreamTimeout
+from metamcp.mcp.upstream.factory import create_upstream
+from metamcp.mcp.upstream.interface import Upstream
 from metamcp.namespaces import NamespaceView
 from metamcp.servers import ServerConfig, ServerRegistry
 from metamcp.stdio_policy import StdioPolicy
@@ -372,12 +367,12 @@ class Gateway:
                 items = []  # it does not offer this kind: nothing to ask
             else:
                 items = upstream.list_all(spec.method, spec.key, timeout=self._settings.list_timeout)
-        except UpstreamRpcError as e:
+        except RpcError as e:
             if e.code != METHOD_NOT_FOUND:
                 self._record_failure(name, f"{spec.method} refused ({e.code}: {e.message})")
                 return None
             items = []  # an upstream may not declare what it lacks: the same as an empty list
-        except (UpstreamError, RpcError) as e:
+        except UpstreamError as e:
             self._record_failure(name, str(e))
             return None
         except Exception as e:  # noqa: BLE001 - boundary: one upstream must not fail the list
@@ -479,7 +474,7 @@ class Gateway:
         return call
 
     def request(self, server: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """A client's request (UpstreamRpcError: the upstream's answer); failures as in call()."""
+        """A client's request (RpcError: the upstream's answer); failures as in call()."""
         try:
             result = self.upstream(server).request(method, params)
         except UpstreamError as e:
@@ -525,8 +520,8 @@ class Gateway:
 
     def process_state(self, name: str) -> dict[str, Any] | None:
         """A stdio server's child in this process: running, pid, restarts, last error."""
-        state = getattr(self.kept(name), "state", None)
-        return state() if callable(state) else None
+        client = self.kept(name)
+        return client.state() if client is not None else None
 
 
 def _template_matches(template: str, uri: str) -> bool:

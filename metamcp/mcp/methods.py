@@ -18,7 +18,7 @@ from metamcp.mcp.capacity import HangupWatch, ThreadBudget
 from metamcp.mcp.gateway import Gateway, client_error
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore
-from metamcp.mcp.upstream import PendingCall, UpstreamError, UpstreamRpcError
+from metamcp.mcp.upstream.call import PendingCall, UpstreamError
 from metamcp.namespaces import NamespaceView
 
 logger = logging.getLogger(__name__)
@@ -184,9 +184,7 @@ class Dispatcher:
                 raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
             outcome = handler(session, message, view)
             return outcome if isinstance(outcome, Streamed) else jsonrpc.result(message.id, outcome)
-        except RpcError as e:
-            return jsonrpc.error(message.id, e.code, e.message, e.data)
-        except UpstreamRpcError as e:  # the upstream's own answer (the gateway maps failures)
+        except RpcError as e:  # ours, or the upstream's own answer (the gateway maps failures)
             return jsonrpc.error(message.id, e.code, e.message, e.data)
 
     def receive(self, session: Session, message: Message) -> None:

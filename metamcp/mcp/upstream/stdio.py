@@ -21,8 +21,14 @@ from typing import IO, Any
 from metamcp.config import child_environment
 from metamcp.mcp import jsonrpc
 from metamcp.mcp.children import ChildRecords, spawn
-from metamcp.mcp.upstream import PendingCall, Upstream, UpstreamError, UpstreamTimeout, is_response
-from metamcp.mcp.upstream_call import Inboxes
+from metamcp.mcp.upstream.call import (
+    Inboxes,
+    PendingCall,
+    UpstreamError,
+    UpstreamTimeout,
+    is_response,
+)
+from metamcp.mcp.upstream.interface import Upstream
 from metamcp.servers import ServerConfig
 from metamcp.stdio_policy import StdioPolicy, StdioRefused
 
@@ -66,6 +72,8 @@ class _Child(Inboxes):
 
 
 class StdioUpstream(Upstream):
+    """An upstream run as a child process of this worker, spoken to on its stdin and stdout."""
+
     def __init__(self, config: ServerConfig, *, start_timeout: float = 30.0,
                  idle_timeout: float = 600.0, children: threading.BoundedSemaphore | None = None,
                  stdio_policy: StdioPolicy | None = None, records: ChildRecords | None = None,
@@ -128,6 +136,7 @@ class StdioUpstream(Upstream):
     # --- state for /health, the REST API and the logs endpoint --------------------------
 
     def state(self) -> dict[str, Any]:
+        """This worker's child: running, pid, restarts, last error."""
         child = self._child
         running = child is not None and child.process.poll() is None
         return {"running": running, "pid": child.process.pid if running and child else None,
