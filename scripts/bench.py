@@ -33,7 +33,7 @@ from typing import Any
 
 import requests
 
-from metamcp.mcp.upstream_stdio import StdioUpstream
+from metamcp.mcp.upstream.stdio import StdioUpstream
 from metamcp.servers import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent

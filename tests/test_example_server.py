@@ -8,7 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from metamcp.mcp.upstream import Upstream, UpstreamRpcError, create_upstream
+from metamcp.mcp.jsonrpc import RpcError
+from metamcp.mcp.upstream.factory import create_upstream
+from metamcp.mcp.upstream.interface import Upstream
 from metamcp.servers import ServerConfig
 
 from .upstreams import EXAMPLE_SERVER, UpstreamProcess
@@ -60,5 +62,5 @@ def test_profiles(example: tuple[str, Upstream]) -> None:
     assert prompts == {"code_review", "summarize", "explain"}
     review = call("prompts/get", {"name": "code_review", "arguments": {"code": "print(1)"}})
     assert "print(1)" in json.dumps(review)
-    with pytest.raises(UpstreamRpcError):
+    with pytest.raises(RpcError):
         call("resources/read", {"uri": "file://missing.txt"})

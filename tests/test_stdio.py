@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from metamcp.mcp.upstream import UpstreamError, UpstreamTimeout
-from metamcp.mcp.upstream_stdio import StdioUpstream
+from metamcp.mcp.upstream.call import UpstreamError, UpstreamTimeout
+from metamcp.mcp.upstream.stdio import StdioUpstream
 from metamcp.servers import ServerConfig
 
 from .upstreams import SERVER

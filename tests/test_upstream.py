@@ -15,13 +15,10 @@ from typing import Any
 import pytest
 import requests
 
-from metamcp.mcp.upstream import (
-    Upstream,
-    UpstreamError,
-    UpstreamRpcError,
-    UpstreamTimeout,
-    create_upstream,
-)
+from metamcp.mcp.jsonrpc import RpcError
+from metamcp.mcp.upstream.call import UpstreamError, UpstreamTimeout
+from metamcp.mcp.upstream.factory import create_upstream
+from metamcp.mcp.upstream.interface import Upstream
 
 from .upstreams import EXAMPLE_SERVER, Log, UpstreamProcess, free_port, server_config
 from .upstreams import start_upstream as start_upstream  # noqa: F401 - the fixture
@@ -114,10 +111,10 @@ def test_methods_and_results(kind: str, servers: Any, connect: Connect) -> None:
 @pytest.mark.parametrize("kind", TRANSPORTS)
 def test_json_rpc_errors_raise_upstream_rpc_error(kind: str, servers: Any, connect: Connect) -> None:
     upstream = connect(servers[kind][0])
-    with pytest.raises(UpstreamRpcError) as unknown_uri:
+    with pytest.raises(RpcError) as unknown_uri:
         upstream.request("resources/read", {"uri": "test://nowhere"})
     assert unknown_uri.value.code == -32602
-    with pytest.raises(UpstreamRpcError) as unknown_method:
+    with pytest.raises(RpcError) as unknown_method:
         upstream.request("no/such/method")
     assert unknown_method.value.code == -32601
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from metamcp.mcp.upstream import UpstreamError, UpstreamTimeout, create_upstream
+from metamcp.mcp.upstream.call import UpstreamError, UpstreamTimeout
+from metamcp.mcp.upstream.factory import create_upstream
 
 from .upstreams import server_config
 

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from metamcp.addresses import AddressPolicy, AddressRefused
-from metamcp.mcp.upstream import UpstreamError, UpstreamTimeout, create_upstream
-from metamcp.mcp.upstream_guard import AddrInfo, GuardedAdapter, connect
+from metamcp.mcp.upstream.call import UpstreamError, UpstreamTimeout
+from metamcp.mcp.upstream.factory import create_upstream
+from metamcp.mcp.upstream.guard import AddrInfo, GuardedAdapter, connect
 
 from .upstreams import Log, UpstreamProcess, free_port
 

@@ -27,8 +27,7 @@ from metamcp.api.schemas import (
     ToolResultSchema,
 )
 from metamcp.errors import ValidationFailed
-from metamcp.mcp.health import process_state
-from metamcp.mcp.upstream import UpstreamRpcError
+from metamcp.mcp.jsonrpc import RpcError
 from metamcp.servers import ServerRegistry
 
 blp = Blueprint(
@@ -121,7 +120,7 @@ def _live(server_id: UUID, method: str, params: dict[str, Any]) -> dict[str, Any
         if method == "tools/list":
             return {"tools": upstream.list_all("tools/list", "tools")}
         return upstream.request(method, params)
-    except UpstreamRpcError as e:
+    except RpcError as e:
         raise ValidationFailed(f"The upstream refused the call: {e.message}", {"code": e.code}) from None
     finally:
         upstream.close()
@@ -167,8 +166,8 @@ class ServerLogs(MethodView):
         """
         name = registry().get(server_id)["name"]
         upstream = current_app.extensions["metamcp"].gateway.pool.kept(name)
-        lines = getattr(upstream, "stderr_lines", None)
-        return {"server": name, "process": _process(name), "lines": lines() if callable(lines) else []}
+        lines = upstream.stderr_lines() if upstream is not None else []
+        return {"server": name, "process": _process(name), "lines": lines}
 
 
 def _with_process(server: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +177,8 @@ def _with_process(server: dict[str, Any]) -> dict[str, Any]:
 
 
 def _process(name: str) -> dict[str, Any] | None:
-    return process_state(current_app.extensions["metamcp"].gateway.pool.kept(name))
+    client = current_app.extensions["metamcp"].gateway.pool.kept(name)
+    return client.state() if client is not None else None
 
 
 @blp.route("/import")

@@ -22,7 +22,7 @@ from metamcp.mcp import naming
 from metamcp.mcp.health import Health
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RpcError
 from metamcp.mcp.pool import Pool
-from metamcp.mcp.upstream import UpstreamError, UpstreamRpcError
+from metamcp.mcp.upstream.call import UpstreamError
 from metamcp.namespaces import NamespaceView
 from metamcp.notify import Topic
 
@@ -217,12 +217,12 @@ class Catalog:
                 items = []  # it does not offer this kind: nothing to ask
             else:
                 items = upstream.list_all(spec.method, spec.key, timeout=self._settings.list_timeout)
-        except UpstreamRpcError as e:
+        except RpcError as e:  # the upstream's answer, or the server was removed meanwhile
             if e.code != METHOD_NOT_FOUND:
                 self._health.record_failure(name, f"{spec.method} refused ({e.code}: {e.message})")
                 return None
             items = []  # an upstream may not declare what it lacks: the same as an empty list
-        except (UpstreamError, RpcError) as e:
+        except UpstreamError as e:
             self._health.record_failure(name, str(e))
             return None
         except Exception as e:  # noqa: BLE001 - boundary: one upstream must not fail the list

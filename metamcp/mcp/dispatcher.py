@@ -17,7 +17,6 @@ from metamcp.mcp.pool import Pool
 from metamcp.mcp.router import Router
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore
 from metamcp.mcp.streams import Streamed
-from metamcp.mcp.upstream import UpstreamRpcError
 from metamcp.namespaces import NamespaceView
 from metamcp.notify import Topic
 
@@ -88,9 +87,7 @@ class Dispatcher:
                 raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
             outcome = handler(session, message, view)
             return outcome if isinstance(outcome, Streamed) else jsonrpc.result(message.id, outcome)
-        except RpcError as e:
-            return jsonrpc.error(message.id, e.code, e.message, e.data)
-        except UpstreamRpcError as e:  # the upstream's own answer (the gateway maps failures)
+        except RpcError as e:  # the gateway's, or the upstream's own answer passed on as is
             return jsonrpc.error(message.id, e.code, e.message, e.data)
 
     def receive(self, session: Session, message: Message) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from metamcp.mcp.upstream.interface import Upstream
 from metamcp.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Health:
         health.failed_until = time.monotonic() + RETRY_FAILED_AFTER
 
     def report(self, servers: dict[str, ServerConfig],
-               kept: Callable[[str], object]) -> list[dict[str, Any]]:
+               kept: Callable[[str], Upstream | None]) -> list[dict[str, Any]]:
         """Each active upstream's last known state in this process; `kept` gives the pool's
         client of a server, if it has one. Nothing is pinged or started here: an upstream this
         process never used is `unknown`."""
@@ -63,15 +64,10 @@ class Health:
                 "last_error": health.last_error,
                 "checked_at": health.checked_at,
             }
-            process = process_state(kept(name))
+            client = kept(name)
+            process = client.state() if client is not None else None
             if process is not None:
                 entry["process"] = process
             report.append(entry)
         return report
 
-
-def process_state(client: object) -> dict[str, Any] | None:
-    """A stdio server's child in this process (from its kept client): running, pid, restarts,
-    last error."""
-    state = getattr(client, "state", None)
-    return state() if callable(state) else None

@@ -20,13 +20,9 @@ from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp.children import ChildRecords, run_dir
 from metamcp.mcp.health import Health
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, REQUEST_TIMEOUT, UPSTREAM_ERROR, RpcError
-from metamcp.mcp.upstream import (
-    PendingCall,
-    Upstream,
-    UpstreamError,
-    UpstreamTimeout,
-    create_upstream,
-)
+from metamcp.mcp.upstream.call import PendingCall, UpstreamError, UpstreamTimeout
+from metamcp.mcp.upstream.factory import create_upstream
+from metamcp.mcp.upstream.interface import Upstream
 from metamcp.servers import ServerConfig, ServerRegistry
 from metamcp.stdio_policy import StdioPolicy
 
@@ -183,7 +179,7 @@ class Pool:
         return call
 
     def request(self, server: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """A client's request (UpstreamRpcError: the upstream's answer); failures as in call()."""
+        """A client's request (RpcError: the upstream's answer); failures as in call()."""
         try:
             result = self.client(server).request(method, params)
         except UpstreamError as e:

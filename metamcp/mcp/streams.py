@@ -22,7 +22,7 @@ from metamcp.mcp.capacity import HangupWatch, ThreadBudget
 from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.pool import client_error
 from metamcp.mcp.sessions import Session, SessionStore
-from metamcp.mcp.upstream import PendingCall, UpstreamError
+from metamcp.mcp.upstream.call import PendingCall, UpstreamError
 
 logger = logging.getLogger(__name__)
 

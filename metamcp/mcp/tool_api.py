@@ -19,7 +19,6 @@ from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, REQUEST_TIMEOUT, UPSTREAM_ERROR, RpcError
 from metamcp.mcp.protocol import JSON_TYPE
 from metamcp.mcp.transport import Access, authorize
-from metamcp.mcp.upstream import UpstreamRpcError
 from metamcp.request_body import read_json
 
 bp = Blueprint("tool_api", __name__)
@@ -120,13 +119,18 @@ def call_tool(endpoint: str, tool: str) -> Response:
 def _call(gateway: Gateway, access: Access, tool: str, arguments: dict[str, Any]) -> Response:
     try:
         route = gateway.router.route("tools", tool, access.view)
-        result = gateway.pool.request(route.server, "tools/call", {"name": route.name, "arguments": arguments})
     except RpcError as e:  # upstream failures arrive as the gateway's client_error
         if e.code == INVALID_PARAMS:
             return error_response(404, "not_found", f"No tool named {tool!r} in this endpoint.")
         status, code = _STATUS.get(e.code, (500, "internal_error"))
         return error_response(status, code, e.message)
-    except UpstreamRpcError as e:
+    try:
+        result = gateway.pool.request(route.server, "tools/call", {"name": route.name, "arguments": arguments})
+    except RpcError as e:
+        if e.code in _STATUS:  # the gateway's client_error: the upstream failed or timed out
+            status, code = _STATUS[e.code]
+            return error_response(status, code, e.message)
+        # The upstream's own JSON-RPC error answer.
         if e.code == INVALID_PARAMS:
             return error_response(400, "bad_request", e.message, {"code": e.code})
         return error_response(502, "bad_gateway", e.message, {"code": e.code})

@@ -5,7 +5,7 @@ address it gave is checked, and the socket connects to an allowed address itself
 resolves the name again between the check and the connect (DNS rebinding gains nothing).
 TLS is untouched: urllib3 still wraps the socket with the URL's host name for SNI and
 certificate verification. A refusal surfaces as urllib3's NewConnectionError whose cause is
-the AddressRefused, for Upstream._failure to translate.
+the AddressRefused, for HttpUpstream._failure to translate.
 """
 
 from __future__ import annotations

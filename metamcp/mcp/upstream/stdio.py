@@ -9,10 +9,7 @@ exponential backoff after repeated crashes), stopped when idle, and always reape
 from __future__ import annotations
 
 import collections
-import json
 import logging
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -21,8 +18,14 @@ from typing import IO, Any
 from metamcp.config import child_environment
 from metamcp.mcp import jsonrpc
 from metamcp.mcp.children import ChildRecords, spawn
-from metamcp.mcp.upstream import PendingCall, Upstream, UpstreamError, UpstreamTimeout, is_response
-from metamcp.mcp.upstream_call import Inboxes
+from metamcp.mcp.upstream.call import (
+    PendingCall,
+    UpstreamError,
+    UpstreamTimeout,
+    is_response,
+)
+from metamcp.mcp.upstream.child import GRACE_SECONDS, Child
+from metamcp.mcp.upstream.interface import Upstream
 from metamcp.servers import ServerConfig
 from metamcp.stdio_policy import StdioPolicy, StdioRefused
 
@@ -33,39 +36,14 @@ STDERR_LINES = 500
 STDERR_LINE_CHARS = 2000
 #: Longest stdout line read; a longer one is skipped.
 MAX_LINE_BYTES = 16 * 1024 * 1024
-#: Seconds between the polite steps of stopping a child: stdin closed, SIGTERM, SIGKILL.
-GRACE_SECONDS = 2.0
 #: A child that dies sooner than this after starting counts as crashing repeatedly.
 STABLE_AFTER = 10.0
 MAX_BACKOFF = 30.0
 
 
-class _Child(Inboxes):
-    """One running child process and the calls waiting on its stdout."""
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        super().__init__()
-        self.process = process
-        self.started = time.monotonic()
-        self.last_used = self.started
-        self.write_lock = threading.Lock()
-        #: Whether its place among the worker's children was given back.
-        self.released = False
-        self.release_lock = threading.Lock()
-        #: Whether its unplanned exit was counted (by its reader or by the next request;
-        #: under release_lock).
-        self.exit_noted = False
-
-    def write(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
-        stdin = self.process.stdin
-        assert stdin is not None
-        with self.write_lock:
-            stdin.write(data)
-            stdin.flush()
-
-
 class StdioUpstream(Upstream):
+    """An upstream run as a child process of this worker, spoken to on its stdin and stdout."""
+
     def __init__(self, config: ServerConfig, *, start_timeout: float = 30.0,
                  idle_timeout: float = 600.0, children: threading.BoundedSemaphore | None = None,
                  stdio_policy: StdioPolicy | None = None, records: ChildRecords | None = None,
@@ -81,7 +59,7 @@ class StdioUpstream(Upstream):
         self._policy = stdio_policy or StdioPolicy()
         #: Where this worker's child process groups are recorded for the master to reap.
         self._records = records
-        self._child: _Child | None = None
+        self._child: Child | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self.restarts = 0
         self.last_error: str | None = None
@@ -128,6 +106,7 @@ class StdioUpstream(Upstream):
     # --- state for /health, the REST API and the logs endpoint --------------------------
 
     def state(self) -> dict[str, Any]:
+        """This worker's child: running, pid, restarts, last error."""
         child = self._child
         running = child is not None and child.process.poll() is None
         return {"running": running, "pid": child.process.pid if running and child else None,
@@ -138,7 +117,7 @@ class StdioUpstream(Upstream):
 
     # --- supervision -----------------------------------------------------------------------
 
-    def _running(self) -> _Child:
+    def _running(self) -> Child:
         """The live, initialized child; started (or restarted) here when there is none."""
         self._check_open()
         child = self._child
@@ -163,7 +142,7 @@ class StdioUpstream(Upstream):
             self._child = child
             return child
 
-    def _start(self) -> _Child:
+    def _start(self) -> Child:
         config = self._config
         try:
             # With an allow-list, the file checked is the file run (no second PATH lookup).
@@ -189,7 +168,7 @@ class StdioUpstream(Upstream):
                                 f"({e.strerror or type(e).__name__})") from e
         if self._records is not None:
             self._records.add(process.pid)  # the group id: the child leads its own group
-        child = _Child(process)
+        child = Child(process)
         threading.Thread(target=self._read_stdout, args=(child,), daemon=True,
                          name=f"metamcp-stdio-{self.name}").start()
         threading.Thread(target=self._read_stderr, args=(process.stderr,), daemon=True,
@@ -206,7 +185,7 @@ class StdioUpstream(Upstream):
             self._watchdog.start()
         return child
 
-    def _handshake(self, child: _Child) -> None:
+    def _handshake(self, child: Child) -> None:
         request_id = self._next_id()
         inbox, _ = child.register(request_id, None)
         try:
@@ -226,7 +205,7 @@ class StdioUpstream(Upstream):
         self._info = self._accepted(reply)
         self._write(child, jsonrpc.notification("notifications/initialized"), None)
 
-    def _write(self, child: _Child, message: dict[str, Any], request_id: int | None) -> None:
+    def _write(self, child: Child, message: dict[str, Any], request_id: int | None) -> None:
         try:
             child.write(message)
         except OSError as e:
@@ -235,7 +214,7 @@ class StdioUpstream(Upstream):
             raise UpstreamError(f"upstream {self.name!r}: the child's input is closed "
                                 f"(it exited)") from e
 
-    def _read_stdout(self, child: _Child) -> None:
+    def _read_stdout(self, child: Child) -> None:
         stdout = child.process.stdout
         assert stdout is not None
         try:
@@ -262,7 +241,7 @@ class StdioUpstream(Upstream):
             if child is self._child:
                 self._note_exit(child, f"exited with status {code}" if code is not None else "closed its output")
 
-    def _dispatch(self, child: _Child, line: bytes) -> None:
+    def _dispatch(self, child: Child, line: bytes) -> None:
         text = line.strip()
         if not text:
             return
@@ -294,7 +273,7 @@ class StdioUpstream(Upstream):
         except (OSError, ValueError):
             pass
 
-    def _note_exit(self, child: _Child, error: str) -> None:
+    def _note_exit(self, child: Child, error: str) -> None:
         """Count a child's unplanned exit once, whoever notices it first."""
         with child.release_lock:
             if child.exit_noted or self._closed.is_set():
@@ -302,7 +281,7 @@ class StdioUpstream(Upstream):
             child.exit_noted = True
         self._record_crash(error, child)
 
-    def _record_crash(self, error: str, child: _Child | None = None) -> None:
+    def _record_crash(self, error: str, child: Child | None = None) -> None:
         child = child or self._child
         lived = time.monotonic() - child.started if child is not None else 0.0
         self._crashes = self._crashes + 1 if lived < STABLE_AFTER else 1
@@ -324,40 +303,11 @@ class StdioUpstream(Upstream):
             logger.info("upstream %s: stopping the idle child", self.name)
             self._stop(child)
 
-    def _stop(self, child: _Child) -> None:
-        """Close stdin, then SIGTERM the group, then SIGKILL it; always wait for the exit."""
-        child.fail_all()
-        process = child.process
-        for step in ("stdin", "term", "kill"):
-            if process.poll() is not None:
-                break
-            try:
-                if step == "stdin" and process.stdin is not None:
-                    process.stdin.close()
-                elif step == "term":
-                    os.killpg(process.pid, signal.SIGTERM)
-                elif step == "kill":
-                    os.killpg(process.pid, signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                pass
-            try:
-                process.wait(timeout=GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                continue
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # whatever it left behind in its group
-        except (OSError, ProcessLookupError):
-            pass
-        if process.poll() is None:
-            process.wait()
+    def _stop(self, child: Child) -> None:
+        """Stop the child (see Child.stop), forget its record, give its place back."""
+        child.stop()
         if self._records is not None:
-            self._records.remove(process.pid)
-        for pipe in (process.stdin, process.stdout, process.stderr):
-            try:
-                if pipe is not None:
-                    pipe.close()
-            except OSError:
-                pass
+            self._records.remove(child.process.pid)
         with child.release_lock:
             release, child.released = not child.released, True
         if release and self._children is not None:

@@ -46,26 +46,16 @@ class UpstreamTimeout(UpstreamError):
     status, code = 504, "gateway_timeout"
 
 
-class UpstreamRpcError(Exception):
-    """The upstream answered with a JSON-RPC error object."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-
 def is_response(message: dict[str, Any]) -> bool:
     return "method" not in message
 
 
 def result_of(message: dict[str, Any]) -> dict[str, Any]:
-    """The result of a response message; UpstreamRpcError for an error response."""
+    """The result of a response message; jsonrpc.RpcError (the upstream's own) for an error response."""
     if "error" in message:
         error = message["error"] if isinstance(message["error"], dict) else {}
         code = error.get("code")
-        raise UpstreamRpcError(code if isinstance(code, int) else jsonrpc.INTERNAL_ERROR,
+        raise jsonrpc.RpcError(code if isinstance(code, int) else jsonrpc.INTERNAL_ERROR,
                                str(error.get("message", "upstream error")), error.get("data"))
     result = message.get("result")
     return result if isinstance(result, dict) else {}

@@ -26,17 +26,14 @@ from metamcp.mcp.protocol import (
     SSE_TYPE,
     VERSION_HEADER,
 )
-from metamcp.mcp.upstream import (
-    QUIET_TIMEOUT,
-    STREAM_IDLE_TIMEOUT,
+from metamcp.mcp.upstream.call import (
     TRANSPORT_ERRORS,
     Exchange,
     PendingCall,
-    Upstream,
     UpstreamError,
     is_response,
-    is_session_wide,
 )
+from metamcp.mcp.upstream.http import QUIET_TIMEOUT, STREAM_IDLE_TIMEOUT, HttpUpstream
 from metamcp.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -61,7 +58,7 @@ class _Session:
     info: dict[str, Any]
 
 
-class StreamableHttpUpstream(Upstream):
+class StreamableHttpUpstream(HttpUpstream):
     """An upstream speaking MCP Streamable HTTP."""
 
     def __init__(self, config: ServerConfig, **kwargs: Any) -> None:
@@ -375,6 +372,11 @@ class StreamableHttpUpstream(Upstream):
             with self._listen_lock:
                 self._listening = None
             exchange.release()
+
+
+def is_session_wide(method: str) -> bool:
+    """Notifications about the server as a whole, even when they arrive on a call's stream."""
+    return method.endswith("/list_changed") or method == "notifications/resources/updated"
 
 
 def _content_type(response: requests.Response) -> str:

@@ -16,18 +16,17 @@ from urllib.parse import urljoin, urlsplit
 
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.protocol import SSE_TYPE
-from metamcp.mcp.upstream import (
-    QUIET_TIMEOUT,
-    STREAM_IDLE_TIMEOUT,
+from metamcp.mcp.upstream.call import (
     TRANSPORT_ERRORS,
     Exchange,
+    Inbox,
+    Inboxes,
     PendingCall,
-    Upstream,
     UpstreamError,
     UpstreamTimeout,
     is_response,
 )
-from metamcp.mcp.upstream_call import Inbox, Inboxes
+from metamcp.mcp.upstream.http import QUIET_TIMEOUT, STREAM_IDLE_TIMEOUT, HttpUpstream
 from metamcp.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class _Connection(Inboxes):
         super().fail_all()
 
 
-class LegacySseUpstream(Upstream):
+class LegacySseUpstream(HttpUpstream):
     """An upstream speaking the 2024-11-05 HTTP+SSE transport."""
 
     def __init__(self, config: ServerConfig, **kwargs: Any) -> None:

@@ -1,0 +1,1 @@
+"""Clients of upstream MCP servers: one interface (interface.py), one client per transport."""

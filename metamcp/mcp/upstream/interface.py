@@ -1,0 +1,192 @@
+"""The Upstream interface: what the gateway uses of a client, whatever its transport.
+
+One client per upstream server per process, shared by every downstream session and thread.
+Each initializes lazily (once, under a lock) and speaks one transport: Streamable HTTP
+(streamable.py) and legacy HTTP+SSE (legacy_sse.py) share the HTTP base (http.py); stdio
+(stdio.py) runs a child process. factory.py picks the one a server's config names.
+
+Timeouts: `connect_timeout` bounds opening a connection; `read_timeout` bounds the wait for
+the *next piece of data*, not the whole call, so each progress notification (or SSE comment)
+restarts a long call's clock. `timeout=` on a call overrides the read timeout for that call.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from metamcp.mcp import jsonrpc
+from metamcp.mcp.protocol import HANDSHAKE_VERSIONS, LATEST_VERSION
+from metamcp.mcp.upstream.call import (
+    Inbox,
+    PendingCall,
+    UpstreamError,
+    UpstreamTimeout,
+    is_response,
+    result_of,
+)
+from metamcp.servers import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGES = 100
+
+Notify = Callable[[str, dict[str, Any]], None]
+
+
+class Upstream(abc.ABC):
+    """What the gateway needs of any upstream; subclasses speak one transport."""
+
+    def __init__(self, config: ServerConfig, *, connect_timeout: float, read_timeout: float,
+                 on_notification: Notify | None = None) -> None:
+        #: The server's name in the registry (used in every message and log line).
+        self.name = config.name
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._on_notification = on_notification
+        self._ids = itertools.count(1)
+        self._ids_lock = threading.Lock()
+        self._init_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._info: dict[str, Any] | None = None
+        self._init_failure: tuple[float, UpstreamError] | None = None
+
+    @property
+    def server_info(self) -> dict[str, Any] | None:
+        """The upstream's initialize result once initialized (capabilities, serverInfo, ...)."""
+        return self._info
+
+    @abc.abstractmethod
+    def call(self, method: str, params: dict[str, Any] | None = None, *,
+             timeout: float | None = None) -> PendingCall:
+        """Send a request; the returned PendingCall yields its notifications, then its response."""
+
+    @abc.abstractmethod
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """Send a notification."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, Any] | None:
+        """Transport-specific state shown to admins (a stdio child's process), else None."""
+
+    @abc.abstractmethod
+    def stderr_lines(self) -> list[str]:
+        """Recent stderr lines of the server's process ([] when this process runs none)."""
+
+    def request(self, method: str, params: dict[str, Any] | None = None, *,
+                timeout: float | None = None) -> dict[str, Any]:
+        """The result of one request; jsonrpc.RpcError for a JSON-RPC error answer."""
+        call = self.call(method, params, timeout=timeout)
+        try:
+            for message in call:
+                if is_response(message):
+                    return result_of(message)
+        finally:
+            call.close()
+        raise UpstreamError(f"upstream {self.name!r}: no response to {method}")
+
+    def list_all(self, method: str, key: str, *,
+                 timeout: float | None = None) -> list[dict[str, Any]]:
+        """Every item of a paginated list, following nextCursor (at most MAX_PAGES pages)."""
+        items: list[dict[str, Any]] = []
+        cursor: Any = None
+        for _ in range(MAX_PAGES):
+            result = self.request(method, {"cursor": cursor} if cursor else None, timeout=timeout)
+            page = result.get(key)
+            if not isinstance(page, list):
+                raise UpstreamError(f"upstream {self.name!r}: the {method} result has no {key!r} list")
+            items += [item for item in page if isinstance(item, dict)]
+            if not result.get("nextCursor") or result["nextCursor"] == cursor:
+                return items
+            cursor = result["nextCursor"]
+        logger.warning("upstream %s: %s stopped after %s pages", self.name, method, MAX_PAGES)
+        return items
+
+    def close(self) -> None:
+        """Stop background threads and release what the transport holds. Idempotent."""
+        self._closed.set()
+
+    # --- for the transports -------------------------------------------------------------
+
+    def _next_id(self) -> int:
+        with self._ids_lock:
+            return next(self._ids)
+
+    def _timeout(self, read: float | None = None) -> tuple[float, float]:
+        return (self._connect_timeout, self._read_timeout if read is None else read)
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise UpstreamError(f"upstream {self.name!r}: the client is closed")
+
+    def _failed_meanwhile(self, arrived: float) -> None:
+        """Raise the failure of an initialization that ran while we waited for the lock.
+
+        Threads queued behind a failing handshake share its outcome instead of each trying
+        again in turn (against a hung upstream, that would cost each a whole timeout).
+        """
+        failure = self._init_failure
+        if failure is not None and failure[0] >= arrived:
+            raise type(failure[1])(failure[1].message)
+
+    def _initialize_params(self) -> dict[str, Any]:
+        return {"protocolVersion": LATEST_VERSION, "capabilities": {},
+                "clientInfo": {"name": "metamcp", "version": _version()}}
+
+    def _accepted(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The initialize result in `message`, checked; UpstreamError if unusable."""
+        try:
+            result = result_of(message)
+        except jsonrpc.RpcError as e:
+            raise UpstreamError(f"upstream {self.name!r}: initialize refused ({e.code}: {e.message})") from e
+        version = result.get("protocolVersion")
+        if version not in HANDSHAKE_VERSIONS:
+            raise UpstreamError(f"upstream {self.name!r}: unsupported protocol version {version!r}")
+        return result
+
+    def _inbox_replies(self, inbox: Inbox, timeout: float | None, action: str,
+                 channel: str = "the event stream") -> Iterator[dict[str, Any]]:
+        """A call's messages from its inbox until its response; the read timeout restarts
+        with each one."""
+        wait = self._timeout(timeout)[1]
+        while True:
+            try:
+                message = inbox.get(timeout=wait)
+            except queue.Empty:
+                raise UpstreamTimeout(f"upstream {self.name!r}: no data for {wait:g}s while {action}") from None
+            if message is None:
+                raise UpstreamError(f"upstream {self.name!r}: {channel} closed while {action}")
+            yield message
+            if is_response(message):
+                return
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        """A notification not tied to a call: to on_notification, if any."""
+        if self._on_notification is None:
+            return
+        try:
+            self._on_notification(self.name, message)
+        except Exception:  # noqa: BLE001 - boundary: the gateway's callback must not kill a reader
+            logger.exception("upstream %s: on_notification failed", self.name)
+
+    def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Our reply to a request the upstream sent us: ping works, nothing else is offered."""
+        if message.get("method") == "ping":
+            return jsonrpc.result(message.get("id"), {})
+        return jsonrpc.error(message.get("id"), jsonrpc.METHOD_NOT_FOUND,
+                             f"Method not found: the gateway does not serve {message.get('method')}")
+
+
+@functools.cache
+def _version() -> str:
+    try:
+        return version("metamcp")
+    except PackageNotFoundError:
+        return "0.0.0"
