@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,60 +29,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import bench_isolation
 import requests
+from bench_harness import ROOT, McpSession, free_port, pct, stop_all, wait_for
 
 from metamcp.mcp.upstream.stdio import StdioUpstream
 from metamcp.servers import ServerConfig
-
-ROOT = Path(__file__).resolve().parent.parent
-ACCEPT = "application/json, text/event-stream"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except (requests.ConnectionError, requests.Timeout):  # not listening, or not answering yet
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
-
-
-class McpSession:
-    """A minimal Streamable HTTP client: one requests.Session, one MCP session."""
-
-    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
-        self.url = url
-        self.http = requests.Session()
-        self.headers = {"Accept": ACCEPT, "Content-Type": "application/json", **(headers or {})}
-        reply = self.http.post(url, headers=self.headers, timeout=30, json={
-            "jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                       "clientInfo": {"name": "bench", "version": "1"}}})
-        reply.raise_for_status()
-        self.headers["Mcp-Session-Id"] = reply.headers["Mcp-Session-Id"]
-        self.headers["MCP-Protocol-Version"] = "2025-06-18"
-        self.http.post(url, headers=self.headers, timeout=30,
-                       json={"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-    def rpc(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        response = self.http.post(self.url, headers=self.headers, timeout=30,
-                                  json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-        if response.headers.get("Content-Type", "").startswith("text/event-stream"):
-            for line in response.iter_lines(decode_unicode=True):
-                if line and line.startswith("data:"):
-                    message = json.loads(line[5:])
-                    if "method" not in message:
-                        return message
-            raise RuntimeError("stream ended without a response")
-        return response.json()
 
 
 def measure(sessions: Sequence[Any], total: int, call: Callable[[Any], Any]) -> tuple[list[float], float]:
@@ -111,10 +61,6 @@ def measure(sessions: Sequence[Any], total: int, call: Callable[[Any], Any]) -> 
     return latencies, len(latencies) / (time.perf_counter() - start)
 
 
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000, help="calls per measurement")
@@ -128,8 +74,6 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="isolation: METAMCP_THREADS")
     args = parser.parse_args()
     if args.isolation:
-        import bench_isolation
-
         return bench_isolation.run(args.workers, args.slow_calls, args.streams, args.slow_seconds, args.threads)
 
     workdir = Path(tempfile.mkdtemp(prefix="mmb", dir="/tmp"))
@@ -266,18 +210,6 @@ def main() -> int:
     finally:
         stop_all(processes, 20)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def stop_all(processes: list[subprocess.Popen[Any]], grace: float) -> None:
-    """Ctrl-C each process (the last started first), then kill what is left after `grace` s."""
-    for process in reversed(processes):
-        process.send_signal(2)
-    for process in processes:
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 if __name__ == "__main__":

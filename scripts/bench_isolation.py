@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from bench import ROOT, McpSession, free_port, pct, stop_all, wait_for
+from bench_harness import ROOT, McpSession, free_port, pct, stop_all, wait_for
 
 INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {},
