@@ -10,7 +10,8 @@ import logging
 from typing import Any
 
 from metamcp.mcp import jsonrpc
-from metamcp.mcp.jsonrpc import INVALID_REQUEST, SERVER_BUSY, TOO_MANY_REQUESTS
+from metamcp.mcp.jsonrpc import INVALID_REQUEST
+from metamcp.mcp.protocol import SERVER_BUSY, TOO_MANY_REQUESTS
 
 logger = logging.getLogger(__name__)
 

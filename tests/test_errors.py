@@ -18,12 +18,8 @@ from metamcp.errors import (
 )
 from metamcp.limits import LimitExceeded
 from metamcp.mcp.capacity import Saturated
-from metamcp.mcp.jsonrpc import (
-    INVALID_REQUEST,
-    METHOD_NOT_FOUND,
-    SERVER_BUSY,
-    TOO_MANY_REQUESTS,
-)
+from metamcp.mcp.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND
+from metamcp.mcp.protocol import SERVER_BUSY, TOO_MANY_REQUESTS
 
 AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="metamcp"'}
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from metamcp.db import Database
-from metamcp.mcp.jsonrpc import SERVER_BUSY, TOO_MANY_REQUESTS
+from metamcp.mcp.protocol import SERVER_BUSY, TOO_MANY_REQUESTS
 
 from .conftest import Gunicorn, child_env
 from .upstreams import UpstreamProcess, start_upstream  # noqa: F401 - fixture

@@ -10,7 +10,8 @@ import pytest
 
 from metamcp.mcp import naming
 from metamcp.mcp.catalog import ExposedTool, ServerList, namespace_tools
-from metamcp.mcp.jsonrpc import INVALID_PARAMS, UPSTREAM_ERROR, RpcError
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
+from metamcp.mcp.protocol import UPSTREAM_ERROR
 from metamcp.mcp.router import Route, Router
 from metamcp.namespaces import NamespaceView, ToolSettings
 

@@ -13,16 +13,6 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
-#: Implementation-defined server errors (-32000..-32099); the timeout as the SDK uses it.
-REQUEST_TIMEOUT = -32001
-#: An upstream server could not be reached or answered nonsense.
-UPSTREAM_ERROR = -32010
-#: Over a limit (HTTP 429 with Retry-After): the key's request rate or in-flight calls, or too
-#: many failed authentications from the client's address.
-TOO_MANY_REQUESTS = -32029
-#: The worker has no room for another long call or stream (HTTP 503 with Retry-After).
-SERVER_BUSY = -32030
-
 RequestId = str | int
 
 

@@ -19,7 +19,8 @@ from metamcp.config import Settings
 from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp.children import ChildRecords, run_dir
 from metamcp.mcp.health import Health
-from metamcp.mcp.jsonrpc import INVALID_PARAMS, REQUEST_TIMEOUT, UPSTREAM_ERROR, RpcError
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
+from metamcp.mcp.protocol import REQUEST_TIMEOUT, UPSTREAM_ERROR
 from metamcp.mcp.upstream.call import PendingCall, UpstreamError, UpstreamTimeout
 from metamcp.mcp.upstream.factory import create_upstream
 from metamcp.mcp.upstream.interface import Upstream

@@ -1,6 +1,7 @@
 """Constants of the MCP wire protocol, defined once: header names, media types and revisions.
 
-JSON-RPC error codes live beside the message helpers in metamcp.mcp.jsonrpc.
+The codes JSON-RPC itself defines live beside the message helpers in metamcp.mcp.jsonrpc; the
+server-error codes (-32000..-32099) MCP and this gateway use are here.
 """
 
 from __future__ import annotations
@@ -25,3 +26,13 @@ LEGACY_VERSION = "2024-11-05"
 #: 2025 handshake; never `server/discover`).
 LATEST_VERSION = SUPPORTED_VERSIONS[0]
 HANDSHAKE_VERSIONS = (LEGACY_VERSION, "2025-03-26", "2025-06-18", "2025-11-25")
+
+#: Implementation-defined server errors (-32000..-32099); the timeout as the SDK uses it.
+REQUEST_TIMEOUT = -32001
+#: An upstream server could not be reached or answered nonsense.
+UPSTREAM_ERROR = -32010
+#: Over a limit (HTTP 429 with Retry-After): the key's request rate or in-flight calls, or too
+#: many failed authentications from the client's address.
+TOO_MANY_REQUESTS = -32029
+#: The worker has no room for another long call or stream (HTTP 503 with Retry-After).
+SERVER_BUSY = -32030

@@ -17,7 +17,7 @@ from typing import Any
 
 from metamcp.config import Settings
 from metamcp.errors import DatabaseUnavailable
-from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp import jsonrpc, protocol, sse
 from metamcp.mcp.capacity import HangupWatch, ThreadBudget
 from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.pool import client_error
@@ -70,7 +70,7 @@ class Streamed:
                     if not self._session.wants_log(level):
                         continue
                 put(message)
-            put(jsonrpc.error(self.request_id, jsonrpc.UPSTREAM_ERROR,
+            put(jsonrpc.error(self.request_id, protocol.UPSTREAM_ERROR,
                               "The upstream closed the call without a response"))
         except UpstreamError as e:
             logger.warning("%s", e.message)  # the detail, once; the client gets the generic text

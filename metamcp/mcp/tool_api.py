@@ -16,8 +16,8 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from metamcp.api.errors import error_response
 from metamcp.api.health import package_version
 from metamcp.mcp.gateway import Gateway
-from metamcp.mcp.jsonrpc import INVALID_PARAMS, REQUEST_TIMEOUT, UPSTREAM_ERROR, RpcError
-from metamcp.mcp.protocol import JSON_TYPE
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
+from metamcp.mcp.protocol import JSON_TYPE, REQUEST_TIMEOUT, UPSTREAM_ERROR
 from metamcp.mcp.transport import Access, authorize
 from metamcp.request_body import read_json
 

@@ -16,7 +16,7 @@ import time
 from typing import IO, Any
 
 from metamcp.config import child_environment
-from metamcp.mcp import jsonrpc
+from metamcp.mcp import jsonrpc, protocol
 from metamcp.mcp.children import ChildRecords, spawn
 from metamcp.mcp.upstream.call import (
     PendingCall,
@@ -251,7 +251,7 @@ class StdioUpstream(Upstream):
             logger.info("upstream %s: skipped a stdout line that is not JSON-RPC (%s)", self.name, e.message)
             request_id = jsonrpc.leading_id(text) if e.data else None  # data: the line was too deep
             if request_id is not None:
-                child.route(jsonrpc.error(request_id, jsonrpc.UPSTREAM_ERROR,
+                child.route(jsonrpc.error(request_id, protocol.UPSTREAM_ERROR,
                                           f"upstream {self.name!r}: its answer is {e.message.removeprefix('Parse error: ')}"))
             return
         raw = message.raw
