@@ -1,5 +1,6 @@
 """MCP methods of a downstream session: the JSON-RPC dispatcher between the transport and the
-gateway (no WSGI, sockets or thread pools; a tools/call comes back as a Streamed for the transport).
+router and pool (no WSGI, sockets or thread pools; a tools/call comes back as a Streamed, which
+the transport sends with metamcp.mcp.streams).
 """
 
 from __future__ import annotations
