@@ -132,6 +132,35 @@ def test_json_rpc_errors(mcp: Mcp) -> None:
     assert mcp.call("logging/setLevel", {"level": "error"}).json["result"] == {}
 
 
+def test_refusals_past_parsing_echo_the_request_id(mcp: Mcp) -> None:
+    """Once the body parses, the error names the request it answers; a body that is not JSON
+    gets id null (no id in it can be trusted)."""
+    mcp.initialize()
+    ping = {"jsonrpc": "2.0", "id": "p-1", "method": "ping"}
+    cases = [
+        (mcp.post(ping, headers={"Mcp-Session-Id": None}), 400),  # no session header
+        (mcp.post(ping, headers={"Mcp-Session-Id": "no-such-session"}), 404),
+        (mcp.post(ping, headers={"MCP-Protocol-Version": "1999-01-01"}), 400),
+        (mcp.post({"jsonrpc": "2.0", "id": "p-1", "method": 5}), 400),  # bad envelope, readable id
+    ]
+    for response, status in cases:
+        assert response.status_code == status and response.json["id"] == "p-1", response.json
+    assert mcp.post({"jsonrpc": "2.0", "id": [1], "method": "ping"}).json["id"] is None  # an invalid id
+    assert mcp.post(None, raw=b'{"jsonrpc": "2.0", "id": 9, oops').json["id"] is None
+    mcp.initialize("2025-03-26")  # the revision that allows batches: each item's own id
+    batch = mcp.post([{"jsonrpc": "2.0", "id": 3, "method": 5}, {"jsonrpc": "2.0", "id": [1], "method": 5}],
+                     headers={"MCP-Protocol-Version": "2025-03-26"})
+    assert batch.status_code == 200 and [item["id"] for item in batch.json] == [3, None]
+
+
+def test_a_client_that_accepts_only_json_gets_json(mcp: Mcp) -> None:
+    mcp.initialize()
+    answer = mcp.post({"jsonrpc": "2.0", "id": 4, "method": "ping"}, headers={"Accept": "application/json"})
+    assert answer.status_code == 200 and answer.mimetype == "application/json" and answer.json["id"] == 4
+    refused = mcp.post({"jsonrpc": "2.0", "id": 4, "method": "ping"}, headers={"Accept": "text/event-stream"})
+    assert refused.status_code == 406 and "application/json" in refused.json["error"]["message"]
+
+
 def test_discover_probe_gets_a_plain_error(mcp: Mcp) -> None:
     probe = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}}
     response = mcp.post(probe, headers={"MCP-Protocol-Version": "2026-07-28"}, session=False)

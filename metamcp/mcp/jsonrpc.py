@@ -92,6 +92,12 @@ def leading_id(body: bytes) -> RequestId | None:
     return raw[1:-1].decode("utf-8", "replace") if raw.startswith(b'"') else int(raw)
 
 
+def valid_id(obj: Any) -> RequestId | None:
+    """The id of an object that may not be a valid message, when the id itself is valid."""
+    request_id = obj.get("id") if isinstance(obj, dict) else None
+    return None if isinstance(request_id, bool) or not isinstance(request_id, str | int) else request_id
+
+
 def validate(obj: Any) -> Message:
     """Check the JSON-RPC 2.0 envelope; -32600 when it is not a valid message."""
     if not isinstance(obj, dict) or obj.get("jsonrpc") != "2.0":

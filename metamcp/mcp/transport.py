@@ -174,20 +174,35 @@ def _session(access: Access) -> Session:
 @bp.post("/metamcp/<endpoint>/mcp")
 def post(endpoint: str | None = None) -> Response:
     access = authorize(endpoint)
-    if not (_accepts(JSON_TYPE) and _accepts(SSE_TYPE)):
-        raise McpHttpError(406, INVALID_REQUEST,
-                           f"Not Acceptable: Accept must include {JSON_TYPE} and {SSE_TYPE}")
+    # Lenient: the revisions ask clients to accept both, but a client that takes only JSON gets
+    # every answer as JSON (a tools/call's result once it is complete).
+    if not _accepts(JSON_TYPE):
+        raise McpHttpError(406, INVALID_REQUEST, f"Not Acceptable: Accept must include {JSON_TYPE}")
     if request.mimetype != JSON_TYPE:
         raise McpHttpError(415, INVALID_REQUEST, f"Unsupported Media Type: send {JSON_TYPE}")
     body = read_body()  # 413 past the limit, 400 for broken framing
     try:
         parsed = jsonrpc.parse_body(body)
-        if isinstance(parsed, list):
-            return _batch(access, parsed)
+    except RpcError as e:  # not JSON: no id can be trusted (JSON-RPC answers null)
+        raise McpHttpError(400, e.code, e.message) from None
+    if isinstance(parsed, list):
+        return _batch(access, parsed)
+    try:
         message = jsonrpc.validate(parsed)
     except RpcError as e:
-        raise McpHttpError(400, e.code, e.message) from None
+        raise McpHttpError(400, e.code, e.message, jsonrpc.valid_id(parsed)) from None
+    try:
+        return _answer(access, message)
+    except McpHttpError as e:
+        if e.request_id is None:
+            e.request_id = message.id  # every refusal past parsing names the request it answers
+        raise
+    except MetaMCPError as e:  # the database away, a limit: the same, with the request's id
+        raise McpHttpError.answering(message.id, e) from None
 
+
+def _answer(access: Access, message: Message) -> Response:
+    """Everything after parsing: initialize, the session, then the dispatcher."""
     if message.method == "initialize":
         if not message.is_request:
             raise McpHttpError(400, INVALID_REQUEST, "Invalid Request: initialize needs an id")
@@ -257,8 +272,7 @@ def _batch(access: Access, items: list[Any]) -> Response:
             if message.method in ("initialize", "server/discover"):
                 raise RpcError(INVALID_REQUEST, f"Invalid Request: {message.method} cannot be batched")
         except RpcError as e:
-            responses.append(jsonrpc.error(item.get("id") if isinstance(item, dict) else None,
-                                           e.code, e.message))
+            responses.append(jsonrpc.error(jsonrpc.valid_id(item), e.code, e.message))
             continue
         if not message.is_request:
             _dispatcher().receive(session, message)
