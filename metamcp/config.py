@@ -54,6 +54,9 @@ class Settings:
     db_pool_size: int = 10
     #: Browser origins allowed on /mcp besides localhost ones; "*" allows any.
     allowed_origins: tuple[str, ...] = ()
+    #: Host names MCP routes answer besides localhost ones when listening on loopback (DNS
+    #: rebinding protection); `*` for any.
+    allowed_hosts: tuple[str, ...] = ()
     upstream_connect_timeout: float = 5.0
     #: Seconds without any data from an upstream before a call fails.
     upstream_timeout: float = 60.0
@@ -208,6 +211,15 @@ def _seconds(values: Mapping[str, str], name: str, default: float, low: float, h
     return float(_number(values, name, default, low, high, float, "a number of seconds", " seconds"))
 
 
+def _hosts(values: Mapping[str, str]) -> tuple[str, ...]:
+    raw = values.get("METAMCP_ALLOWED_HOSTS", "")
+    hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if host != "*" and not re.fullmatch(r"[a-z0-9.-]{1,253}|\[?[0-9a-f:.]{2,45}\]?", host):
+            raise ConfigError("METAMCP_ALLOWED_HOSTS", f"{host!r} is not a host name (no port, no scheme) or *")
+    return tuple(host.strip("[]") for host in hosts)
+
+
 def _origins(values: Mapping[str, str]) -> tuple[str, ...]:
     raw = values.get("METAMCP_ALLOWED_ORIGINS", "")
     origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
@@ -335,6 +347,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         # Threads wait for a connection (metamcp.db), so the pool need not match the threads.
         db_pool_size=_int(values, "METAMCP_DB_POOL_SIZE", 16, 2, 512),
         allowed_origins=_origins(values),
+        allowed_hosts=_hosts(values),
         upstream_connect_timeout=_seconds(values, "METAMCP_UPSTREAM_CONNECT_TIMEOUT", 5.0, 0.1, 120),
         upstream_timeout=_seconds(values, "METAMCP_UPSTREAM_TIMEOUT", 60.0, 0.1, 3600),
         list_timeout=_seconds(values, "METAMCP_LIST_TIMEOUT", 10.0, 0.1, 600),

@@ -29,6 +29,7 @@ STATUS_CODES = {
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    421: "misdirected_request",
     422: "validation_error",
     429: "too_many_requests",
     500: "internal_error",

@@ -64,6 +64,8 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("METAMCP_AUTH_FAILURE_LIMIT", "-5"),
         ("METAMCP_FORWARDED_HOPS", "11"),
         ("METAMCP_RESERVED_THREADS", "1024"),  # not below the 1024 threads of the default
+        ("METAMCP_ALLOWED_HOSTS", "https://gw.example"),
+        ("METAMCP_ALLOWED_HOSTS", "gw.example:8080"),
     ],
 )
 def test_bad_setting_is_named(name: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,6 +73,14 @@ def test_bad_setting_is_named(name: str, value: str, tmp_path: Path, monkeypatch
     with pytest.raises(ConfigError) as caught:
         load_settings({**GOOD, "METAMCP_DATA_DIR": str(tmp_path), name: value})
     assert caught.value.setting == name
+
+
+def test_allowed_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = {**GOOD, "METAMCP_DATA_DIR": str(tmp_path)}
+    assert load_settings(base).allowed_hosts == ()
+    hosts = load_settings({**base, "METAMCP_ALLOWED_HOSTS": " GW.example , [fd00::1],10.0.0.5"}).allowed_hosts
+    assert hosts == ("gw.example", "fd00::1", "10.0.0.5")
 
 
 def test_upstream_address_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

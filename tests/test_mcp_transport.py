@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
+
+from metamcp.app import create_app
+from metamcp.config import Settings
 
 from .conftest import TransactionCounter
 from .upstreams import UpstreamProcess
@@ -103,6 +107,24 @@ def test_jwt_and_bearer_key_are_accepted(mcp: Mcp, client: FlaskClient) -> None:
 def test_origin_is_validated(mcp: Mcp) -> None:
     assert mcp.post(INIT, headers={"Origin": "https://evil.example"}, session=False).status_code == 403
     assert mcp.post(INIT, headers={"Origin": "http://localhost:6274"}, session=False).status_code == 200
+
+
+def test_host_is_validated_on_a_loopback_listener(mcp: Mcp, settings: Settings, api_key: str) -> None:
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 gets 421, as the official SDK answers."""
+    refused = mcp.post(INIT, headers={"Host": "evil.example:12009"}, session=False)
+    assert refused.status_code == 421 and error_code(refused) == -32600
+    assert "METAMCP_ALLOWED_HOSTS" in refused.json["error"]["message"]
+    for host in ("localhost:12009", "127.0.0.1:12009", "[::1]:12009"):
+        assert mcp.post(INIT, headers={"Host": host}, session=False).status_code == 200, host
+    for changed, host, status in ((replace(settings, allowed_hosts=("gw.example",)), "gw.example:443", 200),
+                                  (replace(settings, allowed_hosts=("gw.example",)), "other.example", 421),
+                                  (replace(settings, host="0.0.0.0"), "evil.example", 200)):
+        app = create_app(changed, listen=False)
+        try:
+            other = Mcp(app.test_client(), api_key)
+            assert other.post(INIT, headers={"Host": host}, session=False).status_code == status, (host, status)
+        finally:
+            app.extensions["metamcp"].close()
 
 
 def test_header_checks(mcp: Mcp) -> None:

@@ -2,9 +2,9 @@
 
 `/mcp` serves every active server to keys not limited to namespaces (admin or client); an
 endpoint serves its namespace, with the endpoint's auth (public, API key, and optionally
-`?api_key=`). Checks run in a fixed order: Origin, endpoint, the address's failed
-authentications, credential, the key's rate, scope, Accept, Content-Type, size, JSON, envelope,
-session, protocol version; a tools/call is then admitted (the key's in-flight cap, the worker's
+`?api_key=`). Checks run in a fixed order: Host (on a loopback listener), Origin, endpoint, the
+address's failed authentications, credential, the key's rate, scope, Accept, Content-Type, size,
+JSON, envelope, session, protocol version; a tools/call is then admitted (the key's in-flight cap, the worker's
 thread budget) or refused with 429/503. Every refusal is raised (McpHttpError, or a project
 error such as LimitExceeded) and answered by one handler as a JSON-RPC error with its HTTP
 status. Requests go to metamcp.mcp.dispatcher; a tools/call is streamed back as SSE (upstream
@@ -81,13 +81,30 @@ def _accepts(media_type: str) -> bool:
     return media_type in accept or "*/*" in accept
 
 
+#: Names of this machine's loopback interface, as a Host or Origin may spell them.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _host_allowed() -> bool:
+    """DNS rebinding: a gateway listening on loopback answers only requests addressed to a
+    loopback name (or to METAMCP_ALLOWED_HOSTS); a page whose name now resolves to 127.0.0.1
+    gets nothing. A gateway listening on other addresses is reached by whatever name points at
+    it: nothing is checked."""
+    settings = current_app.extensions["metamcp"].settings
+    if settings.host not in LOOPBACK_HOSTS and not settings.host.startswith("127."):
+        return True
+    hostname = urlsplit("//" + request.host).hostname if request.host else None
+    allowed = settings.allowed_hosts
+    return hostname is not None and (hostname in LOOPBACK_HOSTS or "*" in allowed or hostname in allowed)
+
+
 def _origin_allowed(origin: str | None) -> bool:
     if origin is None:
         return True  # not a browser: Origin is how browsers announce cross-site requests
     allowed = current_app.extensions["metamcp"].settings.allowed_origins
     if "*" in allowed or origin.rstrip("/") in allowed:
         return True
-    return urlsplit(origin).hostname in ("localhost", "127.0.0.1", "::1")
+    return urlsplit(origin).hostname in LOOPBACK_HOSTS
 
 
 @dataclass(frozen=True)
@@ -108,9 +125,12 @@ class Access:
 
 
 def authorize(endpoint_name: str | None = None) -> Access:
-    """Origin, endpoint, credential and scope checks of every MCP and endpoint route; raises
-    Forbidden, NotFound, Unauthorized or LimitExceeded (rendered as JSON-RPC errors on MCP
-    routes, as REST errors by the tool API)."""
+    """Host, Origin, endpoint, credential and scope checks of every MCP and endpoint route;
+    raises McpHttpError (421), Forbidden, NotFound, Unauthorized or LimitExceeded (rendered as
+    JSON-RPC errors on MCP routes, as REST errors by the tool API)."""
+    if not _host_allowed():
+        raise McpHttpError(421, INVALID_REQUEST, "Misdirected Request: Host not allowed; set "
+                                                 "METAMCP_ALLOWED_HOSTS to serve other names")
     if not _origin_allowed(request.headers.get("Origin")):
         raise Forbidden("Origin not allowed")
     services = current_app.extensions["metamcp"]
