@@ -23,7 +23,7 @@ from metamcp.api import servers as servers_api
 from metamcp.api.errors import http_exception_response, register_error_handlers
 from metamcp.api.schemas import ErrorSchema
 from metamcp.authn import Authenticator
-from metamcp.config import ConfigError, Settings, ensure_secrets, load_settings
+from metamcp.config import ConfigError, Settings, ensure_secrets, load_settings, package_version
 from metamcp.crypto import SecretBox
 from metamcp.db import Database, first_line, migrate
 from metamcp.endpoints import EndpointRegistry
@@ -175,7 +175,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         API_TITLE="MetaMCP",
-        API_VERSION=health_api.package_version(),
+        API_VERSION=package_version(),
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
@@ -199,8 +199,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     namespaces = NamespaceRegistry(db)
     endpoints = EndpointRegistry(db)
     gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync_tools)
-    dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, health_api.package_version(),
-                            publish)
+    dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, package_version(), publish)
     streams = Streams(settings, sessions, gateway.catalog)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,16 @@ from metamcp.addresses import DENIABLE, AddressPolicy, parse_allow_entry
 
 SECRETS_FILE = "secrets.env"
 GENERATED_SECRETS = ("JWT_SECRET", "ENCRYPTION_KEY")
+
+
+@functools.cache
+def package_version() -> str:
+    """The service's own version (the installed package's metadata): in health answers, the
+    OpenAPI documents, and the clientInfo and serverInfo it gives MCP peers."""
+    try:
+        return version("metamcp")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class ConfigError(Exception):

@@ -3,8 +3,9 @@
 Reading this module only reads settings; it writes nothing. The master prepares everything
 once when it starts, before forking workers (on_starting): secrets generated on the first run,
 the shared limit tables, the embedded PostgreSQL started when no DATABASE_URL is set,
-migrations applied. Workers inherit DATABASE_URL and build the app (metamcp.app.create_app). The master supervises the embedded server (metamcp.embedded:
-restarted if it dies, shut down if the master dies) and stops it on exit.
+migrations applied. Workers inherit DATABASE_URL and build the app (metamcp.app.create_app).
+The master supervises the embedded server (metamcp.embedded: restarted if it dies, shut down
+if the master dies) and stops it on exit.
 """
 
 from __future__ import annotations

@@ -7,9 +7,7 @@ database, and /ready waits on it for at most a couple of seconds.
 
 from __future__ import annotations
 
-import functools
 import os
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from flask import Response, current_app
@@ -18,6 +16,7 @@ from flask_smorest import Blueprint
 
 from metamcp.api.auth import authenticate_request, documented
 from metamcp.api.schemas import ErrorSchema, HealthDetailSchema, HealthSchema, ReadySchema
+from metamcp.config import package_version
 from metamcp.errors import MetaMCPError
 
 blp = Blueprint("health", __name__, description="Probes for load balancers and orchestrators")
@@ -27,14 +26,6 @@ admin_blp.before_request(authenticate_request)
 
 #: Seconds a load balancer is told to wait before asking /ready again.
 RETRY_AFTER = 5
-
-
-@functools.cache
-def package_version() -> str:
-    try:
-        return version("metamcp")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class NotReady(MetaMCPError):

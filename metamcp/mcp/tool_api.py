@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from metamcp.api.errors import error_response
-from metamcp.api.health import package_version
+from metamcp.config import package_version
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from metamcp.mcp.protocol import JSON_TYPE, REQUEST_TIMEOUT, UPSTREAM_ERROR

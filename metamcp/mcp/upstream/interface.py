@@ -13,15 +13,14 @@ restarts a long call's clock. `timeout=` on a call overrides the read timeout fo
 from __future__ import annotations
 
 import abc
-import functools
 import itertools
 import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from metamcp.config import package_version
 from metamcp.mcp import jsonrpc
 from metamcp.mcp.protocol import HANDSHAKE_VERSIONS, LATEST_VERSION
 from metamcp.mcp.upstream.call import (
@@ -138,7 +137,7 @@ class Upstream(abc.ABC):
 
     def _initialize_params(self) -> dict[str, Any]:
         return {"protocolVersion": LATEST_VERSION, "capabilities": {},
-                "clientInfo": {"name": "metamcp", "version": _version()}}
+                "clientInfo": {"name": "metamcp", "version": package_version()}}
 
     def _accepted(self, message: dict[str, Any]) -> dict[str, Any]:
         """The initialize result in `message`, checked; UpstreamError if unusable."""
@@ -182,11 +181,3 @@ class Upstream(abc.ABC):
             return jsonrpc.result(message.get("id"), {})
         return jsonrpc.error(message.get("id"), jsonrpc.METHOD_NOT_FOUND,
                              f"Method not found: the gateway does not serve {message.get('method')}")
-
-
-@functools.cache
-def _version() -> str:
-    try:
-        return version("metamcp")
-    except PackageNotFoundError:
-        return "0.0.0"
