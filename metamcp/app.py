@@ -35,6 +35,7 @@ from metamcp.mcp.dispatcher import Dispatcher
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_REQUEST
 from metamcp.mcp.protocol import JSON_TYPE
+from metamcp.mcp.relay import Relay
 from metamcp.mcp.sessions import SessionPurger, SessionStore
 from metamcp.mcp.streams import Streams
 from metamcp.namespaces import NamespaceRegistry
@@ -199,7 +200,10 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     namespaces = NamespaceRegistry(db)
     endpoints = EndpointRegistry(db)
     gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync_tools)
-    dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, package_version(), publish)
+    relay = Relay(db, settings.upstream_timeout, db.bus.origin)
+    gateway.pool.on_request = relay.outside
+    dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, package_version(), publish,
+                            relay)
     streams = Streams(settings, sessions, gateway.catalog)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
@@ -214,6 +218,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         Topic.LISTS: [gateway.catalog.on_list_change],
         Topic.CANCEL: [dispatcher.on_cancel],
         Topic.SSE: [sse_hub.on_notify],
+        Topic.REPLY: [relay.on_reply],
     }
     for topic, callbacks in subscriptions.items():
         for callback in callbacks:

@@ -50,6 +50,7 @@ class Topic(StrEnum):
     LISTS = "lists"  #: an upstream announced list_changed
     CANCEL = "cancel"  #: a client cancelled a call that may run in another worker
     SSE = "sse"  #: messages were stored for a legacy SSE stream
+    REPLY = "reply"  #: a client's answer to a relayed request was stored for another process
 
 
 class ChangeBus:

@@ -229,13 +229,19 @@ def insert_session(
     protocol_version: str,
     client_info: dict[str, Any],
     endpoint_id: UUID | None = None,
+    capabilities: list[str] | None = None,
 ) -> Row:
     cur.execute(
-        "INSERT INTO mcp_sessions (id, key_id, protocol_version, client_info, endpoint_id)"
-        " VALUES (%s, %s, %s, %s, %s) RETURNING id, key_id, protocol_version, log_level, endpoint_id",
-        (session_id, key_id, protocol_version, Json(client_info), endpoint_id),
+        "INSERT INTO mcp_sessions (id, key_id, protocol_version, client_info, endpoint_id, client_capabilities)"
+        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id, key_id, protocol_version, log_level, endpoint_id",
+        (session_id, key_id, protocol_version, Json(client_info), endpoint_id, Json(capabilities or [])),
     )
     return _returned(cur)
+
+
+def update_session_capabilities(cur: Cursor, session_id: str, capabilities: list[str]) -> None:
+    cur.execute("UPDATE mcp_sessions SET client_capabilities = %s, last_used_at = now() WHERE id = %s",
+                (Json(capabilities), session_id))
 
 
 def update_session(cur: Cursor, session_id: str, log_level: str | None) -> None:
@@ -250,7 +256,7 @@ def use_session(cur: Cursor, session_id: str, idle_seconds: float) -> Row | None
     cur.execute(
         "UPDATE mcp_sessions SET last_used_at = now()"
         " WHERE id = %s AND last_used_at >= now() - make_interval(secs => %s)"
-        " RETURNING id, key_id, protocol_version, log_level, endpoint_id",
+        " RETURNING id, key_id, protocol_version, log_level, endpoint_id, client_capabilities",
         (session_id, idle_seconds),
     )
     return _one(cur)
@@ -485,3 +491,19 @@ def take_outbox(cur: Cursor, session_id: str) -> list[dict[str, Any]]:
     )
     rows: list[Row] = [dict(row) for row in cur.fetchall()]
     return [row["message"] for row in sorted(rows, key=lambda r: r["id"])]
+
+
+# --- answers of clients to relayed requests ------------------------------------------------
+
+
+def insert_client_reply(cur: Cursor, reply_id: str, session_id: str, message: dict[str, Any]) -> None:
+    """A client's answer for the process that relayed the request (a repeat of an id is dropped)."""
+    cur.execute(
+        "INSERT INTO client_replies (id, session_id, message) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        (reply_id, session_id, Json(message)),
+    )
+
+
+def take_client_reply(cur: Cursor, reply_id: str) -> Row | None:
+    cur.execute("DELETE FROM client_replies WHERE id = %s RETURNING session_id, message", (reply_id,))
+    return _one(cur)

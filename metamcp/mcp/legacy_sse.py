@@ -107,6 +107,7 @@ class SseHub:
                 requested = message.params.get("protocolVersion")
                 known = (*SUPPORTED_VERSIONS, LEGACY_VERSION)
                 version = requested if requested in known else SUPPORTED_VERSIONS[0]
+                self._dispatcher.declared(session, message.params.get("capabilities"))
                 self.deliver(session.id, jsonrpc.result(message.id, self._dispatcher.initialize_result(version)))
                 return
             outcome = self._dispatcher.handle(session, message, view)

@@ -27,10 +27,15 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.shared.message import ServerMessageMetadata
 from mcp.types import Completion, PromptReference
+from pydantic import BaseModel
 
 NAMES = ("Ada", "Alan", "Grace", "Linus")
 PAGED = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "resources",
          "resources/templates/list": "resourceTemplates"}
+
+
+class Person(BaseModel):
+    name: str
 
 
 class MemoryEventStore(EventStore):
@@ -130,6 +135,23 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPSe
             types.PingRequest(), types.EmptyResult, request_read_timeout_seconds=5,
             metadata=ServerMessageMetadata(related_request_id=ctx.request_context.request_id))
         return "pong"
+
+    @server.tool(description="Ask the user for a name (elicitation); answer what came back.")
+    async def ask_user(question: str, ctx: Context) -> str:
+        answer = await ctx.elicit(question, Person)
+        return f"{answer.action}: {answer.data.name}" if answer.action == "accept" else answer.action
+
+    @server.tool(description="Ask the client's model (sampling); answer its text.")
+    async def ask_model(prompt: str, ctx: Context) -> str:
+        result = await ctx.session.create_message(
+            [types.SamplingMessage(role="user", content=types.TextContent(type="text", text=prompt))],
+            max_tokens=32, related_request_id=ctx.request_id)
+        return result.content.text if isinstance(result.content, types.TextContent) else "no text"
+
+    @server.tool(description="The client's roots, comma-separated (roots/list, outside the call).")
+    async def ask_roots(ctx: Context) -> str:
+        result = await ctx.session.list_roots()
+        return ",".join(str(root.uri) for root in result.roots)
 
     def make(tool_name: str) -> Any:
         def generated(text: str) -> str:
