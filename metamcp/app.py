@@ -204,7 +204,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     gateway.pool.on_request = relay.outside
     dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, package_version(), publish,
                             relay)
-    streams = Streams(settings, sessions, gateway.catalog)
+    streams = Streams(settings, sessions, gateway.catalog, relay)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
     sse_hub = legacy_sse.SseHub(db, dispatcher, settings)

@@ -8,8 +8,10 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import requests
 from mcp import Client, types
@@ -28,8 +30,9 @@ SERVERS = ("http", "sse", "stdio")
 
 
 class Gateways:
-    def __init__(self, first: Gunicorn, second: Gunicorn, key: str) -> None:
+    def __init__(self, first: Gunicorn, second: Gunicorn, key: str, upstream_log: Path) -> None:
         self.first, self.second, self.key = first, second, key
+        self.upstream_log = upstream_log
 
     def client(self, body: Any, **options: Any) -> Any:
         return run_client(f"{self.first.url}/mcp", self.key, body, **options)
@@ -45,7 +48,8 @@ def gateways(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         new = crypto.generate_api_key()
         repository.insert_key(cur, "relay", new.hash, new.prefix)
     db.close()
-    upstreams = [UpstreamProcess(name="http"), UpstreamProcess(name="sse", transport="sse")]
+    log_file = tmp_path_factory.mktemp("upstream") / "http.log"
+    upstreams = [UpstreamProcess(name="http", log_file=log_file), UpstreamProcess(name="sse", transport="sse")]
     env = child_env(DATABASE_URL=database_url, METAMCP_WORKERS="1",
                     METAMCP_UPSTREAM_TIMEOUT=str(UPSTREAM_TIMEOUT), METAMCP_KEEPALIVE_SECONDS="0.5")
     started: list[Gunicorn] = []
@@ -67,7 +71,7 @@ def gateways(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             response = requests.post(f"{started[0].url}/api/v1/mcp/servers", json=server,
                                      headers={"X-API-Key": new.plain}, timeout=30)
             assert response.status_code == 201, response.text
-        yield Gateways(started[0], started[1], new.plain)
+        yield Gateways(started[0], started[1], new.plain, log_file)
     finally:
         for gateway in started:
             gateway.stop()
@@ -122,6 +126,23 @@ def test_roots_come_from_the_calling_client(gateways: Gateways, server: str) -> 
 
     result = gateways.client(body, list_roots_callback=roots)
     assert not result.is_error and text(result) == "file:///work/project"
+
+
+def test_a_request_outside_any_call_goes_to_a_get_stream(gateways: Gateways) -> None:
+    """The upstream asks for roots after its call has ended, on its own standing stream: the
+    request reaches the session's GET stream and the client's answer reaches the upstream."""
+    async def roots(_context: Any) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri="file:///later")])
+
+    async def body(client: Client) -> bool:
+        await client.call_tool("http__ask_roots_later", {})
+        for _ in range(100):  # bounded: 10 s
+            if "roots file:///later" in gateways.upstream_log.read_text():
+                return True
+            await anyio.sleep(0.1)
+        return False
+
+    assert gateways.client(body, list_roots_callback=roots)
 
 
 @pytest.mark.parametrize("server", SERVERS)

@@ -3,7 +3,8 @@ downstream client they belong to, and the client's answers routed back to the up
 
 A request on a call's stream goes to the client of that call. One outside any call (stdio and
 legacy SSE name no call; SDK servers send roots/list on their standing stream) goes to the
-newest call in flight on that upstream in this process. The client sees a gateway id
+newest call in flight on that upstream in this process, else to the newest GET stream here of
+a session that sees the upstream. The client sees a gateway id
 (`mm.<process>.<n>`), never the upstream's. It may POST its answer to any worker: the process
 that relayed the request answers the upstream at once; another one stores the answer
 (client_replies) and names it on the change bus. A client without the capability the request
@@ -44,7 +45,7 @@ DEADLINE_SHARE = 0.9
 
 
 class Channel(Protocol):
-    """A call's way to its client (metamcp.mcp.streams.Streamed)."""
+    """A way to a client: a call's stream, or a session's GET stream (metamcp.mcp.streams)."""
 
     @property
     def session(self) -> Session: ...
@@ -73,6 +74,7 @@ class Relay:
         self._lock = threading.Condition()
         self._waiting: dict[str, _Waiting] = {}
         self._calls: dict[str, list[Channel]] = {}  # server -> its calls in flight, oldest first
+        self._listeners: list[tuple[Channel, frozenset[str] | None]] = []  # GET streams, oldest first
         self._sweeper: threading.Thread | None = None
 
     # --- calls in flight ----------------------------------------------------------------
@@ -89,17 +91,33 @@ class Relay:
                 calls.remove(channel)
             if not calls:
                 self._calls.pop(server, None)
-            ended = [key for key, waiting in self._waiting.items() if waiting.channel is channel]
-        for key in ended:
-            self._fail(key, "the call it belonged to ended")
+        self._orphaned(channel, "the call it belonged to ended")
+
+    def listening(self, channel: Channel, servers: frozenset[str] | None) -> None:
+        """A session's GET stream opened; it sees `servers` (None: every server)."""
+        with self._lock:
+            self._listeners.append((channel, servers))
+
+    def stopped_listening(self, channel: Channel) -> None:
+        with self._lock:
+            self._listeners = [entry for entry in self._listeners if entry[0] is not channel]
+        self._orphaned(channel, "its stream closed")
+
+    def _orphaned(self, channel: Channel, reason: str) -> None:
+        with self._lock:
+            keys = [key for key, waiting in self._waiting.items() if waiting.channel is channel]
+        for key in keys:
+            self._fail(key, reason)
 
     # --- upstream to client -------------------------------------------------------------
 
     def outside(self, server: str, message: dict[str, Any], respond: Respond) -> None:
-        """A request an upstream made outside any call: to the newest call on that upstream."""
+        """A request an upstream made outside any call: to the newest call in flight on that
+        upstream, else to the newest GET stream of a session that sees it (in this process)."""
         with self._lock:
             calls = self._calls.get(server)
-            channel = calls[-1] if calls else None
+            channel = calls[-1] if calls else next(
+                (c for c, servers in reversed(self._listeners) if servers is None or server in servers), None)
         self.ask(channel, message, respond)
 
     def ask(self, channel: Channel | None, message: dict[str, Any], respond: Respond) -> None:

@@ -155,6 +155,18 @@ class Streamed:
         return jsonrpc.result(self.request_id, message.get("result") or {})
 
 
+class _Listener:
+    """A session's GET stream as the relay sees it."""
+
+    def __init__(self, session: Session, messages: queue.SimpleQueue[dict[str, Any] | None]) -> None:
+        self.session = session
+        self._messages = messages
+
+    def send(self, message: dict[str, Any]) -> bool:
+        self._messages.put(message)
+        return True
+
+
 def _event(message: dict[str, Any]) -> bytes:
     return sse.encode_event(json.dumps(message, separators=(",", ":")), event="message")
 
@@ -162,9 +174,10 @@ def _event(message: dict[str, Any]) -> bytes:
 class Streams:
     """This worker's long-lived SSE bodies and the threads they hold."""
 
-    def __init__(self, settings: Settings, sessions: SessionStore, catalog: Catalog) -> None:
+    def __init__(self, settings: Settings, sessions: SessionStore, catalog: Catalog, relay: Relay) -> None:
         self._sessions = sessions
         self._catalog = catalog
+        self._relay = relay
         self._keepalive = settings.keepalive_seconds
         #: Long holders of this worker's threads (tool calls, standing streams), within a budget
         #: that leaves `reserved_threads` for short requests.
@@ -231,12 +244,15 @@ class Streams:
         finally:
             self._hangups.unwatch(watched)
 
-    def open_listener(self, session: Session, client: Any = None) -> StreamBody:
-        """An SSE body of list_changed notifications and keep-alives; raises Saturated when the
-        worker has no room. `client`: the connection's socket, watched so a departed client
-        frees its thread."""
+    def open_listener(self, session: Session, client: Any = None,
+                      servers: frozenset[str] | None = None) -> StreamBody:
+        """An SSE body of list_changed notifications, requests of the upstreams the session
+        sees (`servers`, None: all) made outside any call, and keep-alives; raises Saturated
+        when the worker has no room. `client`: the connection's socket, watched so a departed
+        client frees its thread."""
         release = self.hold()
         messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        channel = _Listener(session, messages)
 
         def announce(method: str) -> None:
             messages.put(jsonrpc.notification(method))
@@ -248,10 +264,12 @@ class Streams:
                 return True  # cannot tell while the database is away: keep the stream
 
         self._catalog.subscribe(announce)
+        self._relay.listening(channel, servers)
         events = self.standing(sse.comment("stream open"), messages, client, session_alive)
 
         def cleanup() -> None:
             self._catalog.unsubscribe(announce)
+            self._relay.stopped_listening(channel)
             release()
 
         return StreamBody(events, cleanup)

@@ -320,7 +320,7 @@ def get(endpoint: str | None = None) -> Response:
     session = _session(access)
     # Saturated (503) when the worker has no room for another stream.
     events = current_app.extensions["metamcp"].streams.open_listener(
-        session, request.environ.get("gunicorn.socket"))
+        session, request.environ.get("gunicorn.socket"), None if access.view is None else access.view.servers)
     return Response(events, mimetype=SSE_TYPE, headers=SSE_HEADERS)
 
 

@@ -12,6 +12,7 @@ step of the `slow` tool, so tests can see what reached the upstream.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -152,6 +153,22 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPSe
     async def ask_roots(ctx: Context) -> str:
         result = await ctx.session.list_roots()
         return ",".join(str(root.uri) for root in result.roots)
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    @server.tool(description="Answer at once; then ask the client's roots outside any call and log them.")
+    async def ask_roots_later(ctx: Context) -> str:
+        session = ctx.session
+
+        async def later() -> None:
+            await anyio.sleep(0.3)
+            result = await session.list_roots()
+            log("roots " + ",".join(str(root.uri) for root in result.roots))
+
+        task = asyncio.get_running_loop().create_task(later())
+        tasks.add(task)  # kept until done
+        task.add_done_callback(tasks.discard)
+        return "asked"
 
     def make(tool_name: str) -> Any:
         def generated(text: str) -> str:
