@@ -67,10 +67,17 @@ def gateways(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             {"name": "stdio", "transport": "stdio", "command": sys.executable,
              "args": [str(SERVER), "--transport", "stdio", "--name", "stdio"]},
         ]
-        for server in servers:
-            response = requests.post(f"{started[0].url}/api/v1/mcp/servers", json=server,
-                                     headers={"X-API-Key": new.plain}, timeout=30)
-            assert response.status_code == 201, response.text
+        def rest(path: str, body: dict[str, Any], method: str = "POST") -> dict[str, Any]:
+            response = requests.request(method, f"{started[0].url}/api/v1{path}", json=body,
+                                        headers={"X-API-Key": new.plain}, timeout=30)
+            assert response.status_code in (200, 201), response.text
+            return dict(response.json())
+
+        ids = [rest("/mcp/servers", server)["id"] for server in servers]
+        namespace = rest("/namespaces", {"name": "relayed"})["id"]
+        for server_id in ids:
+            rest(f"/namespaces/{namespace}/servers/{server_id}", {"status": "active"}, "PUT")
+        rest("/endpoints", {"name": "relayed", "namespace_id": namespace, "auth": {"api_key": True}})
         yield Gateways(started[0], started[1], new.plain, log_file)
     finally:
         for gateway in started:
@@ -126,6 +133,20 @@ def test_roots_come_from_the_calling_client(gateways: Gateways, server: str) -> 
 
     result = gateways.client(body, list_roots_callback=roots)
     assert not result.is_error and text(result) == "file:///work/project"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_legacy_sse_client_is_asked_too(gateways: Gateways, server: str) -> None:
+    """A 2024-11-05 client on an endpoint's HTTP+SSE transport gets the request on its stream."""
+    async def elicit(_context: Any, _params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"name": "Linus"})
+
+    async def body(client: Client) -> types.CallToolResult:
+        return await client.call_tool(f"{server}__ask_user", {"question": "Who are you?"})
+
+    result = run_client(f"{gateways.first.url}/metamcp/relayed/sse", gateways.key, body, sse=True,
+                        elicitation_callback=elicit)
+    assert not result.is_error and text(result) == "accept: Linus"
 
 
 def test_a_request_outside_any_call_goes_to_a_get_stream(gateways: Gateways) -> None:

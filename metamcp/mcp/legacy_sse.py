@@ -214,5 +214,5 @@ def post_message(endpoint: str) -> Response:
         if message.is_request:
             _hub().submit(session, message, access.view, release)
         else:
-            services.dispatcher.receive(session, message)
+            services.dispatcher.receive(session, message, access.view)
     return Response("Accepted", status=202, mimetype="text/plain")
