@@ -146,6 +146,20 @@ class Relay:
         """A request relayed to a call that turned out to have no stream to its client."""
         self._fail(key, "the call has no stream to the client to carry it")
 
+    def withdrawn(self, channel: Channel, message: dict[str, Any]) -> dict[str, Any]:
+        """The upstream's notifications/cancelled, for the client: a relayed request it withdrew
+        is forgotten here and named by the id the client saw."""
+        params = message.get("params")
+        if not isinstance(params, dict):
+            return message
+        with self._lock:
+            key = next((key for key, waiting in self._waiting.items()
+                        if waiting.channel is channel and waiting.upstream_id == params.get("requestId")), None)
+            if key is None:
+                return message
+            del self._waiting[key]
+        return {**message, "params": {**params, "requestId": key}}
+
     # --- client to upstream -------------------------------------------------------------
 
     def answer(self, session: Session, message: dict[str, Any]) -> None:

@@ -89,7 +89,9 @@ class Streamed:
                 if "id" in message:
                     self._relay.ask(self, message, self._call.respond)
                     continue
-                if message["method"] == "notifications/message":
+                if message["method"] == "notifications/cancelled":
+                    message = self._relay.withdrawn(self, message)
+                elif message["method"] == "notifications/message":
                     level = (message.get("params") or {}).get("level", "info")
                     if not self.session.wants_log(level):
                         continue
