@@ -85,7 +85,7 @@ def runner() -> Runner:
         pytest.skip(f"conformance runner unavailable: {e}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def conformance_server() -> Iterator[ServerProcess]:
     server = ServerProcess()
     try:
@@ -95,7 +95,7 @@ def conformance_server() -> Iterator[ServerProcess]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def direct(runner: Runner, conformance_server: ServerProcess,
            tmp_path_factory: pytest.TempPathFactory) -> SuiteResult:
     """The suite run once against the server itself."""
@@ -118,7 +118,7 @@ class Gateway:
 def endpoint_url(database_url: str, conformance_server: ServerProcess,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A live gunicorn (2 workers) with the server registered, in a namespace behind a public
-    endpoint; yields the endpoint's MCP URL."""
+    endpoint; yields the endpoint's MCP URL. Module-scoped: other modules truncate the tables."""
     db = Database(database_url, 1)
     with db.transaction() as cur:
         cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE")
