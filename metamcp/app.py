@@ -199,7 +199,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
 
     namespaces = NamespaceRegistry(db)
     endpoints = EndpointRegistry(db)
-    gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync_tools)
+    gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync)
     relay = Relay(db, settings.upstream_timeout, db.bus.origin)
     gateway.pool.on_request = relay.outside
     dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, package_version(), publish,

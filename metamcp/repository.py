@@ -1,7 +1,7 @@
 """Every SQL statement of the service: small functions over a cursor, returning plain rows.
 
 Rows are dicts (RealDictCursor). Parameters are always bound; the only identifiers composed
-into SQL are column names from the fixed SERVER_COLUMNS tuple.
+into SQL are column names from the fixed SERVER_COLUMNS tuple and table names from ITEM_TABLES.
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ def try_advisory_xact_lock(cur: Cursor, key: int) -> bool:
 
 # --- Namespaces -------------------------------------------------------------------------
 
-_NAMESPACE = "id, name, description, created_at, updated_at"
+_NAMESPACE = "id, name, description, naming, created_at, updated_at"
 
 
 def list_namespaces(cur: Cursor) -> list[Row]:
@@ -321,18 +321,19 @@ def find_namespaces(cur: Cursor, names_or_ids: list[str]) -> list[Row]:
     return [dict(row) for row in cur.fetchall()]
 
 
-def insert_namespace(cur: Cursor, name: str, description: str) -> Row:
+def insert_namespace(cur: Cursor, name: str, description: str, naming: str = "prefixed") -> Row:
     cur.execute(
-        f"INSERT INTO namespaces (name, description) VALUES (%s, %s) RETURNING {_NAMESPACE}",  # noqa: S608
-        (name, description),
+        f"INSERT INTO namespaces (name, description, naming) VALUES (%s, %s, %s) RETURNING {_NAMESPACE}",  # noqa: S608
+        (name, description, naming),
     )
     return _returned(cur)
 
 
-def update_namespace(cur: Cursor, namespace_id: UUID, name: str, description: str) -> Row | None:
+def update_namespace(cur: Cursor, namespace_id: UUID, name: str, description: str, naming: str) -> Row | None:
     cur.execute(
-        f"UPDATE namespaces SET name = %s, description = %s, updated_at = now() WHERE id = %s RETURNING {_NAMESPACE}",  # noqa: S608, E501
-        (name, description, namespace_id),
+        "UPDATE namespaces SET name = %s, description = %s, naming = %s, updated_at = now()"  # noqa: S608
+        f" WHERE id = %s RETURNING {_NAMESPACE}",
+        (name, description, naming, namespace_id),
     )
     return _one(cur)
 
@@ -343,10 +344,11 @@ def delete_namespace(cur: Cursor, namespace_id: UUID) -> bool:
 
 
 def namespace_servers(cur: Cursor, namespace_id: UUID) -> list[Row]:
-    """The servers attached to a namespace, with their status there and their own state."""
+    """The servers attached to a namespace in the order they were attached, with their status
+    there and their own state."""
     cur.execute(
         "SELECT s.id, s.name, s.transport, s.is_active, ns.status FROM namespace_servers ns"
-        " JOIN mcp_servers s ON s.id = ns.server_id WHERE ns.namespace_id = %s ORDER BY s.name",
+        " JOIN mcp_servers s ON s.id = ns.server_id WHERE ns.namespace_id = %s ORDER BY ns.position",
         (namespace_id,),
     )
     return [dict(row) for row in cur.fetchall()]
@@ -368,30 +370,27 @@ def detach_server(cur: Cursor, namespace_id: UUID, server_id: UUID) -> bool:
     return cur.rowcount == 1
 
 
-# --- Tools seen upstream, and their settings per namespace -------------------------------
+# --- Tools and prompts seen upstream, and their settings per namespace -------------------
+
+#: The table of each kind of named item the gateway records (composed into SQL: fixed names only).
+ITEM_TABLES = {"tools": "tools", "prompts": "prompts"}
 
 
-def server_tools(cur: Cursor, server_id: UUID) -> list[Row]:
+def upsert_items(cur: Cursor, kind: str, server_id: UUID, definitions: list[dict[str, Any]]) -> int:
+    """Record a server's current list of tools or prompts; only rows that differ are written.
+    Returns how many."""
+    table = ITEM_TABLES[kind]
     cur.execute(
-        "SELECT id, name, definition, listed FROM tools WHERE server_id = %s ORDER BY name",
-        (server_id,),
-    )
-    return [dict(row) for row in cur.fetchall()]
-
-
-def upsert_tools(cur: Cursor, server_id: UUID, definitions: list[dict[str, Any]]) -> int:
-    """Record a server's current tool list; only rows that differ are written. Returns how many."""
-    cur.execute(
-        "INSERT INTO tools (server_id, name, definition)"
+        f"INSERT INTO {table} (server_id, name, definition)"  # noqa: S608
         " SELECT %s, d->>'name', d FROM jsonb_array_elements(%s::jsonb) AS d"
         " ON CONFLICT (server_id, name) DO UPDATE"
         " SET definition = EXCLUDED.definition, listed = TRUE, updated_at = now()"
-        " WHERE tools.definition IS DISTINCT FROM EXCLUDED.definition OR NOT tools.listed",
+        f" WHERE {table}.definition IS DISTINCT FROM EXCLUDED.definition OR NOT {table}.listed",
         (server_id, Json(definitions)),
     )
     written = cur.rowcount
     cur.execute(
-        "UPDATE tools SET listed = FALSE, updated_at = now()"
+        f"UPDATE {table} SET listed = FALSE, updated_at = now()"  # noqa: S608
         " WHERE server_id = %s AND listed AND NOT (name = ANY(%s))",
         (server_id, [d["name"] for d in definitions]),
     )
@@ -400,15 +399,15 @@ def upsert_tools(cur: Cursor, server_id: UUID, definitions: list[dict[str, Any]]
 
 def namespace_tools(cur: Cursor, namespace_id: UUID, listed_only: bool = True) -> list[Row]:
     """The tools of the namespace's servers (those the upstream lists now, unless
-    `listed_only` is false), with their settings there (NULL when none)."""
+    `listed_only` is false), with their settings there (NULL when none), first server first."""
     cur.execute(
-        "SELECT t.id, t.server_id, s.name AS server_name, t.name AS original_name, t.definition,"
+        "SELECT t.id, t.server_id, s.name AS server_name, t.name AS original_name, t.definition, t.listed,"
         " ns.status AS server_status, nt.status, nt.name, nt.title, nt.description, nt.annotations"
         " FROM namespace_servers ns"
         " JOIN mcp_servers s ON s.id = ns.server_id"
         " JOIN tools t ON t.server_id = ns.server_id AND (t.listed OR NOT %s)"
         " LEFT JOIN namespace_tools nt ON nt.namespace_id = ns.namespace_id AND nt.tool_id = t.id"
-        " WHERE ns.namespace_id = %s ORDER BY s.name, t.name",
+        " WHERE ns.namespace_id = %s ORDER BY ns.position, t.name",
         (listed_only, namespace_id),
     )
     return [dict(row) for row in cur.fetchall()]
@@ -423,6 +422,34 @@ def upsert_namespace_tool(cur: Cursor, namespace_id: UUID, tool_id: UUID, settin
         " annotations = EXCLUDED.annotations, updated_at = now()",
         (namespace_id, tool_id, settings["status"], settings["name"], settings["title"],
          settings["description"], Json(settings["annotations"])),
+    )
+
+
+def namespace_prompts(cur: Cursor, namespace_id: UUID, listed_only: bool = True) -> list[Row]:
+    """namespace_tools() for prompts (which have no annotations: always empty here)."""
+    cur.execute(
+        "SELECT p.id, p.server_id, s.name AS server_name, p.name AS original_name, p.definition, p.listed,"
+        " ns.status AS server_status, np.status, np.name, np.title, np.description,"
+        " '{}'::jsonb AS annotations"
+        " FROM namespace_servers ns"
+        " JOIN mcp_servers s ON s.id = ns.server_id"
+        " JOIN prompts p ON p.server_id = ns.server_id AND (p.listed OR NOT %s)"
+        " LEFT JOIN namespace_prompts np ON np.namespace_id = ns.namespace_id AND np.prompt_id = p.id"
+        " WHERE ns.namespace_id = %s ORDER BY ns.position, p.name",
+        (listed_only, namespace_id),
+    )
+    return [dict(row) for row in cur.fetchall()]
+
+
+def upsert_namespace_prompt(cur: Cursor, namespace_id: UUID, prompt_id: UUID, settings: Mapping[str, Any]) -> None:
+    cur.execute(
+        "INSERT INTO namespace_prompts (namespace_id, prompt_id, status, name, title, description)"
+        " VALUES (%s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (namespace_id, prompt_id) DO UPDATE SET status = EXCLUDED.status,"
+        " name = EXCLUDED.name, title = EXCLUDED.title, description = EXCLUDED.description,"
+        " updated_at = now()",
+        (namespace_id, prompt_id, settings["status"], settings["name"], settings["title"],
+         settings["description"]),
     )
 
 

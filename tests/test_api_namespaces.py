@@ -9,7 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from metamcp.db import Database
-from metamcp.namespaces import NamespaceRegistry, ToolSettings
+from metamcp.namespaces import ItemSettings, NamespaceRegistry
 
 
 @pytest.fixture
@@ -98,25 +98,25 @@ def test_sync_writes_only_what_changed_and_keeps_settings(
             cur.execute("SELECT name, listed, updated_at, definition FROM tools")
             return {r["name"]: dict(r) for r in cur.fetchall()}
 
-    registry.sync_tools(server, _tools("read", "write"))
+    registry.sync("tools", server, _tools("read", "write"))
     first = rows()
     assert set(first) == {"read", "write"}
-    registry.sync_tools(server, _tools("read", "write"))  # same list: nothing written
+    registry.sync("tools", server, _tools("read", "write"))  # same list: nothing written
     fresh = NamespaceRegistry(db)  # another process: no memory of what it wrote
-    fresh.sync_tools(server, _tools("read", "write"))
+    fresh.sync("tools", server, _tools("read", "write"))
     assert rows() == first
-    fresh.sync_tools(server, [*_tools("read"), *_tools("write", description="changed")])
+    fresh.sync("tools", server, [*_tools("read"), *_tools("write", description="changed")])
     second = rows()
     assert second["read"] == first["read"] and second["write"]["updated_at"] > first["write"]["updated_at"]
 
-    tool_id = {t["original_name"]: t["id"] for t in registry.tools(ns)}["write"]
+    tool_id = {t["original_name"]: t["id"] for t in registry.items("tools", ns)}["write"]
     reply = client.patch(f"/api/v1/namespaces/{ns}/tools/{tool_id}", headers=auth, json={"name": "save"})
     assert reply.status_code == 200 and reply.json["name"] == "save"
-    registry.sync_tools(server, _tools("read"))  # the upstream dropped it: hidden, settings kept
-    assert [t["original_name"] for t in registry.tools(ns)] == ["read"]
+    registry.sync("tools", server, _tools("read"))  # the upstream dropped it: hidden, settings kept
+    assert [t["original_name"] for t in registry.items("tools", ns)] == ["read"]
     assert rows()["write"]["listed"] is False
-    registry.sync_tools(server, [*_tools("read"), *_tools("write", description="changed")])
-    assert {t["original_name"]: t["name"] for t in registry.tools(ns)} == {"read": "files__read", "write": "save"}
+    registry.sync("tools", server, [*_tools("read"), *_tools("write", description="changed")])
+    assert {t["original_name"]: t["name"] for t in registry.items("tools", ns)} == {"read": "files__read", "write": "save"}
     missing = "00000000-0000-0000-0000-000000000000"
     assert client.patch(f"/api/v1/namespaces/{ns}/tools/{missing}", headers=auth, json={"status": "inactive"}).status_code == 404
 
@@ -128,26 +128,26 @@ def test_view_maps_settings_by_server_and_upstream_name(
     client.put(f"/api/v1/namespaces/{ns}/servers/{files}", headers=auth, json={"status": "active"})
     client.put(f"/api/v1/namespaces/{ns}/servers/{web}", headers=auth, json={"status": "inactive"})
     registry = _registry(app)
-    registry.sync_tools(files, _tools("read"))
-    tool_id = registry.tools(ns)[0]["id"]
+    registry.sync("tools", files, _tools("read"))
+    tool_id = registry.items("tools", ns)[0]["id"]
     client.patch(f"/api/v1/namespaces/{ns}/tools/{tool_id}", headers=auth, json={"status": "inactive", "name": "r"})
     view = registry.view(ns)
-    assert view is not None and view.servers == frozenset({"files"})
-    assert view.settings("files", "read") == ToolSettings("inactive", "r", None, None, {})
-    assert view.settings("files", "other").active
+    assert view is not None and view.servers == ("files",)
+    assert view.settings("tools", "files", "read") == ItemSettings("inactive", "r", None, None, {})
+    assert view.settings("tools", "files", "other").active
     # The upstream drops the tool, the view is rebuilt, then the tool comes back (which does not
     # rebuild the view): it must still be off, not active under its default name.
-    registry.sync_tools(files, [])
+    registry.sync("tools", files, [])
     registry.on_change()
     view = registry.view(ns)
-    registry.sync_tools(files, _tools("read"))
-    assert view is not None and view.settings("files", "read") == ToolSettings("inactive", "r", None, None, {})
+    registry.sync("tools", files, _tools("read"))
+    assert view is not None and view.settings("tools", "files", "read") == ItemSettings("inactive", "r", None, None, {})
 
 
 def test_tool_settings_apply() -> None:
     tool = {"name": "files__read", "description": "Read", "annotations": {"title": "R", "readOnlyHint": False}}
-    shown = ToolSettings("active", None, "Reader", None, {"readOnlyHint": True}).apply(tool, "files__read")
+    shown = ItemSettings("active", None, "Reader", None, {"readOnlyHint": True}).apply(tool, "files__read")
     assert shown == {"name": "files__read", "description": "Read", "title": "Reader",
                      "annotations": {"title": "R", "readOnlyHint": True}}
-    assert ToolSettings(name="read").apply(tool, "files__read")["name"] == "read"
+    assert ItemSettings(name="read").apply(tool, "files__read")["name"] == "read"
     assert tool["name"] == "files__read"  # not modified in place

@@ -9,11 +9,11 @@ from uuid import uuid4
 import pytest
 
 from metamcp.mcp import naming
-from metamcp.mcp.catalog import ExposedTool, ServerList, namespace_tools
+from metamcp.mcp.catalog import ServerList, Table, namespace_items
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from metamcp.mcp.protocol import UPSTREAM_ERROR
 from metamcp.mcp.router import Route, Router
-from metamcp.namespaces import NamespaceView, ToolSettings
+from metamcp.namespaces import ItemSettings, NamespaceView
 
 
 def listed(server: str, *names: str) -> ServerList:
@@ -34,7 +34,7 @@ class FixedCatalog:
         self.fetched: list[str] = []
 
     def names(self, view: NamespaceView | None) -> list[str]:
-        return self.servers if view is None else [s for s in self.servers if s in view.servers]
+        return self.servers if view is None else [s for s in view.servers if s in self.servers]
 
     def lists(self, kind: str, servers: list[str]) -> dict[str, ServerList]:
         found = {}
@@ -53,18 +53,21 @@ class FixedCatalog:
         for server in servers:
             self.cached.pop(server, None)
 
-    def tool_table(self, view: NamespaceView, servers: list[str],
-                   lists: dict[str, ServerList]) -> dict[str, ExposedTool]:
-        return namespace_tools(view, servers, [lists.get(s) for s in servers])
+    def table(self, kind: str, view: NamespaceView) -> Table:
+        servers = self.names(view)
+        lists = self.lists(kind, servers)
+        sources = [lists.get(s) for s in servers]
+        routes, clashes = namespace_items(kind, view, servers, sources)
+        return Table(view, servers, sources, [e.item for e in routes.values()], routes, clashes)
 
 
 def router(catalog: FixedCatalog) -> Router:
     return Router(catalog)  # duck-typed: all the router asks of a catalog
 
 
-def view_of(*servers: str, **renamed: Any) -> NamespaceView:
-    tools = {(server, original): ToolSettings(name=name) for name, (server, original) in renamed.items()}
-    return NamespaceView(uuid4(), "team", frozenset(servers), tools)
+def view_of(*servers: str, naming: str = "prefixed", **renamed: Any) -> NamespaceView:
+    tools = {(server, original): ItemSettings(name=name) for name, (server, original) in renamed.items()}
+    return NamespaceView(uuid4(), "team", servers, tools, tools, naming)
 
 
 def test_a_listed_name_routes_from_the_cache_without_fetching() -> None:

@@ -25,12 +25,12 @@ class Gateway:
         registry: ServerRegistry,
         settings: Settings,
         publish: Callable[[Topic, dict[str, Any]], None] | None = None,
-        on_tools: Callable[[UUID, list[dict[str, Any]]], None] | None = None,
+        record: Callable[[str, UUID, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="metamcp-fanout")
         self.health = Health()
         self.pool = Pool(registry, settings, self.health, self._executor)
-        self.catalog = Catalog(self.pool, self.health, settings, self._executor, publish, on_tools)
+        self.catalog = Catalog(self.pool, self.health, settings, self._executor, publish, record)
         self.router = Router(self.catalog)
         self.pool.on_notification = self.catalog.on_notification
         self.pool.on_drop = self.catalog.drop_lists
