@@ -122,3 +122,18 @@ def test_a_namespace_routes_by_the_names_its_clients_see() -> None:
     outside = view_of("alpha")
     with pytest.raises(RpcError):
         route.route("tools", "shout", outside)
+
+
+def test_original_naming_routes_by_the_upstream_names_first_server_first() -> None:
+    catalog = FixedCatalog({"alpha": listed("alpha", "echo", "add"), "beta": listed("beta", "echo")})
+    view = view_of("beta", "alpha", naming="original")
+    route = router(catalog)
+    assert route.route("tools", "echo", view) == Route("beta", "echo")  # beta was attached first
+    assert route.route("tools", "add", view) == Route("alpha", "add")
+    assert route.route("prompts", "echo", view) == Route("beta", "echo")
+    with pytest.raises(RpcError) as prefixed:
+        route.route("tools", "alpha__add", view)
+    assert prefixed.value.message == "Unknown tool: alpha__add"
+    renamed = view_of("beta", "alpha", naming="original", hello=("alpha", "echo"))
+    assert route.route("prompts", "hello", renamed) == Route("alpha", "echo")
+    assert route.route("prompts", "echo", renamed) == Route("beta", "echo")
