@@ -14,7 +14,9 @@ UPDATE namespace_servers ns SET position = ordered.n
   FROM (SELECT x.namespace_id, x.server_id, row_number() OVER (ORDER BY x.namespace_id, s.name) AS n
           FROM namespace_servers x JOIN mcp_servers s ON s.id = x.server_id) AS ordered
  WHERE ns.namespace_id = ordered.namespace_id AND ns.server_id = ordered.server_id;
-SELECT setval('namespace_servers_position', COALESCE((SELECT max(position) FROM namespace_servers), 0) + 1, false);
+DO $$ BEGIN
+    PERFORM setval('namespace_servers_position', COALESCE((SELECT max(position) FROM namespace_servers), 0) + 1, false);
+END $$;
 ALTER TABLE namespace_servers ALTER COLUMN position SET DEFAULT nextval('namespace_servers_position'),
                               ALTER COLUMN position SET NOT NULL;
 ALTER SEQUENCE namespace_servers_position OWNED BY namespace_servers.position;

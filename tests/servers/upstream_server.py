@@ -2,7 +2,7 @@
 
     python tests/servers/upstream_server.py --port P [--name NAME]
         [--transport streamable-http|sse] [--json-response] [--page-size N] [--tools N]
-        [--log-file F] [--resumable]
+        [--log-file F] [--resumable] [--uri-host HOST]
 
 Binds 127.0.0.1 only and prints nothing on stdout (tests poll the port). With --log-file it
 appends one line per message received ("received <method> [<id or requestId>]") and per
@@ -62,7 +62,7 @@ class MemoryEventStore(EventStore):
         return stream_id
 
 
-def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPServer:
+def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host: str | None = None) -> MCPServer:
     server = MCPServer(f"upstream-{name}", version="1.0.0", instructions=f"Test upstream {name}.")
 
     def log(line: str) -> None:
@@ -180,11 +180,13 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPSe
         tool_name = f"tool_{index:03d}"
         server.tool(name=tool_name, description=f"Generated tool {index}.")(make(tool_name))
 
-    @server.resource(f"test://{name}/info", description="About this server.")
+    host = uri_host or name  # several servers given one --uri-host list the same URIs
+
+    @server.resource(f"test://{host}/info", description="About this server.")
     def info() -> str:
         return json.dumps({"name": name, "started": time.time()})
 
-    @server.resource("test://" + name + "/items/{item}", description="One item.")
+    @server.resource("test://" + host + "/items/{item}", description="One item.")
     def item(item: str) -> str:
         return f"{name} item {item}"
 
@@ -241,10 +243,11 @@ def main() -> None:
     parser.add_argument("--log-file", type=Path)
     parser.add_argument("--resumable", action="store_true",
                         help="keep events so closed streams can be resumed (2025-11-25 polling)")
+    parser.add_argument("--uri-host", help="the host of its resource URIs (default: --name)")
     parser.add_argument("--deep-tool", action="store_true",
                         help="also offer `deep`, whose result nests `levels` arrays deep")
     args = parser.parse_args()
-    server = build(args.name, args.tools, args.page_size, args.log_file)
+    server = build(args.name, args.tools, args.page_size, args.log_file, args.uri_host)
     if args.deep_tool:
         def deep(levels: int) -> dict[str, Any]:
             value: Any = "bottom"
