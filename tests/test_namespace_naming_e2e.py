@@ -5,9 +5,14 @@ upstreams (three of them listing the same URIs), a stdio server, the SDK as clie
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +25,14 @@ from metamcp.db import Database
 
 from .conftest import ROOT, Gunicorn, child_env, free_port
 from .mcp_client import list_all, run_client
+from .npm_packages import installed
 from .upstreams import UpstreamProcess
 
 TOOLS_ONLY = ROOT / "tests" / "servers" / "tools_only_server.py"
 #: The three test upstreams list the same resource URIs.
 INFO = "test://shared/info"
+#: The reference server, pinned (installed once into .cache/npm-everything).
+EVERYTHING = ("@modelcontextprotocol/server-everything", "2026.8.31")
 
 
 class Deployment:
@@ -259,3 +267,89 @@ def test_a_name_an_upstream_adds_later_is_reported_not_taken_over(deployment: De
 
     assert run_client(endpoint, None, both) == ("A", "shout")
     assert deployment.conflicts("plain") == []
+
+
+class NodeServer:
+    """server-everything over Streamable HTTP on a free port (it reads PORT); stopped by PID."""
+
+    def __init__(self, home: Path, node: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.proc = subprocess.Popen([node, str(home / "dist" / "index.js"), "streamableHttp"],
+                                     env={**os.environ, "PORT": str(self.port)}, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("server-everything did not listen within 30 s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def everything(deployment: Deployment) -> Iterator[dict[str, NodeServer]]:
+    """Three server-everything instances, attached in order ev1, ev2, ev3 to namespace `everything`."""
+    node = shutil.which("node")
+    home = installed(*EVERYTHING, "npm-everything") if node else None
+    if node is None or home is None:
+        pytest.skip("node/npm or the server-everything package is unavailable")
+    servers: dict[str, NodeServer] = {}
+    try:
+        for name in ("ev1", "ev2", "ev3"):
+            servers[name] = NodeServer(home, node)
+            reply = deployment.rest("POST", "/api/v1/mcp/servers", json={
+                "name": name, "transport": "streamable_http", "url": servers[name].url})
+            assert reply.status_code == 201, reply.text
+            deployment.ids[name] = reply.json()["id"]
+        deployment.namespace("everything", list(servers))
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def test_three_server_everything_list_each_uri_once_and_the_first_answers(
+        deployment: Deployment, everything: dict[str, NodeServer]) -> None:
+    async def lists(client: Client) -> tuple[list[str], list[str]]:
+        return ([str(r.uri) for r in await list_all(client, "resources")],
+                [t.uri_template for t in await list_all(client, "resource_templates")])
+
+    uris, templates = run_client(everything["ev1"].url, None, lists)
+    assert len(uris) >= 2 and templates  # what one instance lists (7 documents, 2 templates in this version)
+    endpoint = deployment.url("everything")
+    through, through_templates = run_client(endpoint, None, lists)
+    assert sorted(through) == sorted(uris) and len(set(through)) == len(through)
+    assert sorted(through_templates) == sorted(templates)
+    conflicts = deployment.conflicts("everything")
+    assert {c["uri"] for c in conflicts} == set(uris) | set(templates)
+    assert all(c["servers"] == ["ev1", "ev2", "ev3"] and c["served_by"] == "ev1" for c in conflicts)
+    assert {c["kind"] for c in conflicts} == {"resource", "resourceTemplate"}  # tools and prompts: prefixed
+    document = uris[0]
+    expected = run_client(everything["ev1"].url, None, lambda c: _read_text(c, document))
+    assert read(endpoint, document) == expected
+    # A read goes to the first server listing the URI: with it stopped, the read fails and says
+    # which server it went to; switched off in the namespace, the next one answers.
+    for first, rest in (("ev1", ["ev2", "ev3"]), ("ev2", ["ev3"])):
+        everything[first].stop()
+        message = refused(endpoint, lambda c: c.read_resource(document))
+        assert f"'{first}'" in message, message
+        assert deployment.attach("everything", first, "inactive").status_code == 200
+        assert read(endpoint, document) == expected
+        assert {tuple(c["servers"]) for c in deployment.conflicts("everything")} == (
+            {tuple(rest)} if len(rest) > 1 else set())
+
+
+async def _read_text(client: Client, uri: str) -> str:
+    return text_of(await client.read_resource(uri))
