@@ -228,7 +228,9 @@ class Catalog:
         else:
             items, clashes = unique_items(kind, servers, sources)
         table = Table(view, servers, sources, items, routes, clashes)
-        self._tables[key] = table
+        with self._lock:  # two requests making the same table log its new clashes once
+            cached = self._tables.get(key)
+            self._tables[key] = table
         where = "/mcp" if view is None else f"namespace {view.name}"
         for clash in set(clashes) - set(cached.clashes if cached is not None else []):
             logger.warning("%s: servers %s all list the %s %s; %s serves it", where, ", ".join(clash.servers),
