@@ -229,6 +229,24 @@ def test_a_prompt_renamed_and_switched_off_in_a_namespace(deployment: Deployment
         deployment.rest("PATCH", url, json={"status": "active", "name": None, "title": None, "description": None})
 
 
+def test_resources_and_templates_follow_the_server_status_in_the_namespace(deployment: Deployment) -> None:
+    endpoint = deployment.url("plain")
+
+    async def lists(client: Client) -> tuple[list[str], list[str]]:
+        return ([str(r.uri) for r in await list_all(client, "resources")],
+                [t.uri_template for t in await list_all(client, "resource_templates")])
+
+    assert run_client(endpoint, None, lists) == ([INFO], ["test://shared/items/{item}"])
+    assert deployment.attach("plain", "one", "inactive").status_code == 200
+    try:
+        assert run_client(endpoint, None, lists) == ([], [])
+        for uri in (INFO, "test://shared/items/7"):
+            assert "Unknown resource" in refused(endpoint, lambda c, u=uri: c.read_resource(u))
+    finally:
+        assert deployment.attach("plain", "one").status_code == 200
+    assert json.loads(read(endpoint, INFO))["name"] == "one"
+
+
 def test_a_name_an_upstream_adds_later_is_reported_not_taken_over(deployment: Deployment) -> None:
     """`one` starts listing `shout`, which the stdio server (attached first) already offers."""
     endpoint = deployment.url("plain")
