@@ -39,7 +39,8 @@ def registry() -> NamespaceRegistry:
 
 
 ERRORS = {404: "No such namespace (or server, tool or prompt)",
-          409: "Name already taken: details name the servers and the name", 422: "Invalid input"}
+          409: "Name already taken: a namespace's, or a tool's or prompt's (details name both servers and "
+               "the name)", 422: "Invalid input"}
 
 
 def catalog() -> Catalog:

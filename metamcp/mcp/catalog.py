@@ -2,7 +2,9 @@
 
 Lists are cached (refreshed on list_changed, on registry change and after a TTL) and fanned out
 on a bounded pool, so one slow or dead upstream costs at most its timeout and never fails the
-aggregate. Downstream sessions' streams subscribe here to hear that a list changed.
+aggregate. Each name or URI is listed once, and routed to, the first server listing it (in a
+namespace's order, else by server name); such clashes are logged once and shown to admins.
+Downstream sessions' streams subscribe here to hear that a list changed.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ KINDS = {
 }
 #: The kinds whose items the gateway records in the database (switched and renamed per namespace).
 RECORDED = frozenset({"tools", "prompts"})
+#: What one item of each kind is called (admin API, logs).
+KIND_LABELS = {"tools": "tool", "prompts": "prompt", "resources": "resource",
+               "resourceTemplates": "resourceTemplate"}
 
 
 @dataclass
@@ -78,10 +83,6 @@ class Clash:
         field = "name" if KINDS[self.kind].named else "uri"
         return {"kind": KIND_LABELS[self.kind], field: self.key, "servers": list(self.servers),
                 "served_by": self.servers[0]}
-
-
-KIND_LABELS = {"tools": "tool", "prompts": "prompt", "resources": "resource",
-               "resourceTemplates": "resourceTemplate"}
 
 
 @dataclass
