@@ -26,7 +26,8 @@ def installed(package: str, version: str, folder: str) -> Path | None:
     prefix.mkdir(parents=True, exist_ok=True)
     try:
         result = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
-                                 "--no-save", "--loglevel=error", f"{package}@{version}"],
+                                 "--no-save", "--loglevel=error", "--fetch-retries=1",  # offline: fail fast
+                                 f"{package}@{version}"],
                                 capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
         return None
