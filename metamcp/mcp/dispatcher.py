@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "metamcp"
 INSTRUCTIONS = (
-    "MetaMCP gateway: the tools and prompts of several MCP servers, each named "
-    "'<server>__<name>'; resources keep their URIs."
+    "MetaMCP gateway: the tools, prompts and resources of several MCP servers behind one endpoint. "
+    "Tools and prompts are named '<server>__<name>' unless the endpoint publishes the servers' own "
+    "names; resources keep their URIs."
 )
 LIST_METHODS = {
     "tools/list": "tools",
