@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: Channel of the cross-process change messages.
 NOTIFY_CHANNEL = "metamcp_changes"
+#: application_name of the listeners' connections: counts the processes listening.
+LISTENER_NAME = "metamcp-listener"
 
 Callback = Callable[[dict[str, Any]], None]
 #: Reports the listener's connection state: None when connected, else the error.
@@ -49,7 +51,7 @@ class Topic(StrEnum):
     SESSIONS = "sessions"  #: a downstream session's log level, or its end
     LISTS = "lists"  #: an upstream announced list_changed
     CANCEL = "cancel"  #: a client cancelled a call that may run in another worker
-    SSE = "sse"  #: messages were stored for a legacy SSE stream
+    MAILBOX = "mailbox"  #: messages were stored for a session's stream (metamcp.mcp.mailbox)
 
 
 class ChangeBus:
@@ -148,7 +150,7 @@ class ChangeListener:
                 backoff = min(backoff * 2, 2.0)
 
     def _listen(self) -> None:
-        conn = psycopg2.connect(self._url, connect_timeout=5)
+        conn = psycopg2.connect(self._url, connect_timeout=5, application_name=LISTENER_NAME)
         try:
             conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
             with conn.cursor() as cur:

@@ -267,12 +267,14 @@ class Catalog:
 
     # --- changes -----------------------------------------------------------------------------
 
-    def on_registry_change(self, _message: dict[str, Any]) -> None:
+    def on_registry_change(self, message: dict[str, Any]) -> None:
         self._pool.registry_changed()
-        self.announce(*KINDS)
+        if not message.get("resync"):  # a resync announces once, in on_list_change
+            self.announce(*KINDS)
 
-    def on_namespace_change(self, _message: dict[str, Any]) -> None:
-        self.announce(*KINDS)  # a server or tool came or went in some namespace
+    def on_namespace_change(self, message: dict[str, Any]) -> None:
+        if not message.get("resync"):
+            self.announce(*KINDS)  # a server or tool came or went in some namespace
 
     def on_list_change(self, message: dict[str, Any]) -> None:
         server, kinds = message.get("server"), message.get("kinds") or list(KINDS)

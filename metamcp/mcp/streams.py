@@ -20,6 +20,7 @@ from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp import jsonrpc, protocol, sse
 from metamcp.mcp.capacity import HangupWatch, ThreadBudget
 from metamcp.mcp.catalog import Catalog
+from metamcp.mcp.mailbox import Mailbox
 from metamcp.mcp.pool import client_error
 from metamcp.mcp.sessions import Session, SessionStore
 from metamcp.mcp.upstream.call import PendingCall, UpstreamError
@@ -119,9 +120,11 @@ def _event(message: dict[str, Any]) -> bytes:
 class Streams:
     """This worker's long-lived SSE bodies and the threads they hold."""
 
-    def __init__(self, settings: Settings, sessions: SessionStore, catalog: Catalog) -> None:
+    def __init__(self, settings: Settings, sessions: SessionStore, catalog: Catalog, mailbox: Mailbox) -> None:
         self._sessions = sessions
         self._catalog = catalog
+        #: Where messages for a session's GET stream arrive, from any process.
+        self._mailbox = mailbox
         self._keepalive = settings.keepalive_seconds
         #: Long holders of this worker's threads (tool calls, standing streams), within a budget
         #: that leaves `reserved_threads` for short requests.
@@ -189,11 +192,11 @@ class Streams:
             self._hangups.unwatch(watched)
 
     def open_listener(self, session: Session, client: Any = None) -> StreamBody:
-        """An SSE body of list_changed notifications and keep-alives; raises Saturated when the
-        worker has no room. `client`: the connection's socket, watched so a departed client
-        frees its thread."""
+        """An SSE body of list_changed notifications, the session's mailbox (resource updates,
+        requests to the client) and keep-alives; raises Saturated when the worker has no room.
+        `client`: the connection's socket, watched so a departed client frees its thread."""
         release = self.hold()
-        messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        messages = self._mailbox.open(session.id)
 
         def announce(method: str) -> None:
             messages.put(jsonrpc.notification(method))
@@ -209,6 +212,7 @@ class Streams:
 
         def cleanup() -> None:
             self._catalog.unsubscribe(announce)
+            self._mailbox.close(session.id, messages)
             release()
 
         return StreamBody(events, cleanup)

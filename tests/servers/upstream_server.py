@@ -2,7 +2,7 @@
 
     python tests/servers/upstream_server.py --port P [--name NAME]
         [--transport streamable-http|sse] [--json-response] [--page-size N] [--tools N]
-        [--log-file F] [--resumable]
+        [--log-file F] [--resumable] [--subscriptions]
 
 Binds 127.0.0.1 only and prints nothing on stdout (tests poll the port). With --log-file it
 appends one line per message received ("received <method> [<id or requestId>]") and per
@@ -56,7 +56,43 @@ class MemoryEventStore(EventStore):
         return stream_id
 
 
-def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPServer:
+def offer_subscriptions(server: MCPServer, name: str) -> None:
+    """resources/subscribe and unsubscribe, and a resource that changes: the `bump` tool raises
+    it and sends notifications/resources/updated to each session subscribed to it."""
+    counter_uri = f"test://{name}/counter"
+    counter = {"value": 0}
+    subscribers: dict[str, set[Any]] = {}
+
+    @server.resource(counter_uri, description="A counter that `bump` raises.")
+    def counter_resource() -> str:
+        return str(counter["value"])
+
+    @server.tool(description="Raise the counter resource; its subscribers get resources/updated.")
+    async def bump() -> str:
+        counter["value"] += 1
+        for session in list(subscribers.get(counter_uri, ())):
+            try:
+                await session.send_resource_updated(counter_uri)
+            except Exception:  # noqa: BLE001 - a session that went away stops hearing
+                subscribers[counter_uri].discard(session)
+        return str(counter["value"])
+
+    async def subscribe(ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
+        subscribers.setdefault(str(params.uri), set()).add(ctx.session)
+        return types.EmptyResult()
+
+    async def unsubscribe(ctx: ServerRequestContext[Any, Any],
+                          params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        subscribers.get(str(params.uri), set()).discard(ctx.session)
+        return types.EmptyResult()
+
+    server._lowlevel_server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
+    server._lowlevel_server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams,
+                                                unsubscribe)
+
+
+def build(name: str, tools: int, page_size: int, log_file: Path | None,
+          subscriptions: bool = False) -> MCPServer:
     server = MCPServer(f"upstream-{name}", version="1.0.0", instructions=f"Test upstream {name}.")
 
     def log(line: str) -> None:
@@ -164,6 +200,8 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPSe
         """Log what arrived; accept logging/setLevel (MCPServer has no handler for it)."""
         params = ctx.params or {}
         log(f"received {ctx.method} {params.get('requestId', '')}".rstrip())
+        if ctx.method in ("resources/subscribe", "resources/unsubscribe"):
+            log(f"{ctx.method} {params.get('uri')}")
         if ctx.method == "logging/setLevel":
             return {}
         return await call_next(ctx)
@@ -180,6 +218,8 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None) -> MCPSe
             page["nextCursor"] = str(start + page_size)
         return page
 
+    if subscriptions:
+        offer_subscriptions(server, name)
     server.middleware.append(observe)
     if page_size:
         server.middleware.append(paginate)
@@ -204,8 +244,10 @@ def main() -> None:
                         help="keep events so closed streams can be resumed (2025-11-25 polling)")
     parser.add_argument("--deep-tool", action="store_true",
                         help="also offer `deep`, whose result nests `levels` arrays deep")
+    parser.add_argument("--subscriptions", action="store_true",
+                        help="offer resources/subscribe, the test://NAME/counter resource and `bump`")
     args = parser.parse_args()
-    server = build(args.name, args.tools, args.page_size, args.log_file)
+    server = build(args.name, args.tools, args.page_size, args.log_file, args.subscriptions)
     if args.deep_tool:
         def deep(levels: int) -> dict[str, Any]:
             value: Any = "bottom"
