@@ -73,11 +73,14 @@ class Services:
     limits: Limits
     admission: Admission
     purger: SessionPurger | None = None
+    subscriptions: Subscriptions | None = None
 
     def close(self) -> None:
         """Release what this process holds: the listener, upstream sessions, connections."""
         if self.purger is not None:
             self.purger.stop()
+        if self.subscriptions is not None:
+            self.subscriptions.stop()
         if self.listener is not None:
             self.listener.stop()
         self.sse.close()
@@ -229,12 +232,13 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     if listen:
         purger = SessionPurger(sessions, db, mailbox.purge)
         purger.start()
+        resource_subscriptions.start(settings.subscription_check_seconds)
         listener = ChangeListener(settings.database_url, db.bus, report=db.report)
         listener.start()
     app.extensions["metamcp"] = Services(
         settings, db, authenticator, registry, sessions, gateway, dispatcher, streams, namespaces,
         endpoints, sse_hub, mailbox, listener, Readiness(settings.database_url), limits,
-        Admission(limits, streams.budget), purger,
+        Admission(limits, streams.budget), purger, resource_subscriptions if listen else None,
     )
 
     register_error_handlers(app)

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: Channel of the cross-process change messages.
 NOTIFY_CHANNEL = "metamcp_changes"
-#: application_name of the listeners' connections: counts the processes listening.
+#: application_name of a listener's connection, followed by a space and its process's origin:
+#: tells which processes are alive (and how many listen).
 LISTENER_NAME = "metamcp-listener"
 
 Callback = Callable[[dict[str, Any]], None]
@@ -150,7 +151,8 @@ class ChangeListener:
                 backoff = min(backoff * 2, 2.0)
 
     def _listen(self) -> None:
-        conn = psycopg2.connect(self._url, connect_timeout=5, application_name=LISTENER_NAME)
+        conn = psycopg2.connect(self._url, connect_timeout=5,
+                                application_name=f"{LISTENER_NAME} {self._bus.origin}")
         try:
             conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
             with conn.cursor() as cur:

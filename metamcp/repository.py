@@ -269,8 +269,8 @@ def delete_session(cur: Cursor, session_id: str) -> bool:
 
 def count_listeners(cur: Cursor) -> int:
     """The processes listening for changes on this database (each with one connection)."""
-    cur.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = %s"
-                " AND datname = current_database()", (LISTENER_NAME,))
+    cur.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE %s"
+                " AND datname = current_database()", (LISTENER_NAME + " %",))
     row: Row = _returned(cur)
     return int(row["n"])
 
@@ -541,3 +541,16 @@ def held_subscriptions(cur: Cursor, server_id: UUID, holder: str) -> list[str]:
     cur.execute("SELECT DISTINCT uri FROM resource_subscriptions WHERE server_id = %s AND holder = %s"
                 " ORDER BY uri", (server_id, holder))
     return [dict(row)["uri"] for row in cur.fetchall()]
+
+
+def adopt_subscriptions(cur: Cursor, holder: str) -> list[Row]:
+    """Make `holder` hold the subscriptions of processes no longer listening (gone); returns
+    their distinct server_id and uri."""
+    cur.execute(
+        "UPDATE resource_subscriptions AS s SET holder = %s WHERE holder <> %s AND NOT EXISTS"
+        " (SELECT 1 FROM pg_stat_activity WHERE application_name = %s || ' ' || s.holder)"
+        " RETURNING server_id, uri",
+        (holder, holder, LISTENER_NAME),
+    )
+    rows: list[Row] = [dict(row) for row in cur.fetchall()]
+    return list({(row["server_id"], row["uri"]): row for row in rows}.values())

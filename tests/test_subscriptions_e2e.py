@@ -9,7 +9,7 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ class Setup:
     log: Log
     db: Database
     server_id: str
+    env: dict[str, str]
+    upstream: UpstreamProcess
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,8 @@ def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log_path = tmp_path_factory.mktemp("upstream") / "sub.log"
     upstream = UpstreamProcess(name="sub", log_file=log_path, extra_args=("--subscriptions",))
     env = child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(tmp_path_factory.mktemp("data")),
-                    METAMCP_WORKERS="1", METAMCP_KEEPALIVE_SECONDS="0.5", METAMCP_RATE_LIMIT="0")
+                    METAMCP_WORKERS="1", METAMCP_KEEPALIVE_SECONDS="0.5", METAMCP_RATE_LIMIT="0",
+                    METAMCP_SUBSCRIPTION_CHECK_SECONDS="0.5")
     gateways: list[Gunicorn] = []
     try:
         upstream.start()
@@ -64,7 +67,7 @@ def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                 json={"name": "sub", "transport": "streamable_http", "url": upstream.url},
                                 timeout=30)
         assert created.status_code == 201, created.text
-        yield Setup(gateways[0], gateways[1], new.plain, Log(log_path), db, created.json()["id"])
+        yield Setup(gateways[0], gateways[1], new.plain, Log(log_path), db, created.json()["id"], env, upstream)
     finally:
         for gateway in gateways:
             gateway.stop()
@@ -281,11 +284,43 @@ def test_one_list_changed_per_kind_when_the_listener_reconnects(setup: Setup) ->
     stream = Stream(setup.a, session)
     try:
         with setup.db.transaction() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name ="
-                        " 'metamcp-listener' AND datname = current_database()")
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name"
+                        " LIKE 'metamcp-listener %' AND datname = current_database()")
             assert len(cur.fetchall()) == 2  # both processes' listeners
         methods = [m.get("method") for m in stream.messages(4)]
         assert sorted(methods) == ["notifications/prompts/list_changed", "notifications/resources/list_changed",
                                    "notifications/tools/list_changed"], methods
+    finally:
+        stream.close()
+
+
+def test_a_gone_workers_subscriptions_are_adopted(setup: Setup, start_gunicorn: Callable[..., Gunicorn]) -> None:
+    """The process that took (and held upstream) a subscription exits: another adopts it."""
+    third = start_gunicorn(setup.env)
+    session = initialize(third, setup.key)
+    stream = Stream(setup.a, session)
+    try:
+        assert rpc(third, session, "resources/subscribe", {"uri": COUNTER})["result"] == {}
+        setup.log.mark()
+        third.stop()
+        assert setup.log.wait_for(f"resources/subscribe {COUNTER}", timeout=15)  # adopted
+        rpc(setup.a, session, "tools/call", {"name": "sub__bump", "arguments": {}})
+        assert updates(stream.messages(10, until=UPDATED)) == [COUNTER]
+        assert updates(stream.messages(1)) == []  # once
+    finally:
+        stream.close()
+
+
+def test_subscriptions_survive_an_upstream_restart(setup: Setup) -> None:
+    """The upstream restarts and forgets its sessions: the holder subscribes again on its new one."""
+    session = initialize(setup.a, setup.key)
+    stream = Stream(setup.b, session)
+    try:
+        assert rpc(setup.a, session, "resources/subscribe", {"uri": COUNTER})["result"] == {}
+        setup.log.mark()
+        setup.upstream.restart()
+        assert setup.log.wait_for(f"resources/subscribe {COUNTER}", timeout=20)
+        rpc(setup.b, session, "tools/call", {"name": "sub__bump", "arguments": {}})
+        assert updates(stream.messages(10, until=UPDATED)) == [COUNTER]
     finally:
         stream.close()

@@ -8,8 +8,12 @@ holder of each session's row it writes. An update is heard by every process subs
 upstream; each delivers it to the sessions of its own rows, so each session gets it once.
 Unsubscribing upstream: at once when a process's last row for (server, URI) goes through an
 unsubscribe it takes itself; otherwise (the row removed by another worker, its session ended,
-or moved to another holder) at the next update heard with nobody of its own left to tell. When
-the pool replaces a server's client, the holder subscribes again on the new one.
+or moved to another holder) at the next update heard with nobody of its own left to tell.
+
+Kept up: when the pool replaces a server's client, the holder subscribes again on the new one;
+and every `subscription_check_seconds` each process adopts the rows of holders no longer
+listening (a worker gone) and subscribes again where its client initialized a new upstream
+session (the upstream restarted and forgot).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from metamcp.mcp.mailbox import Mailbox
 from metamcp.mcp.pool import Pool
 from metamcp.mcp.router import Router
 from metamcp.mcp.sessions import Session
+from metamcp.mcp.upstream.call import UpstreamError
 from metamcp.namespaces import NamespaceView
 
 logger = logging.getLogger(__name__)
@@ -51,10 +56,13 @@ class Subscriptions:
         self._mailbox = mailbox
         #: Where updates are delivered, off the upstream client's reading thread.
         self._executor = executor
-        #: (server, URI) this process's clients are subscribed to upstream.
-        self._upstream: set[tuple[str, str]] = set()
+        #: (server, URI) this process's clients are subscribed to upstream, with the client's
+        #: server_info then: a new one means a new upstream session, which knows nothing of it.
+        self._upstream: dict[tuple[str, str], object] = {}
         #: Serializes this process's decisions to subscribe or unsubscribe upstream.
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @property
     def _holder(self) -> str:
@@ -66,9 +74,8 @@ class Subscriptions:
         if config is None:
             raise RpcError(INVALID_PARAMS, f"Unknown resource: {uri}")
         with self._lock:
-            if (server, uri) not in self._upstream:
-                self._pool.request(server, "resources/subscribe", {"uri": uri})  # RpcError: its answer
-                self._upstream.add((server, uri))
+            if not self._held((server, uri)):
+                self._subscribe_upstream(server, uri)  # RpcError: the upstream's answer
             try:
                 with self._db.transaction() as cur:
                     held = repository.subscribe_resource(cur, session.id, uri, config.id, self._holder)
@@ -100,12 +107,60 @@ class Subscriptions:
     def on_drop(self, server: str) -> None:
         """The pool dropped `server`'s client (under its lock): subscribe again on the new one."""
         with self._lock:
-            lost = {key for key in self._upstream if key[0] == server}
-            self._upstream -= lost
+            lost = [key for key in self._upstream if key[0] == server]
+            for key in lost:
+                del self._upstream[key]
         if lost:
             self._executor.submit(self._resubscribe, server)
 
+    def maintain(self) -> None:
+        """Adopt the rows of holders gone; subscribe again where a client's upstream session is new."""
+        with self._db.transaction() as cur:
+            adopted = repository.adopt_subscriptions(cur, self._holder)
+        names = {config.id: name for name, config in self._pool.servers().items()}
+        wanted = {(names[row["server_id"]], row["uri"]) for row in adopted if row["server_id"] in names}
+        if adopted:
+            logger.info("adopted %d resource subscriptions of a process gone", len(adopted))
+        with self._lock:
+            wanted |= set(self._upstream)
+            for server, uri in sorted(key for key in wanted if not self._held(key)):
+                try:
+                    self._subscribe_upstream(server, uri)
+                except RpcError as e:
+                    self._upstream.pop((server, uri), None)
+                    logger.warning("upstream %s: subscribing to a resource again failed (%s)", server, e.message)
+
+    def start(self, interval: float) -> None:
+        """Run maintain() every `interval` seconds on a thread of its own."""
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True,
+                                        name="metamcp-subscriptions")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
     # --- internals -------------------------------------------------------------------------
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.maintain()
+            except Exception as e:  # noqa: BLE001 - boundary: the thread must outlive an outage
+                logger.warning("checking resource subscriptions failed (%s); retrying later", type(e).__name__)
+
+    def _held(self, key: tuple[str, str]) -> bool:
+        """Whether this process's client of the server is subscribed upstream, in its current session."""
+        if key not in self._upstream:
+            return False
+        client = self._pool.kept(key[0])
+        return client is not None and client.server_info is self._upstream[key]
+
+    def _subscribe_upstream(self, server: str, uri: str) -> None:
+        self._pool.request(server, "resources/subscribe", {"uri": uri})
+        client = self._pool.kept(server)
+        self._upstream[(server, uri)] = None if client is None else client.server_info
 
     def _updated(self, server: str, params: dict[str, Any]) -> None:
         uri = params["uri"]
@@ -132,13 +187,13 @@ class Subscriptions:
         with self._db.transaction() as cur:
             if repository.resource_subscribers(cur, server_id, uri, self._holder):
                 return
-        self._upstream.discard((server, uri))
+        del self._upstream[(server, uri)]
         client = self._pool.kept(server)
         if client is None:
             return
         try:
             client.request("resources/unsubscribe", {"uri": uri})
-        except Exception as e:  # noqa: BLE001 - best effort: at worst the upstream sends updates nobody gets
+        except (RpcError, UpstreamError) as e:  # best effort: at worst it sends updates nobody gets
             logger.debug("upstream %s: unsubscribing failed (%s)", server, type(e).__name__)
 
     def _resubscribe(self, server: str) -> None:
@@ -150,8 +205,7 @@ class Subscriptions:
                 uris = repository.held_subscriptions(cur, config.id, self._holder)
             with self._lock:
                 for uri in uris:
-                    self._pool.request(server, "resources/subscribe", {"uri": uri})
-                    self._upstream.add((server, uri))
+                    self._subscribe_upstream(server, uri)
         except (RpcError, DatabaseUnavailable) as e:
             logger.warning("upstream %s: subscribing again failed (%s)", server, type(e).__name__)
 

@@ -61,7 +61,13 @@ def offer_subscriptions(server: MCPServer, name: str) -> None:
     it and sends notifications/resources/updated to each session subscribed to it."""
     counter_uri = f"test://{name}/counter"
     counter = {"value": 0}
-    subscribers: dict[str, set[Any]] = {}
+    #: uri -> {session key: the session to notify}; a request's ctx.session is per request,
+    #: so the client's session is told by its Mcp-Session-Id (a subscribe twice is one).
+    subscribers: dict[str, dict[Any, Any]] = {}
+
+    def key(ctx: ServerRequestContext[Any, Any]) -> Any:
+        headers = getattr(ctx.request, "headers", None)
+        return headers.get("mcp-session-id") if headers is not None else id(ctx.session)
 
     @server.resource(counter_uri, description="A counter that `bump` raises.")
     def counter_resource() -> str:
@@ -70,20 +76,20 @@ def offer_subscriptions(server: MCPServer, name: str) -> None:
     @server.tool(description="Raise the counter resource; its subscribers get resources/updated.")
     async def bump() -> str:
         counter["value"] += 1
-        for session in list(subscribers.get(counter_uri, ())):
+        for session_key, session in list(subscribers.get(counter_uri, {}).items()):
             try:
                 await session.send_resource_updated(counter_uri)
             except Exception:  # noqa: BLE001 - a session that went away stops hearing
-                subscribers[counter_uri].discard(session)
+                subscribers[counter_uri].pop(session_key, None)
         return str(counter["value"])
 
     async def subscribe(ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
-        subscribers.setdefault(str(params.uri), set()).add(ctx.session)
+        subscribers.setdefault(str(params.uri), {})[key(ctx)] = ctx.session
         return types.EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext[Any, Any],
                           params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-        subscribers.get(str(params.uri), set()).discard(ctx.session)
+        subscribers.get(str(params.uri), {}).pop(key(ctx), None)
         return types.EmptyResult()
 
     server._lowlevel_server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
