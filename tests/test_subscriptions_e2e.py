@@ -272,6 +272,11 @@ def test_one_list_changed_per_change(setup: Setup) -> None:
         for stream in streams:
             methods = [m.get("method") for m in stream.messages(2)]
             assert methods == ["notifications/tools/list_changed"], methods
+        # An upstream that tells every session: both processes' clients hear it, once each.
+        rpc(setup.a, sessions[0], "tools/call", {"name": "sub__notify_all_changed", "arguments": {}})
+        for stream in streams:
+            methods = [m.get("method") for m in stream.messages(2)]
+            assert methods == ["notifications/tools/list_changed"], methods
     finally:
         for stream in streams:
             stream.close()

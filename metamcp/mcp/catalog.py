@@ -28,6 +28,10 @@ from metamcp.notify import Topic
 
 logger = logging.getLogger(__name__)
 
+#: Seconds announcements of changed lists are gathered before they go out, so the copies of one
+#: change (heard by several processes' upstream clients, or under several topics) go out once.
+ANNOUNCE_DELAY = 0.5
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -126,6 +130,8 @@ class Catalog:
         #: Each namespace's tool table.
         self._tables: dict[UUID, ToolTable] = {}
         self._subscribers: list[Callable[[str], None]] = []
+        #: Capabilities whose list_changed goes out at the end of the current gathering.
+        self._pending: set[str] = set()
         self._lock = threading.RLock()
 
     # --- lists -------------------------------------------------------------------------------
@@ -324,8 +330,21 @@ class Catalog:
                 self._subscribers.remove(callback)
 
     def announce(self, *kinds: str) -> None:
-        """Tell every subscriber that the lists of these kinds changed."""
-        methods = {KINDS[k].capability for k in kinds if k in KINDS}
-        for callback in list(self._subscribers):
-            for capability in sorted(methods):
+        """Tell every subscriber that the lists of these kinds changed, ANNOUNCE_DELAY from
+        now, together with whatever else changes meanwhile."""
+        with self._lock:
+            first = not self._pending
+            self._pending |= {KINDS[k].capability for k in kinds if k in KINDS}
+            if not first or not self._pending:
+                return
+        timer = threading.Timer(ANNOUNCE_DELAY, self._announce_pending)
+        timer.daemon = True
+        timer.start()
+
+    def _announce_pending(self) -> None:
+        with self._lock:
+            capabilities, self._pending = sorted(self._pending), set()
+            callbacks = list(self._subscribers)
+        for callback in callbacks:
+            for capability in capabilities:
                 callback(f"notifications/{capability}/list_changed")

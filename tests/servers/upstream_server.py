@@ -58,7 +58,8 @@ class MemoryEventStore(EventStore):
 
 def offer_subscriptions(server: MCPServer, name: str) -> None:
     """resources/subscribe and unsubscribe, and a resource that changes: the `bump` tool raises
-    it and sends notifications/resources/updated to each session subscribed to it."""
+    it and sends notifications/resources/updated to each session subscribed to it. Also
+    `notify_all_changed`: tools/list_changed to every session (as servers that broadcast do)."""
     counter_uri = f"test://{name}/counter"
     counter = {"value": 0}
     #: uri -> {session key: the session to notify}; a request's ctx.session is per request,
@@ -92,6 +93,22 @@ def offer_subscriptions(server: MCPServer, name: str) -> None:
         subscribers.get(str(params.uri), {}).pop(key(ctx), None)
         return types.EmptyResult()
 
+    sessions: dict[Any, Any] = {}  # every client session seen, by key
+
+    async def remember(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
+        sessions[key(ctx)] = ctx.session
+        return await call_next(ctx)
+
+    @server.tool(description="Send notifications/tools/list_changed to every client session.")
+    async def notify_all_changed() -> str:
+        for session in list(sessions.values()):
+            try:
+                await session.send_tool_list_changed()
+            except Exception:  # noqa: BLE001 - a session that went away
+                continue
+        return "sent"
+
+    server.middleware.append(remember)
     server._lowlevel_server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
     server._lowlevel_server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams,
                                                 unsubscribe)
