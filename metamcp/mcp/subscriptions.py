@@ -114,15 +114,24 @@ class Subscriptions:
             self._executor.submit(self._resubscribe, server)
 
     def maintain(self) -> None:
-        """Adopt the rows of holders gone; subscribe again where a client's upstream session is new."""
+        """Adopt the rows of holders gone; subscribe again where a client's upstream session is
+        new (forgetting what no row of this process wants any more)."""
         with self._db.transaction() as cur:
             adopted = repository.adopt_subscriptions(cur, self._holder)
-        names = {config.id: name for name, config in self._pool.servers().items()}
-        wanted = {(names[row["server_id"]], row["uri"]) for row in adopted if row["server_id"] in names}
         if adopted:
             logger.info("adopted %d resource subscriptions of a process gone", len(adopted))
+        configs = self._pool.servers()
+        names = {config.id: name for name, config in configs.items()}
+        wanted = {(names[row["server_id"]], row["uri"]) for row in adopted if row["server_id"] in names}
         with self._lock:
-            wanted |= set(self._upstream)
+            for key in [key for key in self._upstream if not self._held(key)]:
+                config = configs.get(key[0])
+                with self._db.transaction() as cur:
+                    still = config is not None and repository.resource_subscribers(cur, config.id, key[1], self._holder)
+                if still:
+                    wanted.add(key)
+                else:
+                    del self._upstream[key]  # its upstream session is gone, and nobody here wants it
             for server, uri in sorted(key for key in wanted if not self._held(key)):
                 try:
                     self._subscribe_upstream(server, uri)
