@@ -36,6 +36,7 @@ from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_REQUEST
 from metamcp.mcp.mailbox import Mailbox
 from metamcp.mcp.protocol import JSON_TYPE
+from metamcp.mcp.relay import Relay
 from metamcp.mcp.sessions import SessionPurger, SessionStore
 from metamcp.mcp.streams import Streams
 from metamcp.mcp.subscriptions import Subscriptions
@@ -204,13 +205,15 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
 
     namespaces = NamespaceRegistry(db)
     endpoints = EndpointRegistry(db)
-    gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync_tools)
+    gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync)
+    relay = Relay(db, settings.upstream_timeout, db.bus.origin)
+    gateway.pool.on_request = relay.outside
     mailbox = Mailbox(db)
     resource_subscriptions = Subscriptions(db, gateway.pool, gateway.router, mailbox, gateway.executor)
     gateway.hear(resource_subscriptions.on_notification, resource_subscriptions.on_drop)
     dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, package_version(), publish,
-                            resource_subscriptions)
-    streams = Streams(settings, sessions, gateway.catalog, mailbox)
+                            relay, resource_subscriptions)
+    streams = Streams(settings, sessions, gateway.catalog, relay, mailbox)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
     sse_hub = legacy_sse.SseHub(mailbox, dispatcher, settings)
@@ -224,6 +227,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         Topic.LISTS: [gateway.catalog.on_list_change],
         Topic.CANCEL: [dispatcher.on_cancel],
         Topic.MAILBOX: [mailbox.on_notify],
+        Topic.REPLY: [relay.on_reply],
     }
     for topic, callbacks in subscriptions.items():
         for callback in callbacks:

@@ -53,6 +53,7 @@ class Topic(StrEnum):
     LISTS = "lists"  #: an upstream announced list_changed
     CANCEL = "cancel"  #: a client cancelled a call that may run in another worker
     MAILBOX = "mailbox"  #: messages were stored for a session's stream (metamcp.mcp.mailbox)
+    REPLY = "reply"  #: a client's answer to a relayed request was stored for another process
 
 
 class ChangeBus:

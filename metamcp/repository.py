@@ -1,7 +1,7 @@
 """Every SQL statement of the service: small functions over a cursor, returning plain rows.
 
 Rows are dicts (RealDictCursor). Parameters are always bound; the only identifiers composed
-into SQL are column names from the fixed SERVER_COLUMNS tuple.
+into SQL are column names from the fixed SERVER_COLUMNS tuple and table names from ITEM_TABLES.
 """
 
 from __future__ import annotations
@@ -229,13 +229,19 @@ def insert_session(
     protocol_version: str,
     client_info: dict[str, Any],
     endpoint_id: UUID | None = None,
+    capabilities: list[str] | None = None,
 ) -> Row:
     cur.execute(
-        "INSERT INTO mcp_sessions (id, key_id, protocol_version, client_info, endpoint_id)"
-        " VALUES (%s, %s, %s, %s, %s) RETURNING id, key_id, protocol_version, log_level, endpoint_id",
-        (session_id, key_id, protocol_version, Json(client_info), endpoint_id),
+        "INSERT INTO mcp_sessions (id, key_id, protocol_version, client_info, endpoint_id, client_capabilities)"
+        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id, key_id, protocol_version, log_level, endpoint_id",
+        (session_id, key_id, protocol_version, Json(client_info), endpoint_id, Json(capabilities or [])),
     )
     return _returned(cur)
+
+
+def update_session_capabilities(cur: Cursor, session_id: str, capabilities: list[str]) -> None:
+    cur.execute("UPDATE mcp_sessions SET client_capabilities = %s, last_used_at = now() WHERE id = %s",
+                (Json(capabilities), session_id))
 
 
 def update_session(cur: Cursor, session_id: str, log_level: str | None) -> None:
@@ -250,7 +256,7 @@ def use_session(cur: Cursor, session_id: str, idle_seconds: float) -> Row | None
     cur.execute(
         "UPDATE mcp_sessions SET last_used_at = now()"
         " WHERE id = %s AND last_used_at >= now() - make_interval(secs => %s)"
-        " RETURNING id, key_id, protocol_version, log_level, endpoint_id",
+        " RETURNING id, key_id, protocol_version, log_level, endpoint_id, client_capabilities",
         (session_id, idle_seconds),
     )
     return _one(cur)
@@ -298,7 +304,7 @@ def try_advisory_xact_lock(cur: Cursor, key: int) -> bool:
 
 # --- Namespaces -------------------------------------------------------------------------
 
-_NAMESPACE = "id, name, description, created_at, updated_at"
+_NAMESPACE = "id, name, description, naming, created_at, updated_at"
 
 
 def list_namespaces(cur: Cursor) -> list[Row]:
@@ -323,18 +329,19 @@ def find_namespaces(cur: Cursor, names_or_ids: list[str]) -> list[Row]:
     return [dict(row) for row in cur.fetchall()]
 
 
-def insert_namespace(cur: Cursor, name: str, description: str) -> Row:
+def insert_namespace(cur: Cursor, name: str, description: str, naming: str = "prefixed") -> Row:
     cur.execute(
-        f"INSERT INTO namespaces (name, description) VALUES (%s, %s) RETURNING {_NAMESPACE}",  # noqa: S608
-        (name, description),
+        f"INSERT INTO namespaces (name, description, naming) VALUES (%s, %s, %s) RETURNING {_NAMESPACE}",  # noqa: S608
+        (name, description, naming),
     )
     return _returned(cur)
 
 
-def update_namespace(cur: Cursor, namespace_id: UUID, name: str, description: str) -> Row | None:
+def update_namespace(cur: Cursor, namespace_id: UUID, name: str, description: str, naming: str) -> Row | None:
     cur.execute(
-        f"UPDATE namespaces SET name = %s, description = %s, updated_at = now() WHERE id = %s RETURNING {_NAMESPACE}",  # noqa: S608, E501
-        (name, description, namespace_id),
+        "UPDATE namespaces SET name = %s, description = %s, naming = %s, updated_at = now()"  # noqa: S608
+        f" WHERE id = %s RETURNING {_NAMESPACE}",
+        (name, description, naming, namespace_id),
     )
     return _one(cur)
 
@@ -345,10 +352,11 @@ def delete_namespace(cur: Cursor, namespace_id: UUID) -> bool:
 
 
 def namespace_servers(cur: Cursor, namespace_id: UUID) -> list[Row]:
-    """The servers attached to a namespace, with their status there and their own state."""
+    """The servers attached to a namespace in the order they were attached, with their status
+    there and their own state."""
     cur.execute(
         "SELECT s.id, s.name, s.transport, s.is_active, ns.status FROM namespace_servers ns"
-        " JOIN mcp_servers s ON s.id = ns.server_id WHERE ns.namespace_id = %s ORDER BY s.name",
+        " JOIN mcp_servers s ON s.id = ns.server_id WHERE ns.namespace_id = %s ORDER BY ns.position",
         (namespace_id,),
     )
     return [dict(row) for row in cur.fetchall()]
@@ -370,30 +378,27 @@ def detach_server(cur: Cursor, namespace_id: UUID, server_id: UUID) -> bool:
     return cur.rowcount == 1
 
 
-# --- Tools seen upstream, and their settings per namespace -------------------------------
+# --- Tools and prompts seen upstream, and their settings per namespace -------------------
+
+#: The table of each kind of named item the gateway records (composed into SQL: fixed names only).
+ITEM_TABLES = {"tools": "tools", "prompts": "prompts"}
 
 
-def server_tools(cur: Cursor, server_id: UUID) -> list[Row]:
+def upsert_items(cur: Cursor, kind: str, server_id: UUID, definitions: list[dict[str, Any]]) -> int:
+    """Record a server's current list of tools or prompts; only rows that differ are written.
+    Returns how many."""
+    table = ITEM_TABLES[kind]
     cur.execute(
-        "SELECT id, name, definition, listed FROM tools WHERE server_id = %s ORDER BY name",
-        (server_id,),
-    )
-    return [dict(row) for row in cur.fetchall()]
-
-
-def upsert_tools(cur: Cursor, server_id: UUID, definitions: list[dict[str, Any]]) -> int:
-    """Record a server's current tool list; only rows that differ are written. Returns how many."""
-    cur.execute(
-        "INSERT INTO tools (server_id, name, definition)"
+        f"INSERT INTO {table} (server_id, name, definition)"  # noqa: S608
         " SELECT %s, d->>'name', d FROM jsonb_array_elements(%s::jsonb) AS d"
         " ON CONFLICT (server_id, name) DO UPDATE"
         " SET definition = EXCLUDED.definition, listed = TRUE, updated_at = now()"
-        " WHERE tools.definition IS DISTINCT FROM EXCLUDED.definition OR NOT tools.listed",
+        f" WHERE {table}.definition IS DISTINCT FROM EXCLUDED.definition OR NOT {table}.listed",
         (server_id, Json(definitions)),
     )
     written = cur.rowcount
     cur.execute(
-        "UPDATE tools SET listed = FALSE, updated_at = now()"
+        f"UPDATE {table} SET listed = FALSE, updated_at = now()"  # noqa: S608
         " WHERE server_id = %s AND listed AND NOT (name = ANY(%s))",
         (server_id, [d["name"] for d in definitions]),
     )
@@ -402,15 +407,15 @@ def upsert_tools(cur: Cursor, server_id: UUID, definitions: list[dict[str, Any]]
 
 def namespace_tools(cur: Cursor, namespace_id: UUID, listed_only: bool = True) -> list[Row]:
     """The tools of the namespace's servers (those the upstream lists now, unless
-    `listed_only` is false), with their settings there (NULL when none)."""
+    `listed_only` is false), with their settings there (NULL when none), first server first."""
     cur.execute(
-        "SELECT t.id, t.server_id, s.name AS server_name, t.name AS original_name, t.definition,"
+        "SELECT t.id, t.server_id, s.name AS server_name, t.name AS original_name, t.definition, t.listed,"
         " ns.status AS server_status, nt.status, nt.name, nt.title, nt.description, nt.annotations"
         " FROM namespace_servers ns"
         " JOIN mcp_servers s ON s.id = ns.server_id"
         " JOIN tools t ON t.server_id = ns.server_id AND (t.listed OR NOT %s)"
         " LEFT JOIN namespace_tools nt ON nt.namespace_id = ns.namespace_id AND nt.tool_id = t.id"
-        " WHERE ns.namespace_id = %s ORDER BY s.name, t.name",
+        " WHERE ns.namespace_id = %s ORDER BY ns.position, t.name",
         (listed_only, namespace_id),
     )
     return [dict(row) for row in cur.fetchall()]
@@ -425,6 +430,34 @@ def upsert_namespace_tool(cur: Cursor, namespace_id: UUID, tool_id: UUID, settin
         " annotations = EXCLUDED.annotations, updated_at = now()",
         (namespace_id, tool_id, settings["status"], settings["name"], settings["title"],
          settings["description"], Json(settings["annotations"])),
+    )
+
+
+def namespace_prompts(cur: Cursor, namespace_id: UUID, listed_only: bool = True) -> list[Row]:
+    """namespace_tools() for prompts (which have no annotations: always empty here)."""
+    cur.execute(
+        "SELECT p.id, p.server_id, s.name AS server_name, p.name AS original_name, p.definition, p.listed,"
+        " ns.status AS server_status, np.status, np.name, np.title, np.description,"
+        " '{}'::jsonb AS annotations"
+        " FROM namespace_servers ns"
+        " JOIN mcp_servers s ON s.id = ns.server_id"
+        " JOIN prompts p ON p.server_id = ns.server_id AND (p.listed OR NOT %s)"
+        " LEFT JOIN namespace_prompts np ON np.namespace_id = ns.namespace_id AND np.prompt_id = p.id"
+        " WHERE ns.namespace_id = %s ORDER BY ns.position, p.name",
+        (listed_only, namespace_id),
+    )
+    return [dict(row) for row in cur.fetchall()]
+
+
+def upsert_namespace_prompt(cur: Cursor, namespace_id: UUID, prompt_id: UUID, settings: Mapping[str, Any]) -> None:
+    cur.execute(
+        "INSERT INTO namespace_prompts (namespace_id, prompt_id, status, name, title, description)"
+        " VALUES (%s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (namespace_id, prompt_id) DO UPDATE SET status = EXCLUDED.status,"
+        " name = EXCLUDED.name, title = EXCLUDED.title, description = EXCLUDED.description,"
+        " updated_at = now()",
+        (namespace_id, prompt_id, settings["status"], settings["name"], settings["title"],
+         settings["description"]),
     )
 
 
@@ -554,3 +587,19 @@ def adopt_subscriptions(cur: Cursor, holder: str) -> list[Row]:
     )
     rows: list[Row] = [dict(row) for row in cur.fetchall()]
     return list({(row["server_id"], row["uri"]): row for row in rows}.values())
+
+
+# --- answers of clients to relayed requests ------------------------------------------------
+
+
+def insert_client_reply(cur: Cursor, reply_id: str, session_id: str, message: dict[str, Any]) -> None:
+    """A client's answer for the process that relayed the request (a repeat of an id is dropped)."""
+    cur.execute(
+        "INSERT INTO client_replies (id, session_id, message) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        (reply_id, session_id, Json(message)),
+    )
+
+
+def take_client_reply(cur: Cursor, reply_id: str) -> Row | None:
+    cur.execute("DELETE FROM client_replies WHERE id = %s RETURNING session_id, message", (reply_id,))
+    return _one(cur)

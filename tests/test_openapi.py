@@ -45,6 +45,8 @@ def test_openapi_documents_namespaces_and_endpoints(client: FlaskClient) -> None
         "/api/v1/namespaces/{namespace_id}/servers/{server_id}": {"put", "delete"},
         "/api/v1/namespaces/{namespace_id}/tools": {"get", "patch"},
         "/api/v1/namespaces/{namespace_id}/tools/{tool_id}": {"patch"},
+        "/api/v1/namespaces/{namespace_id}/prompts": {"get", "patch"},
+        "/api/v1/namespaces/{namespace_id}/prompts/{prompt_id}": {"patch"},
         "/api/v1/endpoints": {"get", "post"},
         "/api/v1/endpoints/{endpoint_id}": {"get", "patch", "delete"},
     }
@@ -59,6 +61,11 @@ def test_openapi_documents_namespaces_and_endpoints(client: FlaskClient) -> None
     bulk = paths["/api/v1/namespaces/{namespace_id}/tools"]["patch"]["requestBody"]["content"]["application/json"]
     assert bulk["schema"]["type"] == "array"
     assert "409" in paths["/api/v1/namespaces/{namespace_id}/tools/{tool_id}"]["patch"]["responses"]
+    assert "409" in paths["/api/v1/namespaces/{namespace_id}/prompts/{prompt_id}"]["patch"]["responses"]
+    assert "409" in paths["/api/v1/namespaces/{namespace_id}/servers/{server_id}"]["put"]["responses"]
+    namespace = spec["components"]["schemas"]["Namespace"]["properties"]
+    assert {"naming", "conflicts"} <= set(namespace)
+    assert spec["components"]["schemas"]["NamespaceInput"]["properties"]["naming"]["enum"] == ["prefixed", "original"]
     tool = spec["components"]["schemas"]["NamespaceTool"]["properties"]
     assert {"server_name", "original_name", "name", "status", "overrides"} <= set(tool)
     assert set(spec["components"]["schemas"]["EndpointAuth"]["properties"]) == {"api_key", "query_param"}
@@ -79,7 +86,7 @@ def test_health(client: FlaskClient) -> None:
 
 #: (table, component schema) pairs whose `name` rules must be the database's.
 NAME_RULES = [("mcp_servers", "ServerInput"), ("namespaces", "NamespaceInput"), ("endpoints", "EndpointInput"),
-              ("namespace_tools", "ToolChange"), ("api_keys", "KeyInput")]
+              ("namespace_tools", "ToolChange"), ("namespace_prompts", "PromptChange"), ("api_keys", "KeyInput")]
 SAMPLE_NAMES = ["a", "A-b_c", "x" * 64, "x" * 65, "", "a__b", "__", "_a_", "a.b", "a b", "caf\u00e9", "a\n",
                 "-", "a/b", " ", "  k ", "k" * 200, "k" * 201, "v1.2-beta"]
 

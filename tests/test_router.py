@@ -9,11 +9,11 @@ from uuid import uuid4
 import pytest
 
 from metamcp.mcp import naming
-from metamcp.mcp.catalog import ExposedTool, ServerList, namespace_tools
+from metamcp.mcp.catalog import ServerList, Table, namespace_items
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from metamcp.mcp.protocol import UPSTREAM_ERROR
 from metamcp.mcp.router import Route, Router
-from metamcp.namespaces import NamespaceView, ToolSettings
+from metamcp.namespaces import ItemSettings, NamespaceView
 
 
 def listed(server: str, *names: str) -> ServerList:
@@ -34,7 +34,7 @@ class FixedCatalog:
         self.fetched: list[str] = []
 
     def names(self, view: NamespaceView | None) -> list[str]:
-        return self.servers if view is None else [s for s in self.servers if s in view.servers]
+        return self.servers if view is None else [s for s in view.servers if s in self.servers]
 
     def lists(self, kind: str, servers: list[str]) -> dict[str, ServerList]:
         found = {}
@@ -53,18 +53,21 @@ class FixedCatalog:
         for server in servers:
             self.cached.pop(server, None)
 
-    def tool_table(self, view: NamespaceView, servers: list[str],
-                   lists: dict[str, ServerList]) -> dict[str, ExposedTool]:
-        return namespace_tools(view, servers, [lists.get(s) for s in servers])
+    def table(self, kind: str, view: NamespaceView) -> Table:
+        servers = self.names(view)
+        lists = self.lists(kind, servers)
+        sources = [lists.get(s) for s in servers]
+        routes, clashes = namespace_items(kind, view, servers, sources)
+        return Table(view, servers, sources, [e.item for e in routes.values()], routes, clashes)
 
 
 def router(catalog: FixedCatalog) -> Router:
     return Router(catalog)  # duck-typed: all the router asks of a catalog
 
 
-def view_of(*servers: str, **renamed: Any) -> NamespaceView:
-    tools = {(server, original): ToolSettings(name=name) for name, (server, original) in renamed.items()}
-    return NamespaceView(uuid4(), "team", frozenset(servers), tools)
+def view_of(*servers: str, naming: str = "prefixed", **renamed: Any) -> NamespaceView:
+    tools = {(server, original): ItemSettings(name=name) for name, (server, original) in renamed.items()}
+    return NamespaceView(uuid4(), "team", servers, tools, tools, naming)
 
 
 def test_a_listed_name_routes_from_the_cache_without_fetching() -> None:
@@ -119,3 +122,18 @@ def test_a_namespace_routes_by_the_names_its_clients_see() -> None:
     outside = view_of("alpha")
     with pytest.raises(RpcError):
         route.route("tools", "shout", outside)
+
+
+def test_original_naming_routes_by_the_upstream_names_first_server_first() -> None:
+    catalog = FixedCatalog({"alpha": listed("alpha", "echo", "add"), "beta": listed("beta", "echo")})
+    view = view_of("beta", "alpha", naming="original")
+    route = router(catalog)
+    assert route.route("tools", "echo", view) == Route("beta", "echo")  # beta was attached first
+    assert route.route("tools", "add", view) == Route("alpha", "add")
+    assert route.route("prompts", "echo", view) == Route("beta", "echo")
+    with pytest.raises(RpcError) as prefixed:
+        route.route("tools", "alpha__add", view)
+    assert prefixed.value.message == "Unknown tool: alpha__add"
+    renamed = view_of("beta", "alpha", naming="original", hello=("alpha", "echo"))
+    assert route.route("prompts", "hello", renamed) == Route("alpha", "echo")
+    assert route.route("prompts", "echo", renamed) == Route("beta", "echo")

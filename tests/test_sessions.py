@@ -8,7 +8,7 @@ from collections.abc import Callable
 import psycopg2
 
 from metamcp.db import Database
-from metamcp.mcp.sessions import PURGE_LOCK, SessionPurger, SessionStore
+from metamcp.mcp.sessions import PURGE_LOCK, SessionPurger, SessionStore, client_capabilities
 
 from .conftest import TransactionCounter
 
@@ -110,3 +110,12 @@ def test_purge_deletes_only_idle_sessions_and_one_process_at_a_time(db: Database
     store.forget()
     assert [store.get(s.id) for s in idle] == [None] * 3
     assert store.get(busy.id) == busy
+
+
+def test_client_capabilities_keep_only_what_can_be_relayed() -> None:
+    declared = {"sampling": {"tools": {}}, "elicitation": {"form": {}, "url": {}}, "roots": {"listChanged": True},
+                "experimental": {"x": {}}, "tasks": {}}
+    assert client_capabilities(declared) == {"sampling", "sampling.tools", "elicitation", "elicitation.form",
+                                             "elicitation.url", "roots", "roots.listChanged"}
+    assert client_capabilities({"sampling": True, "roots": None}) == frozenset()
+    assert client_capabilities("sampling") == frozenset()

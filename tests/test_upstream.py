@@ -82,8 +82,8 @@ def test_initialize_and_lists_across_pages(kind: str, servers: Any, connect: Con
     assert upstream.server_info["serverInfo"]["name"] == "upstream-alpha"
     assert upstream.server_info["protocolVersion"] == "2025-11-25"
     names = [tool["name"] for tool in tools]
-    assert names[:3] == ["echo", "add", "slow"] and names[-1] == "tool_004" and len(names) == 15
-    assert log.lines().count("received tools/list") == 8  # 15 tools, 2 a page
+    assert names[:3] == ["echo", "add", "slow"] and names[-1] == "tool_004" and len(names) == 19
+    assert log.lines().count("received tools/list") == 10  # 19 tools, 2 a page
     assert [p["name"] for p in upstream.list_all("prompts/list", "prompts")] == ["greet"]
     assert [r["uri"] for r in upstream.list_all("resources/list", "resources")] == ["test://alpha/info"]
     templates = upstream.list_all("resources/templates/list", "resourceTemplates")

@@ -8,6 +8,7 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from metamcp.api.schemas import URL_NAME, ChangesSomething, name_validators
+from metamcp.namespaces import NAMINGS
 
 #: A tool's exposed name when overridden in a namespace.
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -18,12 +19,20 @@ def _status_field(**kwargs: Any) -> fields.String:
                          metadata={"description": "active or inactive", "example": "inactive"}, **kwargs)
 
 
+def _naming_field() -> fields.String:
+    return fields.String(validate=validate.OneOf(NAMINGS), metadata={
+        "description": "how tools and prompts are named: prefixed (`<server>__<name>`, the default) or "
+                       "original (the upstream's names; two servers may then not offer one name)",
+        "example": "original"})
+
+
 class NamespaceInputSchema(Schema):
     class Meta:
         unknown = "raise"
 
     name = fields.String(required=True, validate=URL_NAME, metadata={"example": "research"})
     description = fields.String(validate=validate.Length(max=2000), metadata={"example": "Search and files"})
+    naming = _naming_field()
 
 
 class NamespacePatchSchema(ChangesSomething, NamespaceInputSchema):
@@ -38,11 +47,29 @@ class NamespaceServerSchema(Schema):
     is_active = fields.Boolean(metadata={"description": "the server's own switch"})
 
 
+class ConflictSchema(Schema):
+    kind = fields.String(metadata={"description": "tool, prompt, resource or resourceTemplate",
+                                   "example": "resource"})
+    name = fields.String(metadata={"description": "the exposed name (tools and prompts)"})
+    uri = fields.String(metadata={"description": "the URI or URI template (resources)",
+                                  "example": "test://static/info"})
+    servers = fields.List(fields.String(), metadata={"description": "the servers listing it, in the "
+                                                     "namespace's order", "example": ["files", "files2"]})
+    served_by = fields.String(metadata={"description": "the server that keeps it (the first)",
+                                        "example": "files"})
+
+
 class NamespaceSchema(Schema):
     id = fields.UUID(metadata={"example": "0b6f2a8e-3c51-4a57-9d0e-6f7d1a2b3c4d"})
     name = fields.String(metadata={"example": "research"})
     description = fields.String()
-    servers = fields.List(fields.Nested(NamespaceServerSchema))
+    naming = fields.String(metadata={"description": "prefixed or original", "example": "prefixed"})
+    servers = fields.List(fields.Nested(NamespaceServerSchema),
+                          metadata={"description": "in the order they were attached: the first keeps a "
+                                                   "name or URI several list"})
+    conflicts = fields.List(fields.Nested(ConflictSchema), metadata={
+        "description": "GET of one namespace only: names and URIs several of its active servers list "
+                       "now; each is served by the first server only"})
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 
@@ -68,7 +95,7 @@ class ToolChangeSchema(ChangesSomething, Schema):
     name = fields.String(
         allow_none=True,
         validate=name_validators(TOOL_NAME_RE, "Use 1-64 letters, digits, '_', '.' or '-'."),
-        metadata={"description": "name clients see; null restores <server>__<tool>", "example": "search"},
+        metadata={"description": "name clients see; null restores the naming's", "example": "search"},
     )
     title = fields.String(allow_none=True, validate=validate.Length(max=200), metadata={"example": "Search"})
     description = fields.String(allow_none=True, validate=validate.Length(max=10_000))
@@ -98,6 +125,44 @@ class NamespaceToolSchema(Schema):
 
 class NamespaceToolListSchema(Schema):
     tools = fields.List(fields.Nested(NamespaceToolSchema))
+
+
+class PromptChangeSchema(ChangesSomething, Schema):
+    """Status and overrides of one prompt in a namespace."""
+
+    class Meta:
+        unknown = "raise"
+
+    status = _status_field()
+    name = fields.String(
+        allow_none=True,
+        validate=name_validators(TOOL_NAME_RE, "Use 1-64 letters, digits, '_', '.' or '-'."),
+        metadata={"description": "name clients see; null restores the naming's", "example": "summarize"},
+    )
+    title = fields.String(allow_none=True, validate=validate.Length(max=200), metadata={"example": "Summarize"})
+    description = fields.String(allow_none=True, validate=validate.Length(max=10_000))
+
+
+class BulkPromptChangeSchema(PromptChangeSchema):
+    id = fields.UUID(required=True, metadata={"description": "prompt id"})
+
+
+class NamespacePromptSchema(Schema):
+    id = fields.UUID()
+    server_id = fields.UUID()
+    server_name = fields.String(metadata={"example": "files"})
+    server_status = fields.String(metadata={"description": "the server's status in this namespace"})
+    original_name = fields.String(metadata={"example": "summarize"})
+    name = fields.String(metadata={"description": "exposed name", "example": "files__summarize"})
+    status = fields.String(metadata={"example": "active"})
+    title = fields.String(allow_none=True)
+    description = fields.String(allow_none=True)
+    arguments = fields.List(fields.Dict())
+    overrides = fields.Dict(metadata={"example": {"name": None, "title": None, "description": None}})
+
+
+class NamespacePromptListSchema(Schema):
+    prompts = fields.List(fields.Nested(NamespacePromptSchema))
 
 
 class EndpointAuthSchema(Schema):

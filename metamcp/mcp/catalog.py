@@ -2,7 +2,9 @@
 
 Lists are cached (refreshed on list_changed, on registry change and after a TTL) and fanned out
 on a bounded pool, so one slow or dead upstream costs at most its timeout and never fails the
-aggregate. Downstream sessions' streams subscribe here to hear that a list changed.
+aggregate. Each name or URI is listed once, and routed to, the first server listing it (in a
+namespace's order, else by server name); such clashes are logged once and shown to admins.
+Downstream sessions' streams subscribe here to hear that a list changed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ KINDS = {
     "resources": Kind("resources/list", "resources", "resources", False),
     "resourceTemplates": Kind("resources/templates/list", "resourceTemplates", "resources", False),
 }
+#: The kinds whose items the gateway records in the database (switched and renamed per namespace).
+RECORDED = frozenset({"tools", "prompts"})
+#: What one item of each kind is called (admin API, logs).
+KIND_LABELS = {"tools": "tool", "prompts": "prompt", "resources": "resource",
+               "resourceTemplates": "resourceTemplate"}
 
 
 @dataclass
@@ -59,50 +66,90 @@ class ServerList:
 
 
 @dataclass(frozen=True)
-class ExposedTool:
-    """A tool as a namespace's clients see it (overrides applied), and where it comes from."""
+class ExposedItem:
+    """A tool or prompt as a namespace's clients see it (overrides applied), and where it comes from."""
 
     item: dict[str, Any]
     server: str
     original: str  # the upstream's own name
 
 
-@dataclass
-class ToolTable:
-    """A namespace's tools with the view and lists they were made from, kept until the view or
-    a list changes (both are replaced, never modified, so identity tells)."""
+@dataclass(frozen=True)
+class Clash:
+    """Several servers list one name or URI: the first keeps it, the others' items are hidden."""
 
-    view: NamespaceView
+    kind: str  # tools, prompts, resources, resourceTemplates
+    key: str  # the exposed name, URI or URI template
+    servers: tuple[str, ...]  # the server that keeps it first
+
+    def public(self) -> dict[str, Any]:
+        """As the admin API shows it."""
+        field = "name" if KINDS[self.kind].named else "uri"
+        return {"kind": KIND_LABELS[self.kind], field: self.key, "servers": list(self.servers),
+                "served_by": self.servers[0]}
+
+
+@dataclass
+class Table:
+    """What a session sees of one kind (a namespace's, or every active server's with view
+    None), with the view and lists it was made from; kept until the view or a list changes
+    (both are replaced, never modified, so identity tells)."""
+
+    view: NamespaceView | None
     servers: list[str]
     lists: list[ServerList | None]
-    tools: dict[str, ExposedTool]
+    items: list[dict[str, Any]]
+    routes: dict[str, ExposedItem]  # a namespace's tools and prompts by the name its clients use
+    clashes: list[Clash]
 
-    def made_from(self, view: NamespaceView, servers: list[str], lists: list[ServerList | None]) -> bool:
+    def made_from(self, view: NamespaceView | None, servers: list[str], lists: list[ServerList | None]) -> bool:
         return (self.view is view and self.servers == servers
                 and all(a is b for a, b in zip(self.lists, lists, strict=True)))
 
 
-def namespace_tools(view: NamespaceView, servers: list[str],
-                    lists: list[ServerList | None]) -> dict[str, ExposedTool]:
-    """The namespace's active tools (from each server's list, None: none) by the name its
-    clients use. Overrides are applied first, so a tool is found by its exposed name only and
-    its status is that of the tool the name stands for.
+def namespace_items(kind: str, view: NamespaceView, servers: list[str],
+                    lists: list[ServerList | None]) -> tuple[dict[str, ExposedItem], list[Clash]]:
+    """The namespace's active tools or prompts (from each server's list, None: none) by the
+    name its clients use, and the names several claim. Overrides are applied first, so an item
+    is found by its exposed name only and its status is that of the item the name stands for.
+    A name claimed twice goes to the server first in the namespace (then the upstream's order).
     """
-    tools: dict[str, ExposedTool] = {}
+    found: dict[str, ExposedItem] = {}
+    claims: dict[str, list[str]] = {}
     for server, server_list in zip(servers, lists, strict=True):
         if server_list is None:
             continue
         for item in server_list.items:
             original = server_list.routes[item["name"]]
-            settings = view.settings(server, original)
+            settings = view.settings(kind, server, original)
             if not settings.active:
                 continue
-            shown = settings.apply(item, item["name"])
-            if shown["name"] in tools:
-                logger.warning("namespace %s: two tools named %s; keeping the first", view.name, shown["name"])
+            exposed = original if view.naming == "original" else item["name"]
+            shown = settings.apply(item, exposed)
+            claims.setdefault(shown["name"], []).append(server)
+            if shown["name"] not in found:
+                found[shown["name"]] = ExposedItem(shown, server, original)
+    return found, [Clash(kind, key, tuple(owners)) for key, owners in claims.items() if len(owners) > 1]
+
+
+def unique_items(kind: str, servers: list[str],
+                 lists: list[ServerList | None]) -> tuple[list[dict[str, Any]], list[Clash]]:
+    """Every server's items in server order, each name or URI once: the first server's."""
+    spec = KINDS[kind]
+    items: list[dict[str, Any]] = []
+    claims: dict[str, list[str]] = {}
+    for server, server_list in zip(servers, lists, strict=True):
+        for item in server_list.items if server_list is not None else []:
+            key = item.get("name") if spec.named else item.get("uri") or item.get("uriTemplate")
+            if not isinstance(key, str):
+                items.append(item)  # nothing to route it by, nothing it can collide with
                 continue
-            tools[shown["name"]] = ExposedTool(shown, server, original)
-    return tools
+            owners = claims.setdefault(key, [])
+            if not owners:
+                items.append(item)
+            if server not in owners:
+                owners.append(server)
+    return items, [Clash(kind, key, tuple(owners)) for key, owners in claims.items() if len(owners) > 1]
 
 
 class Catalog:
@@ -115,7 +162,7 @@ class Catalog:
         settings: Settings,
         executor: Executor,
         publish: Callable[[Topic, dict[str, Any]], None] | None = None,
-        on_tools: Callable[[UUID, list[dict[str, Any]]], None] | None = None,
+        record: Callable[[str, UUID, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self._pool = pool
         self._health = health
@@ -124,11 +171,12 @@ class Catalog:
         self._executor = executor
         #: Announces an upstream's list_changed to every process (LISTEN/NOTIFY).
         self._publish = publish
-        #: Receives each fresh tools/list of a server (the tools table is kept from it).
-        self._on_tools = on_tools
+        #: Receives each fresh list of tools or prompts of a server (kind, server id, items):
+        #: the tools and prompts tables are kept from them.
+        self._record = record
         self._lists: dict[tuple[str, str], ServerList] = {}  # (server, kind) -> its list
-        #: Each namespace's tool table.
-        self._tables: dict[UUID, ToolTable] = {}
+        #: What each namespace (None: /mcp without one) sees of each kind.
+        self._tables: dict[tuple[UUID | None, str], Table] = {}
         self._subscribers: list[Callable[[str], None]] = []
         #: Capabilities whose list_changed goes out at the end of the current gathering.
         self._pending: set[str] = set()
@@ -149,33 +197,52 @@ class Catalog:
         return page
 
     def aggregate(self, kind: str, view: NamespaceView | None = None) -> list[dict[str, Any]]:
-        servers = self.names(view)
-        lists = self.lists(kind, servers)
-        if view is not None and kind == "tools":
-            return [tool.item for tool in self.tool_table(view, servers, lists).values()]
-        return [item for name in servers if name in lists for item in lists[name].items]
+        """The list of `kind` a session sees (view None: every active server's), each name or
+        URI once."""
+        return self.table(kind, view).items
 
-    def refresh_tools(self, servers: list[str]) -> None:
-        """Make sure the tools of these (active) servers were listed lately, which records them."""
+    def conflicts(self, view: NamespaceView | None) -> list[dict[str, Any]]:
+        """Names and URIs that several servers list (the first keeps them), as the admin API shows them."""
+        return [clash.public() for kind in KINDS for clash in self.table(kind, view).clashes]
+
+    def refresh(self, servers: list[str]) -> None:
+        """Make sure the tools and prompts of these (active) servers were listed lately, which
+        records them."""
         active = self._pool.servers()
-        self.lists("tools", [name for name in servers if name in active])
+        for kind in ("tools", "prompts"):
+            self.lists(kind, [name for name in servers if name in active])
 
     def names(self, view: NamespaceView | None) -> list[str]:
-        """The active servers a downstream session sees, sorted."""
-        names = sorted(self._pool.servers())
-        return names if view is None else [name for name in names if name in view.servers]
+        """The active servers a downstream session sees: a namespace's in its order, else all
+        by name."""
+        active = self._pool.servers()
+        return sorted(active) if view is None else [name for name in view.servers if name in active]
 
-    def tool_table(
-        self, view: NamespaceView, servers: list[str], lists: dict[str, ServerList]
-    ) -> dict[str, ExposedTool]:
-        """namespace_tools() of these lists, kept until the view or a list changes."""
+    def table(self, kind: str, view: NamespaceView | None) -> Table:
+        """What a session sees of `kind` from the current lists, kept until the view or a list
+        changes; a clash is logged once, when it appears."""
+        servers = self.names(view)
+        lists = self.lists(kind, servers)
         sources = [lists.get(server) for server in servers]
-        cached = self._tables.get(view.id)
+        key = (None if view is None else view.id, kind)
+        cached = self._tables.get(key)
         if cached is not None and cached.made_from(view, servers, sources):
-            return cached.tools
-        tools = namespace_tools(view, servers, sources)
-        self._tables[view.id] = ToolTable(view, servers, sources, tools)
-        return tools
+            return cached
+        routes: dict[str, ExposedItem] = {}
+        if view is not None and KINDS[kind].named:
+            routes, clashes = namespace_items(kind, view, servers, sources)
+            items = [exposed.item for exposed in routes.values()]
+        else:
+            items, clashes = unique_items(kind, servers, sources)
+        table = Table(view, servers, sources, items, routes, clashes)
+        with self._lock:  # two requests making the same table log its new clashes once
+            cached = self._tables.get(key)
+            self._tables[key] = table
+        where = "/mcp" if view is None else f"namespace {view.name}"
+        for clash in set(clashes) - set(cached.clashes if cached is not None else []):
+            logger.warning("%s: servers %s all list the %s %s; %s serves it", where, ", ".join(clash.servers),
+                           KIND_LABELS[kind], clash.key, clash.servers[0])
+        return table
 
     def lists(self, kind: str, servers: list[str]) -> dict[str, ServerList]:
         """These servers' lists of `kind`, cached or fetched in parallel; a server that failed
@@ -237,13 +304,13 @@ class Catalog:
             return None
         self._health.record_success(name)
         config = self._pool.config(name)
-        if kind == "tools" and self._on_tools is not None and config is not None:
+        if kind in RECORDED and self._record is not None and config is not None:
             try:
-                self._on_tools(config.id, items)
+                self._record(kind, config.id, items)
             except DatabaseUnavailable:
                 pass  # recorded at a later list, once the database is back (the outage is logged)
             except Exception:  # noqa: BLE001 - recording is bookkeeping: the list is served anyway
-                logger.exception("recording the tools of %s failed", name)
+                logger.exception("recording the %s of %s failed", kind, name)
         server_list = self._expose(name, kind, items)
         with self._lock:
             if self._pool.config(name) is not None:
@@ -309,10 +376,10 @@ class Catalog:
                 pass  # this process at least; the others refresh every list when their listener is back
         if not published:
             self.on_list_change({"server": server, "kinds": kinds})
-        if "tools" in kinds and self._on_tools is not None:
-            # Record the new tools now rather than at the next list (only the processes whose
-            # client heard the upstream do this; unchanged rows are not written twice).
-            self._executor.submit(self._refetch, server, "tools")
+        for kind in RECORDED.intersection(kinds) if self._record is not None else ():
+            # Record the new tools or prompts now rather than at the next list (only the processes
+            # whose client heard the upstream do this; unchanged rows are not written twice).
+            self._executor.submit(self._refetch, server, kind)
 
     def _refetch(self, server: str, kind: str) -> None:
         self.forget(kind, [server])

@@ -15,10 +15,12 @@ from metamcp.mcp import jsonrpc
 from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.pool import Pool
+from metamcp.mcp.relay import Relay
 from metamcp.mcp.router import Router
-from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore
+from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore, client_capabilities
 from metamcp.mcp.streams import Streamed
 from metamcp.mcp.subscriptions import Subscriptions
+from metamcp.mcp.upstream.call import UpstreamError
 from metamcp.namespaces import NamespaceView
 from metamcp.notify import Topic
 
@@ -26,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "metamcp"
 INSTRUCTIONS = (
-    "MetaMCP gateway: the tools and prompts of several MCP servers, each named "
-    "'<server>__<name>'; resources keep their URIs."
+    "MetaMCP gateway: the tools, prompts and resources of several MCP servers behind one endpoint. "
+    "Tools and prompts are named '<server>__<name>' unless the endpoint publishes the servers' own "
+    "names; resources keep their URIs."
 )
 LIST_METHODS = {
     "tools/list": "tools",
@@ -41,9 +44,10 @@ class Dispatcher:
     """The JSON-RPC methods of a downstream session, a handler per method."""
 
     def __init__(self, router: Router, catalog: Catalog, pool: Pool, sessions: SessionStore, version: str,
-                 publish: Callable[[Topic, dict[str, Any]], None],
+                 publish: Callable[[Topic, dict[str, Any]], None], relay: Relay,
                  subscriptions: Subscriptions | None = None) -> None:
         self._router = router
+        self._relay = relay
         self._catalog = catalog
         self._pool = pool
         self._sessions = sessions
@@ -80,6 +84,10 @@ class Dispatcher:
             "instructions": INSTRUCTIONS,
         }
 
+    def declared(self, session: Session, capabilities: Any) -> None:
+        """A legacy SSE client's initialize: what it can be asked (its session began before)."""
+        self._sessions.set_capabilities(session, client_capabilities(capabilities))
+
     def handle(self, session: Session, message: Message,
                view: NamespaceView | None = None) -> dict[str, Any] | Streamed:
         """Answer one request: a response dict, or a Streamed call. `view`: the namespace of
@@ -98,8 +106,14 @@ class Dispatcher:
         except RpcError as e:  # the gateway's, or the upstream's own answer passed on as is
             return jsonrpc.error(message.id, e.code, e.message, e.data)
 
-    def receive(self, session: Session, message: Message) -> None:
-        """A notification (or a response) from the client."""
+    def receive(self, session: Session, message: Message, view: NamespaceView | None = None) -> None:
+        """A notification, or a response to a relayed request, from the client."""
+        if message.is_response:
+            self._relay.answer(session, message.raw)
+            return
+        if message.method == "notifications/roots/list_changed":
+            self._roots_changed(view)
+            return
         if message.method != "notifications/cancelled":
             return
         request_id = message.params.get("requestId")
@@ -109,6 +123,17 @@ class Dispatcher:
                    "reason": message.params.get("reason")}
         if not self.cancel(details):
             self._publish(Topic.CANCEL, details)  # the call may run in another worker
+
+    def _roots_changed(self, view: NamespaceView | None) -> None:
+        """Passed on to the upstreams this process speaks to that the session can reach."""
+        for name in self._catalog.names(view):
+            upstream = self._pool.kept(name)
+            if upstream is None:
+                continue
+            try:
+                upstream.notify("notifications/roots/list_changed")
+            except UpstreamError as e:
+                logger.debug("roots/list_changed not passed to %s: %s", name, e)
 
     def on_cancel(self, details: dict[str, Any]) -> None:
         """A cancellation published by another process."""
@@ -151,14 +176,18 @@ class Dispatcher:
         name, arguments = self._name_and_arguments(message)
         route = self._router.route("tools", name, view)
         params = self._forward_params(message, name=route.name, arguments=arguments)
-        call = self._pool.call(route.server, "tools/call", params)
         key = (session.id, json.dumps(message.id))
 
         def forget() -> None:
             with self._lock:
                 self._inflight.pop(key, None)
 
-        streamed = Streamed(call, message.id, session, forget, route.server)
+        streamed = Streamed(message.id, session, forget, route.server, self._relay)
+        try:
+            streamed.attach(self._pool.call(route.server, "tools/call", params))
+        except BaseException:
+            streamed.close()
+            raise
         with self._lock:
             self._inflight[key] = streamed
         return streamed

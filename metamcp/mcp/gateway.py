@@ -25,13 +25,13 @@ class Gateway:
         registry: ServerRegistry,
         settings: Settings,
         publish: Callable[[Topic, dict[str, Any]], None] | None = None,
-        on_tools: Callable[[UUID, list[dict[str, Any]]], None] | None = None,
+        record: Callable[[str, UUID, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         #: The bounded pool lists are fanned out on (and other short upstream work).
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="metamcp-fanout")
         self.health = Health()
         self.pool = Pool(registry, settings, self.health, self.executor)
-        self.catalog = Catalog(self.pool, self.health, settings, self.executor, publish, on_tools)
+        self.catalog = Catalog(self.pool, self.health, settings, self.executor, publish, record)
         self.router = Router(self.catalog)
         self.pool.on_notification = self._heard
         self.pool.on_drop = self._dropped

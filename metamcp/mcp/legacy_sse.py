@@ -65,6 +65,7 @@ class SseHub:
                 requested = message.params.get("protocolVersion")
                 known = (*SUPPORTED_VERSIONS, LEGACY_VERSION)
                 version = requested if requested in known else SUPPORTED_VERSIONS[0]
+                self._dispatcher.declared(session, message.params.get("capabilities"))
                 self.deliver(session.id, jsonrpc.result(message.id, self._dispatcher.initialize_result(version)))
                 return
             outcome = self._dispatcher.handle(session, message, view)
@@ -171,5 +172,5 @@ def post_message(endpoint: str) -> Response:
         if message.is_request:
             _hub().submit(session, message, access.view, release)
         else:
-            services.dispatcher.receive(session, message)
+            services.dispatcher.receive(session, message, access.view)
     return Response("Accepted", status=202, mimetype="text/plain")

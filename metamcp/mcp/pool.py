@@ -23,7 +23,7 @@ from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from metamcp.mcp.protocol import REQUEST_TIMEOUT, UPSTREAM_ERROR
 from metamcp.mcp.upstream.call import PendingCall, UpstreamError, UpstreamTimeout
 from metamcp.mcp.upstream.factory import create_upstream
-from metamcp.mcp.upstream.interface import Upstream
+from metamcp.mcp.upstream.interface import AskClient, Respond, Upstream, fallback_answer
 from metamcp.servers import ServerConfig, ServerRegistry
 from metamcp.stdio_policy import StdioPolicy
 
@@ -65,6 +65,9 @@ class Pool:
         self._executor = executor
         #: Hears every notification of a kept client: (server, message).
         self.on_notification: Callable[[str, dict[str, Any]], None] | None = None
+        #: Hears every request a kept client's upstream makes outside a call: (server, request,
+        #: respond); without it such requests get the answers of a client that offers nothing.
+        self.on_request: AskClient | None = None
         #: Told, under the pool's lock, each server whose client a registry reload dropped.
         self.on_drop: Callable[[str], None] | None = None
         self._state = _State()
@@ -160,6 +163,7 @@ class Pool:
             connect_timeout=self._settings.upstream_connect_timeout,
             read_timeout=self._settings.upstream_timeout,
             on_notification=self._heard if listen else None,
+            on_request=self._asked if listen else None,
             policy=self._settings.upstream_policy,
             **extra,
         )
@@ -167,6 +171,12 @@ class Pool:
     def _heard(self, server: str, message: dict[str, Any]) -> None:
         if self.on_notification is not None:
             self.on_notification(server, message)
+
+    def _asked(self, server: str, message: dict[str, Any], respond: Respond) -> None:
+        if self.on_request is not None:
+            self.on_request(server, message, respond)
+        else:
+            respond(fallback_answer(message))
 
     # --- forwarding ----------------------------------------------------------------------------
 

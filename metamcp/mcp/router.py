@@ -34,38 +34,41 @@ class Router:
         """The server and upstream name of an exposed tool or prompt name; -32602 when unknown.
 
         Looked up in the cached lists first, then once more after dropping the cached lists of
-        the servers the name may belong to: the upstream may have added it since.
+        the servers the name may belong to (by its `server__` prefix): the upstream may have
+        added it since.
         """
         servers = self._catalog.names(view)
         candidates = naming.server_candidates(exposed, servers)
         for fresh in (False, True):
             if fresh:
                 self._catalog.forget(kind, candidates)
-            found = self._find(kind, exposed, view, servers, candidates)
+            found = self._find(kind, exposed, view, candidates)
             if found is not None:
                 return found
         label = "tool" if kind == "tools" else "prompt"
         raise RpcError(INVALID_PARAMS, f"Unknown {label}: {exposed}")
 
-    def _find(self, kind: str, exposed: str, view: NamespaceView | None, servers: list[str],
-              candidates: list[str]) -> Route | None:
+    def _find(self, kind: str, exposed: str, view: NamespaceView | None, candidates: list[str]) -> Route | None:
         """`exposed` in the lists as they are now; client_error when a candidate has none."""
-        if view is not None and kind == "tools":
-            # A namespace's tools are found by the name its clients use (overrides applied), in
-            # the table of every server it sees: an overridden name need not name its server.
-            tool = self._catalog.tool_table(view, servers, self._catalog.lists(kind, servers)).get(exposed)
-            if tool is not None:
-                return Route(tool.server, tool.original)
+        if view is not None:
+            # A namespace's tools and prompts are found by the name its clients use (naming and
+            # overrides applied), among those of every server it sees: such a name need not
+            # name its server.
+            item = self._catalog.table(kind, view).routes.get(exposed)
+            if item is not None:
+                return Route(item.server, item.original)
         for server in candidates:
             server_list = self._catalog.lists(kind, [server]).get(server)
             if server_list is None:  # its failure was logged (and kept for admins) when it happened
                 raise client_error(server)
-            if (view is None or kind != "tools") and exposed in server_list.routes:
+            if view is None and exposed in server_list.routes:
                 return Route(server, server_list.routes[exposed])
         return None
 
     def route_resource(self, uri: str, view: NamespaceView | None = None) -> str:
-        """The server that listed `uri`, or whose template matches it; -32602 when none."""
+        """The first server (in the namespace's order, else by name) that listed `uri`, else the
+        first whose template matches it; -32602 when none. The lists show each URI once, the
+        first server's (catalog.unique_items), so a read goes where the list says."""
         servers = self._catalog.names(view)
         lists = self._catalog.lists("resources", servers)
         for server in servers:

@@ -43,17 +43,24 @@ PURGE_BATCH = 5000
 PURGE_LOCK = 0x6D6D6370_0001
 #: Longest wait of a DELETE for the other processes to confirm they dropped the session.
 ACK_TIMEOUT = 0.5
+#: Client capabilities a session keeps: the requests the gateway may relay to the client.
+CLIENT_CAPABILITIES = ("sampling", "elicitation", "roots")
 #: Levels of logging/setLevel, least to most severe (RFC 5424 names).
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
 @dataclass(frozen=True)
 class Session:
+    """One downstream session, as every process reads it from its row."""
+
     id: str
     key_id: int | None  # None on a public endpoint
     protocol_version: str
     log_level: str | None = None
     endpoint_id: UUID | None = None  # None: the session of /mcp
+    #: What the client declared it can be asked (metamcp.mcp.relay), e.g. "sampling",
+    #: "elicitation", "elicitation.url", "roots".
+    capabilities: frozenset[str] = frozenset()
 
     def wants_log(self, level: str) -> bool:
         """Whether a notifications/message at `level` passes this session's logging/setLevel."""
@@ -92,11 +99,13 @@ class SessionStore:
         self._acked = threading.Condition()
 
     def create(self, key_id: int | None, protocol_version: str, client_info: dict[str, Any],
-               endpoint_id: UUID | None = None) -> Session:
+               endpoint_id: UUID | None = None, capabilities: frozenset[str] = frozenset()) -> Session:
         session_id = secrets.token_urlsafe(32)
         with self._db.transaction() as cur:
-            repository.insert_session(cur, session_id, key_id, protocol_version, client_info, endpoint_id)
-        session = Session(session_id, key_id, protocol_version, endpoint_id=endpoint_id)
+            repository.insert_session(cur, session_id, key_id, protocol_version, client_info, endpoint_id,
+                                      sorted(capabilities))
+        session = Session(session_id, key_id, protocol_version, endpoint_id=endpoint_id,
+                          capabilities=capabilities)
         self._keep(session)
         return session
 
@@ -132,9 +141,18 @@ class SessionStore:
         if row is None:
             return None
         session = Session(row["id"], row["key_id"], row["protocol_version"], row["log_level"],
-                          row["endpoint_id"])
+                          row["endpoint_id"], frozenset(row["client_capabilities"]))
         self._keep(session)
         return session
+
+    def set_capabilities(self, session: Session, capabilities: frozenset[str]) -> Session:
+        """What a legacy SSE client declared at initialize (its session began before)."""
+        updated = replace(session, capabilities=capabilities)
+        with self._db.transaction() as cur:
+            repository.update_session_capabilities(cur, session.id, sorted(capabilities))
+            repository.notify_change(cur, Topic.SESSIONS, id=session.id)
+        self._keep(updated)
+        return updated
 
     def set_log_level(self, session: Session, level: str) -> Session:
         updated = replace(session, log_level=level)
@@ -268,3 +286,18 @@ class SessionPurger:
                 continue
             if purged:
                 logger.info("purged %s idle MCP sessions", purged)
+
+
+def client_capabilities(value: Any) -> frozenset[str]:
+    """The names kept of a client's declared capabilities: those the gateway may relay requests
+    for, and their modes one level down (bounded, whatever the client sends)."""
+    if not isinstance(value, dict):
+        return frozenset()
+    names: set[str] = set()
+    for name in CLIENT_CAPABILITIES:
+        declared = value.get(name)
+        if isinstance(declared, dict):
+            names.add(name)
+            names.update(f"{name}.{mode}" for mode in ("form", "url", "listChanged", "tools")
+                         if mode in declared)
+    return frozenset(names)

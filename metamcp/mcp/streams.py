@@ -22,6 +22,7 @@ from metamcp.mcp.capacity import HangupWatch, ThreadBudget
 from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.mailbox import Mailbox
 from metamcp.mcp.pool import client_error
+from metamcp.mcp.relay import Relay
 from metamcp.mcp.sessions import Session, SessionStore
 from metamcp.mcp.upstream.call import PendingCall, UpstreamError
 
@@ -48,27 +49,52 @@ class StreamBody:
 
 
 class Streamed:
-    """An upstream call whose messages go back to the client as they arrive."""
+    """An upstream call whose messages go back to the client as they arrive; the upstream's
+    requests of its client go through `relay`, which knows the call from its start (stdio and
+    legacy SSE upstreams may ask before the call's first message comes back)."""
 
-    def __init__(self, call: PendingCall, request_id: Any, session: Session,
-                 on_close: Callable[[], None], server: str) -> None:
-        self._call = call
+    def __init__(self, request_id: Any, session: Session, on_close: Callable[[], None], server: str,
+                 relay: Relay) -> None:
+        self._call: PendingCall | None = None
         self._server = server
         self.request_id = request_id
-        self._session = session
+        self.session = session
+        self._relay = relay
         self._on_close = on_close
         self._closers: list[Callable[[], None]] = []
+        self._put: Callable[[dict[str, Any] | None], None] | None = None
+        self._early: list[dict[str, Any]] | None = []  # relayed before the pump started
+        self._put_lock = threading.Lock()
+        relay.opened(server, self)
 
-    def pump(self, put: Callable[[dict[str, Any] | None], None]) -> None:
-        """Forward notifications, then the response with the client's id; None marks the end."""
+    def attach(self, call: PendingCall) -> None:
+        self._call = call
+
+    def pump(self, put: Callable[[dict[str, Any] | None], None], stream: bool = True) -> None:
+        """Forward notifications and requests, then the response with the client's id; None
+        marks the end. Without a `stream` to the client, the upstream's requests are refused."""
+        assert self._call is not None
+        with self._put_lock:
+            early, self._early = self._early or [], None
+            self._put = put if stream else None
+        for request in early:
+            if stream:
+                put(request)
+            else:
+                self._relay.refuse(request["id"])
         try:
             for message in self._call:
                 if "method" not in message:
                     put(self._response(message))
                     return
-                if message["method"] == "notifications/message":
+                if "id" in message:
+                    self._relay.ask(self, message, self._call.respond)
+                    continue
+                if message["method"] == "notifications/cancelled":
+                    message = self._relay.withdrawn(self, message)
+                elif message["method"] == "notifications/message":
                     level = (message.get("params") or {}).get("level", "info")
-                    if not self._session.wants_log(level):
+                    if not self.session.wants_log(level):
                         continue
                 put(message)
             put(jsonrpc.error(self.request_id, protocol.UPSTREAM_ERROR,
@@ -81,24 +107,43 @@ class Streamed:
             logger.exception("streaming a call failed")
             put(jsonrpc.error(self.request_id, jsonrpc.INTERNAL_ERROR, "Internal error"))
         finally:
+            with self._put_lock:
+                self._put = None
             put(None)
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Put a relayed request on the call's stream, from any thread; False when it has none."""
+        with self._put_lock:
+            if self._early is not None:
+                self._early.append(message)
+                return True
+            if self._put is None:
+                return False
+            self._put(message)
+            return True
 
     def drain(self) -> dict[str, Any]:
         """The final response only (for clients that take JSON, and for batches)."""
         final: list[dict[str, Any]] = []
         try:
-            self.pump(lambda m: final.append(m) if m is not None and "method" not in m else None)
+            self.pump(lambda m: final.append(m) if m is not None and "method" not in m else None,
+                      stream=False)
         finally:
             self.close()
         return final[-1]
 
     def cancel(self, reason: str | None) -> None:
-        self._call.cancel(reason)
+        if self._call is not None:
+            self._call.cancel(reason)
 
     def close(self) -> None:
+        with self._put_lock:
+            self._early = self._put = None
         try:
-            self._call.close()
+            if self._call is not None:
+                self._call.close()
         finally:
+            self._relay.closed(self._server, self)
             self._on_close()
             for closer in self._closers:
                 closer()
@@ -113,6 +158,18 @@ class Streamed:
         return jsonrpc.result(self.request_id, message.get("result") or {})
 
 
+class _Listener:
+    """A session's GET stream as the relay sees it."""
+
+    def __init__(self, session: Session, messages: queue.SimpleQueue[dict[str, Any] | None]) -> None:
+        self.session = session
+        self._messages = messages
+
+    def send(self, message: dict[str, Any]) -> bool:
+        self._messages.put(message)
+        return True
+
+
 def _event(message: dict[str, Any]) -> bytes:
     return sse.encode_event(json.dumps(message, separators=(",", ":")), event="message")
 
@@ -120,9 +177,11 @@ def _event(message: dict[str, Any]) -> bytes:
 class Streams:
     """This worker's long-lived SSE bodies and the threads they hold."""
 
-    def __init__(self, settings: Settings, sessions: SessionStore, catalog: Catalog, mailbox: Mailbox) -> None:
+    def __init__(self, settings: Settings, sessions: SessionStore, catalog: Catalog, relay: Relay,
+                 mailbox: Mailbox) -> None:
         self._sessions = sessions
         self._catalog = catalog
+        self._relay = relay
         #: Where messages for a session's GET stream arrive, from any process.
         self._mailbox = mailbox
         self._keepalive = settings.keepalive_seconds
@@ -191,12 +250,15 @@ class Streams:
         finally:
             self._hangups.unwatch(watched)
 
-    def open_listener(self, session: Session, client: Any = None) -> StreamBody:
-        """An SSE body of list_changed notifications, the session's mailbox (resource updates,
-        requests to the client) and keep-alives; raises Saturated when the worker has no room.
-        `client`: the connection's socket, watched so a departed client frees its thread."""
+    def open_listener(self, session: Session, client: Any = None,
+                      servers: frozenset[str] | None = None) -> StreamBody:
+        """An SSE body of list_changed notifications, requests of the upstreams the session
+        sees (`servers`, None: all) made outside any call, the session's mailbox (resource
+        updates, from any process) and keep-alives; raises Saturated when the worker has no
+        room. `client`: the connection's socket, watched so a departed client frees its thread."""
         release = self.hold()
         messages = self._mailbox.open(session.id)
+        channel = _Listener(session, messages)
 
         def announce(method: str) -> None:
             messages.put(jsonrpc.notification(method))
@@ -208,10 +270,12 @@ class Streams:
                 return True  # cannot tell while the database is away: keep the stream
 
         self._catalog.subscribe(announce)
+        self._relay.listening(channel, servers)
         events = self.standing(sse.comment("stream open"), messages, client, session_alive)
 
         def cleanup() -> None:
             self._catalog.unsubscribe(announce)
+            self._relay.stopped_listening(channel)
             self._mailbox.close(session.id, messages)
             release()
 

@@ -42,7 +42,7 @@ from metamcp.mcp.protocol import (
     SUPPORTED_VERSIONS,
     VERSION_HEADER,
 )
-from metamcp.mcp.sessions import Session
+from metamcp.mcp.sessions import Session, client_capabilities
 from metamcp.mcp.streams import Streamed
 from metamcp.namespaces import NamespaceView
 from metamcp.request_body import read_body
@@ -234,7 +234,7 @@ def _answer(access: Access, message: Message) -> Response:
                            "revisions, start with initialize", message.id)
     session = _session(access)
     if not message.is_request:
-        _dispatcher().receive(session, message)
+        _dispatcher().receive(session, message, access.view)
         return rpc_response(202, None)
     release = admit_call(access, message) if message.method == "tools/call" else None
     try:
@@ -264,8 +264,8 @@ def _initialize(access: Access, message: Message) -> Response:
                            message.id)
     version = requested if requested in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[0]
     client_info = _client_info(params.get("clientInfo"))
-    session = current_app.extensions["metamcp"].sessions.create(access.key_id, version, client_info,
-                                                                access.endpoint_id)
+    session = current_app.extensions["metamcp"].sessions.create(
+        access.key_id, version, client_info, access.endpoint_id, client_capabilities(params.get("capabilities")))
     result = _dispatcher().initialize_result(version)
     return rpc_response(200, jsonrpc.result(message.id, result), {SESSION_HEADER: session.id})
 
@@ -295,7 +295,7 @@ def _batch(access: Access, items: list[Any]) -> Response:
             responses.append(jsonrpc.error(jsonrpc.valid_id(item), e.code, e.message))
             continue
         if not message.is_request:
-            _dispatcher().receive(session, message)
+            _dispatcher().receive(session, message, access.view)
             continue
         try:
             release = admit_call(access, message) if message.method == "tools/call" else None
@@ -320,7 +320,7 @@ def get(endpoint: str | None = None) -> Response:
     session = _session(access)
     # Saturated (503) when the worker has no room for another stream.
     events = current_app.extensions["metamcp"].streams.open_listener(
-        session, request.environ.get("gunicorn.socket"))
+        session, request.environ.get("gunicorn.socket"), None if access.view is None else access.view.servers)
     return Response(events, mimetype=SSE_TYPE, headers=SSE_HEADERS)
 
 

@@ -2,7 +2,7 @@
 
     python tests/servers/upstream_server.py --port P [--name NAME]
         [--transport streamable-http|sse] [--json-response] [--page-size N] [--tools N]
-        [--log-file F] [--resumable] [--subscriptions]
+        [--log-file F] [--resumable] [--uri-host HOST] [--subscriptions]
 
 Binds 127.0.0.1 only and prints nothing on stdout (tests poll the port). With --log-file it
 appends one line per message received ("received <method> [<id or requestId>]") and per
@@ -12,6 +12,7 @@ step of the `slow` tool, so tests can see what reached the upstream.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -27,10 +28,15 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.shared.message import ServerMessageMetadata
 from mcp.types import Completion, PromptReference
+from pydantic import BaseModel
 
 NAMES = ("Ada", "Alan", "Grace", "Linus")
 PAGED = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "resources",
          "resources/templates/list": "resourceTemplates"}
+
+
+class Person(BaseModel):
+    name: str
 
 
 class MemoryEventStore(EventStore):
@@ -114,7 +120,7 @@ def offer_subscriptions(server: MCPServer, name: str) -> None:
                                                 unsubscribe)
 
 
-def build(name: str, tools: int, page_size: int, log_file: Path | None,
+def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host: str | None = None,
           subscriptions: bool = False) -> MCPServer:
     server = MCPServer(f"upstream-{name}", version="1.0.0", instructions=f"Test upstream {name}.")
 
@@ -190,6 +196,39 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None,
             metadata=ServerMessageMetadata(related_request_id=ctx.request_context.request_id))
         return "pong"
 
+    @server.tool(description="Ask the user for a name (elicitation); answer what came back.")
+    async def ask_user(question: str, ctx: Context) -> str:
+        answer = await ctx.elicit(question, Person)
+        return f"{answer.action}: {answer.data.name}" if answer.action == "accept" else answer.action
+
+    @server.tool(description="Ask the client's model (sampling); answer its text.")
+    async def ask_model(prompt: str, ctx: Context) -> str:
+        result = await ctx.session.create_message(
+            [types.SamplingMessage(role="user", content=types.TextContent(type="text", text=prompt))],
+            max_tokens=32, related_request_id=ctx.request_id)
+        return result.content.text if isinstance(result.content, types.TextContent) else "no text"
+
+    @server.tool(description="The client's roots, comma-separated (roots/list, outside the call).")
+    async def ask_roots(ctx: Context) -> str:
+        result = await ctx.session.list_roots()
+        return ",".join(str(root.uri) for root in result.roots)
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    @server.tool(description="Answer at once; then ask the client's roots outside any call and log them.")
+    async def ask_roots_later(ctx: Context) -> str:
+        session = ctx.session
+
+        async def later() -> None:
+            await anyio.sleep(0.3)
+            result = await session.list_roots()
+            log("roots " + ",".join(str(root.uri) for root in result.roots))
+
+        task = asyncio.get_running_loop().create_task(later())
+        tasks.add(task)  # kept until done
+        task.add_done_callback(tasks.discard)
+        return "asked"
+
     def make(tool_name: str) -> Any:
         def generated(text: str) -> str:
             return f"{tool_name}: {text}"
@@ -200,11 +239,13 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None,
         tool_name = f"tool_{index:03d}"
         server.tool(name=tool_name, description=f"Generated tool {index}.")(make(tool_name))
 
-    @server.resource(f"test://{name}/info", description="About this server.")
+    host = uri_host or name  # several servers given one --uri-host list the same URIs
+
+    @server.resource(f"test://{host}/info", description="About this server.")
     def info() -> str:
         return json.dumps({"name": name, "started": time.time()})
 
-    @server.resource("test://" + name + "/items/{item}", description="One item.")
+    @server.resource("test://" + host + "/items/{item}", description="One item.")
     def item(item: str) -> str:
         return f"{name} item {item}"
 
@@ -265,12 +306,13 @@ def main() -> None:
     parser.add_argument("--log-file", type=Path)
     parser.add_argument("--resumable", action="store_true",
                         help="keep events so closed streams can be resumed (2025-11-25 polling)")
+    parser.add_argument("--uri-host", help="the host of its resource URIs (default: --name)")
     parser.add_argument("--deep-tool", action="store_true",
                         help="also offer `deep`, whose result nests `levels` arrays deep")
     parser.add_argument("--subscriptions", action="store_true",
                         help="offer resources/subscribe, the test://NAME/counter resource and `bump`")
     args = parser.parse_args()
-    server = build(args.name, args.tools, args.page_size, args.log_file, args.subscriptions)
+    server = build(args.name, args.tools, args.page_size, args.log_file, args.uri_host, args.subscriptions)
     if args.deep_tool:
         def deep(levels: int) -> dict[str, Any]:
             value: Any = "bottom"

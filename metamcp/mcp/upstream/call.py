@@ -50,6 +50,11 @@ def is_response(message: dict[str, Any]) -> bool:
     return "method" not in message
 
 
+def is_request(message: dict[str, Any]) -> bool:
+    """A request from the upstream to its client (sampling, elicitation, roots, ping)."""
+    return "method" in message and "id" in message
+
+
 def result_of(message: dict[str, Any]) -> dict[str, Any]:
     """The result of a response message; jsonrpc.RpcError (the upstream's own) for an error response."""
     if "error" in message:
@@ -62,7 +67,8 @@ def result_of(message: dict[str, Any]) -> dict[str, Any]:
 
 
 class PendingCall:
-    """One request in flight. Iterate (once) for its notifications, then its response.
+    """One request in flight. Iterate (once) for its notifications, the requests the upstream
+    makes of its client on the call's stream (answer each with respond()), then its response.
 
     cancel() and close() may come from any thread, also while another thread iterates: the
     reader is interrupted and its iteration simply ends. Resources are released exactly once:
@@ -72,9 +78,12 @@ class PendingCall:
 
     def __init__(self, request_id: int, messages: Iterator[dict[str, Any]], *,
                  interrupt: Callable[[], None], release: Callable[[bool], None],
-                 send_cancelled: Callable[[str | None], None]) -> None:
+                 send_cancelled: Callable[[str | None], None],
+                 respond: Callable[[dict[str, Any]], None]) -> None:
         #: The id of this request on the upstream wire.
         self.request_id = request_id
+        #: Sends the upstream our response to a request it made on this call's stream (any thread).
+        self.respond = respond
         self._messages = messages
         self._interrupt = interrupt
         self._release = release  # release(polite): polite may wait briefly to reuse the connection

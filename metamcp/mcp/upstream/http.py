@@ -25,7 +25,7 @@ from metamcp.mcp.upstream.call import (
     UpstreamTimeout,
 )
 from metamcp.mcp.upstream.guard import GuardedAdapter
-from metamcp.mcp.upstream.interface import Notify, Upstream
+from metamcp.mcp.upstream.interface import Upstream
 from metamcp.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -44,12 +44,10 @@ QUIET_TIMEOUT = 2.0
 class HttpUpstream(Upstream):
     """An upstream reached over HTTP; subclasses speak one HTTP transport."""
 
-    def __init__(self, config: ServerConfig, *, connect_timeout: float, read_timeout: float,
-                 on_notification: Notify | None = None, policy: AddressPolicy | None = None) -> None:
+    def __init__(self, config: ServerConfig, *, policy: AddressPolicy | None = None, **kwargs: Any) -> None:
         if not config.url:
             raise UpstreamError(f"upstream {config.name!r}: no URL configured")
-        super().__init__(config, connect_timeout=connect_timeout, read_timeout=read_timeout,
-                         on_notification=on_notification)
+        super().__init__(config, **kwargs)
         self._url = config.url
         #: Checked on every connection, after DNS resolution (the default: always-refused only).
         self._http = _new_session(config, policy or AddressPolicy())

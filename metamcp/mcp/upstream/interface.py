@@ -28,6 +28,7 @@ from metamcp.mcp.upstream.call import (
     PendingCall,
     UpstreamError,
     UpstreamTimeout,
+    is_request,
     is_response,
     result_of,
 )
@@ -38,18 +39,30 @@ logger = logging.getLogger(__name__)
 MAX_PAGES = 100
 
 Notify = Callable[[str, dict[str, Any]], None]
+#: Sends the upstream our response to one of its requests.
+Respond = Callable[[dict[str, Any]], None]
+#: Hears a request an upstream makes of its client outside any call: (server, request, respond).
+AskClient = Callable[[str, dict[str, Any], Respond], None]
+#: What the gateway offers upstreams as their client: it relays these requests to the
+#: downstream client (metamcp.mcp.relay), which answers or refuses each by its own capabilities.
+CLIENT_CAPABILITIES: dict[str, Any] = {
+    "sampling": {},
+    "elicitation": {"form": {}, "url": {}},
+    "roots": {"listChanged": True},
+}
 
 
 class Upstream(abc.ABC):
     """What the gateway needs of any upstream; subclasses speak one transport."""
 
     def __init__(self, config: ServerConfig, *, connect_timeout: float, read_timeout: float,
-                 on_notification: Notify | None = None) -> None:
+                 on_notification: Notify | None = None, on_request: AskClient | None = None) -> None:
         #: The server's name in the registry (used in every message and log line).
         self.name = config.name
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._on_notification = on_notification
+        self._on_request = on_request
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()
         self._init_lock = threading.Lock()
@@ -81,12 +94,15 @@ class Upstream(abc.ABC):
 
     def request(self, method: str, params: dict[str, Any] | None = None, *,
                 timeout: float | None = None) -> dict[str, Any]:
-        """The result of one request; jsonrpc.RpcError for a JSON-RPC error answer."""
+        """The result of one request; jsonrpc.RpcError for a JSON-RPC error answer. Requests
+        the upstream makes meanwhile get the answers of a client that offers nothing."""
         call = self.call(method, params, timeout=timeout)
         try:
             for message in call:
                 if is_response(message):
                     return result_of(message)
+                if is_request(message):
+                    call.respond(fallback_answer(message))
         finally:
             call.close()
         raise UpstreamError(f"upstream {self.name!r}: no response to {method}")
@@ -136,7 +152,7 @@ class Upstream(abc.ABC):
             raise type(failure[1])(failure[1].message)
 
     def _initialize_params(self) -> dict[str, Any]:
-        return {"protocolVersion": LATEST_VERSION, "capabilities": {},
+        return {"protocolVersion": LATEST_VERSION, "capabilities": CLIENT_CAPABILITIES,
                 "clientInfo": {"name": "metamcp", "version": package_version()}}
 
     def _accepted(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -175,9 +191,21 @@ class Upstream(abc.ABC):
         except Exception:  # noqa: BLE001 - boundary: the gateway's callback must not kill a reader
             logger.exception("upstream %s: on_notification failed", self.name)
 
-    def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Our reply to a request the upstream sent us: ping works, nothing else is offered."""
-        if message.get("method") == "ping":
-            return jsonrpc.result(message.get("id"), {})
-        return jsonrpc.error(message.get("id"), jsonrpc.METHOD_NOT_FOUND,
-                             f"Method not found: the gateway does not serve {message.get('method')}")
+    def _ask_client(self, message: dict[str, Any], respond: Respond) -> None:
+        """A request the upstream made outside any call: to on_request, else answered here."""
+        if self._on_request is None:
+            respond(fallback_answer(message))
+            return
+        try:
+            self._on_request(self.name, message, respond)
+        except Exception:  # noqa: BLE001 - boundary: the gateway's callback must not kill a reader
+            logger.exception("upstream %s: on_request failed", self.name)
+            respond(jsonrpc.error(message.get("id"), jsonrpc.INTERNAL_ERROR, "Internal error"))
+
+
+def fallback_answer(message: dict[str, Any]) -> dict[str, Any]:
+    """The reply to an upstream's request that no client can take: ping works, the rest is refused."""
+    if message.get("method") == "ping":
+        return jsonrpc.result(message.get("id"), {})
+    return jsonrpc.error(message.get("id"), jsonrpc.METHOD_NOT_FOUND,
+                         f"Method not found: no client of the gateway can answer {message.get('method')} now")

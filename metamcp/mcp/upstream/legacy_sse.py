@@ -69,7 +69,7 @@ class LegacySseUpstream(HttpUpstream):
         return PendingCall(request_id, self._inbox_replies(inbox, timeout, action),
                            interrupt=lambda: inbox.put(None),
                            release=lambda _polite: conn.forget(request_id),
-                           send_cancelled=send_cancelled)
+                           send_cancelled=send_cancelled, respond=lambda m: self._respond(conn, m))
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         action = f"sending {method}"
@@ -206,10 +206,8 @@ class LegacySseUpstream(HttpUpstream):
             return
         if conn.route(message):
             return
-        if "method" in message and "id" in message:
-            # A request from the upstream (ping): answer off this thread, it must keep reading.
-            threading.Thread(target=self._post_quietly, args=(conn, self._answer(message)),
-                             daemon=True).start()
+        if "method" in message and "id" in message:  # the stream names no call
+            self._ask_client(message, lambda m: self._respond(conn, m))
         elif "method" in message:
             self._deliver(message)
 
@@ -224,6 +222,10 @@ class LegacySseUpstream(HttpUpstream):
         status = response.status_code
         Exchange(response).discard()
         return status
+
+    def _respond(self, conn: _Connection, message: dict[str, Any]) -> None:
+        """Answer a request of the upstream's off this thread (it may be the stream's reader)."""
+        threading.Thread(target=self._post_quietly, args=(conn, message), daemon=True).start()
 
     def _post_quietly(self, conn: _Connection, message: dict[str, Any]) -> None:
         try:

@@ -80,16 +80,13 @@ class StdioUpstream(Upstream):
             cancel: dict[str, Any] = {"requestId": request_id}
             if reason:
                 cancel["reason"] = reason
-            try:
-                child.write(jsonrpc.notification("notifications/cancelled", cancel))
-            except OSError:
-                pass  # best effort: the child is gone
+            _write_quietly(child, jsonrpc.notification("notifications/cancelled", cancel))
 
         return PendingCall(request_id, self._inbox_replies(inbox, timeout, f"calling {method}",
                                                            "the child's output"),
                            interrupt=lambda: inbox.put(None),
                            release=lambda _polite: child.forget(request_id),
-                           send_cancelled=send_cancelled)
+                           send_cancelled=send_cancelled, respond=lambda m: _write_quietly(child, m))
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         child = self._running()
@@ -255,11 +252,8 @@ class StdioUpstream(Upstream):
                                           f"upstream {self.name!r}: its answer is {e.message.removeprefix('Parse error: ')}"))
             return
         raw = message.raw
-        if message.is_request:
-            try:
-                child.write(self._answer(raw))
-            except OSError:
-                pass
+        if message.is_request:  # stdio names no call: the gateway picks the client to ask
+            self._ask_client(raw, lambda m: _write_quietly(child, m))
             return
         if not child.route(raw) and message.is_notification:
             self._deliver(raw)
@@ -312,3 +306,11 @@ class StdioUpstream(Upstream):
             release, child.released = not child.released, True
         if release and self._children is not None:
             self._children.release()
+
+
+def _write_quietly(child: Child, message: dict[str, Any]) -> None:
+    """Best effort (a cancellation, an answer): the child may be gone."""
+    try:
+        child.write(message)
+    except OSError:
+        pass

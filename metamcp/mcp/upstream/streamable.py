@@ -88,11 +88,15 @@ class StreamableHttpUpstream(HttpUpstream):
             self._post_quietly(sent[-1], jsonrpc.notification("notifications/cancelled", params),
                                "cancelling a call")
 
+        def respond(message: dict[str, Any]) -> None:
+            if sent:
+                self._post_quietly(sent[-1], message, "answering the upstream")
+
         messages = self._exchange(exchange, jsonrpc.request(request_id, method, params), sent,
                                   timeout, action)
         return PendingCall(request_id, messages, interrupt=exchange.interrupt,
                            release=lambda polite: exchange.release(DRAIN_SECONDS if polite else 0.0),
-                           send_cancelled=send_cancelled)
+                           send_cancelled=send_cancelled, respond=respond)
 
     def _exchange(self, exchange: Exchange, message: dict[str, Any], sent: list[_Session],
                   timeout: float | None, action: str) -> Iterator[dict[str, Any]]:
@@ -267,7 +271,8 @@ class StreamableHttpUpstream(HttpUpstream):
 
     def _stream(self, exchange: Exchange, request_id: int, session: _Session | None, read: float,
                 action: str) -> Iterator[dict[str, Any]]:
-        """An SSE reply: the call's notifications, then its response; resumed if it breaks off."""
+        """An SSE reply: the call's notifications and requests, then its response; resumed if it
+        breaks off."""
         last_id: str | None = None
         retry_ms, fruitless = DEFAULT_RETRY_MS, 0
         for _ in range(MAX_RESUMES + 1):
@@ -287,10 +292,7 @@ class StreamableHttpUpstream(HttpUpstream):
                         yield message
                         return
                     logger.debug("upstream %s: a response to another request, dropped", self.name)
-                elif "id" in message:
-                    if session is not None:
-                        self._post_quietly(session, self._answer(message), "answering the upstream")
-                elif is_session_wide(message["method"]):
+                elif "id" not in message and is_session_wide(message["method"]):
                     self._deliver(message)
                 else:
                     yield message
@@ -361,8 +363,9 @@ class StreamableHttpUpstream(HttpUpstream):
                     message = self._parse(event.data, action)
                     if "method" not in message:
                         continue
-                    if "id" in message:
-                        self._post_quietly(session, self._answer(message), "answering the upstream")
+                    if "id" in message:  # a request outside any call
+                        self._ask_client(message, lambda m: self._post_quietly(
+                            session, m, "answering the upstream"))
                     else:
                         self._deliver(message)
             return True
