@@ -87,6 +87,9 @@ def test_a_deleted_sessions_messages_go_with_it(db: Database, session: str) -> N
     with db.transaction() as cur:
         repository.delete_session(cur, session)
     assert stored(db) == 0
+    Mailbox(db).deliver(session, MESSAGE)  # to nobody, quietly
+    Mailbox(db).deliver("never-was", MESSAGE)
+    assert stored(db) == 0
 
 
 def test_the_newest_stream_of_a_session_gets_the_message(db: Database, session: str) -> None:

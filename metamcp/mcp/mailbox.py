@@ -15,6 +15,8 @@ import queue
 import threading
 from typing import Any
 
+import psycopg2.errors
+
 from metamcp import repository
 from metamcp.db import Database
 from metamcp.errors import DatabaseUnavailable
@@ -60,13 +62,16 @@ class Mailbox:
         return session_id in self._streams
 
     def deliver(self, session_id: str, message: dict[str, Any]) -> None:
-        """Send `message` on a stream of the session, wherever it is held; raises
-        DatabaseUnavailable when it must go through the database and that is away."""
+        """Send `message` on a stream of the session, wherever it is held (a session gone: to
+        nobody); raises DatabaseUnavailable when it must go through the database and that is away."""
         if self._put(session_id, message):
             return
-        with self._db.transaction() as cur:
-            repository.push_mailbox(cur, session_id, message, self.ttl)
-            repository.notify_change(cur, Topic.MAILBOX, session=session_id)
+        try:
+            with self._db.transaction() as cur:
+                repository.push_mailbox(cur, session_id, message, self.ttl)
+                repository.notify_change(cur, Topic.MAILBOX, session=session_id)
+        except psycopg2.errors.ForeignKeyViolation:
+            logger.debug("a message for a session that ended was dropped")
 
     def on_notify(self, message: dict[str, Any]) -> None:
         """Messages were stored for a session (none named: the listener reconnected, maybe any)."""
