@@ -49,7 +49,7 @@ class Topic(StrEnum):
     KEYS = "keys"  #: API keys, their roles and scopes
     SERVERS = "servers"  #: the server registry
     NAMESPACES = "namespaces"  #: namespaces, their servers and tool settings, endpoints
-    SESSIONS = "sessions"  #: a downstream session's log level, or its end
+    SESSIONS = "sessions"  #: a downstream session changed or ended (and who confirmed an end)
     LISTS = "lists"  #: an upstream announced list_changed
     CANCEL = "cancel"  #: a client cancelled a call that may run in another worker
     MAILBOX = "mailbox"  #: messages were stored for a session's stream (metamcp.mcp.mailbox)
