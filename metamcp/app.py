@@ -34,10 +34,12 @@ from metamcp.mcp.capacity import Admission
 from metamcp.mcp.dispatcher import Dispatcher
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_REQUEST
+from metamcp.mcp.mailbox import Mailbox
 from metamcp.mcp.protocol import JSON_TYPE
 from metamcp.mcp.relay import Relay
 from metamcp.mcp.sessions import SessionPurger, SessionStore
 from metamcp.mcp.streams import Streams
+from metamcp.mcp.subscriptions import Subscriptions
 from metamcp.namespaces import NamespaceRegistry
 from metamcp.notify import Callback, ChangeListener, Topic
 from metamcp.readiness import Readiness
@@ -66,16 +68,20 @@ class Services:
     namespaces: NamespaceRegistry
     endpoints: EndpointRegistry
     sse: legacy_sse.SseHub
+    mailbox: Mailbox
     listener: ChangeListener | None
     readiness: Readiness
     limits: Limits
     admission: Admission
     purger: SessionPurger | None = None
+    subscriptions: Subscriptions | None = None
 
     def close(self) -> None:
         """Release what this process holds: the listener, upstream sessions, connections."""
         if self.purger is not None:
             self.purger.stop()
+        if self.subscriptions is not None:
+            self.subscriptions.stop()
         if self.listener is not None:
             self.listener.stop()
         self.sse.close()
@@ -202,12 +208,15 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     gateway = Gateway(registry, settings, publish if listen else None, namespaces.sync)
     relay = Relay(db, settings.upstream_timeout, db.bus.origin)
     gateway.pool.on_request = relay.outside
+    mailbox = Mailbox(db)
+    resource_subscriptions = Subscriptions(db, gateway.pool, gateway.router, mailbox, gateway.executor)
+    gateway.hear(resource_subscriptions.on_notification, resource_subscriptions.on_drop)
     dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, package_version(), publish,
-                            relay)
-    streams = Streams(settings, sessions, gateway.catalog, relay)
+                            relay, resource_subscriptions)
+    streams = Streams(settings, sessions, gateway.catalog, relay, mailbox)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
-    sse_hub = legacy_sse.SseHub(db, dispatcher, settings)
+    sse_hub = legacy_sse.SseHub(mailbox, dispatcher, settings)
     # What each committed change refreshes: in this process once it commits, in the others
     # when their listener hears it.
     subscriptions: dict[Topic, list[Callback]] = {
@@ -217,7 +226,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         Topic.SESSIONS: [sessions.on_change],
         Topic.LISTS: [gateway.catalog.on_list_change],
         Topic.CANCEL: [dispatcher.on_cancel],
-        Topic.SSE: [sse_hub.on_notify],
+        Topic.MAILBOX: [mailbox.on_notify],
         Topic.REPLY: [relay.on_reply],
     }
     for topic, callbacks in subscriptions.items():
@@ -225,14 +234,15 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
             db.bus.subscribe(topic, callback)
     listener = purger = None
     if listen:
-        purger = SessionPurger(sessions, db)
+        purger = SessionPurger(sessions, db, mailbox.purge)
         purger.start()
+        resource_subscriptions.start(settings.subscription_check_seconds)
         listener = ChangeListener(settings.database_url, db.bus, report=db.report)
         listener.start()
     app.extensions["metamcp"] = Services(
         settings, db, authenticator, registry, sessions, gateway, dispatcher, streams, namespaces,
-        endpoints, sse_hub, listener, Readiness(settings.database_url), limits,
-        Admission(limits, streams.budget), purger,
+        endpoints, sse_hub, mailbox, listener, Readiness(settings.database_url), limits,
+        Admission(limits, streams.budget), purger, resource_subscriptions if listen else None,
     )
 
     register_error_handlers(app)

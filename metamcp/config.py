@@ -102,6 +102,9 @@ class Settings:
     auth_failure_limit: int = 30
     #: Reverse proxies in front that append to X-Forwarded-For; 0: trust only REMOTE_ADDR.
     forwarded_hops: int = 0
+    #: Seconds between checks that resource subscriptions are still held upstream (a worker
+    #: gone, an upstream restarted).
+    subscription_check_seconds: float = 30.0
 
     @property
     def embedded(self) -> bool:
@@ -377,4 +380,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         max_inflight_per_key=_int(values, "METAMCP_MAX_INFLIGHT_PER_KEY", 64, 0, 1_000_000),
         auth_failure_limit=_int(values, "METAMCP_AUTH_FAILURE_LIMIT", 30, 0, 1_000_000),
         forwarded_hops=_int(values, "METAMCP_FORWARDED_HOPS", 0, 0, 10),
+        subscription_check_seconds=_seconds(values, "METAMCP_SUBSCRIPTION_CHECK_SECONDS", 30.0, 0.1, 3600),
     )

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 #: Channel of the cross-process change messages.
 NOTIFY_CHANNEL = "metamcp_changes"
+#: application_name of a listener's connection, followed by a space and its process's origin:
+#: tells which processes are alive (and how many listen).
+LISTENER_NAME = "metamcp-listener"
 
 Callback = Callable[[dict[str, Any]], None]
 #: Reports the listener's connection state: None when connected, else the error.
@@ -46,10 +49,10 @@ class Topic(StrEnum):
     KEYS = "keys"  #: API keys, their roles and scopes
     SERVERS = "servers"  #: the server registry
     NAMESPACES = "namespaces"  #: namespaces, their servers and tool settings, endpoints
-    SESSIONS = "sessions"  #: a downstream session's log level, or its end
+    SESSIONS = "sessions"  #: a downstream session changed or ended (and who confirmed an end)
     LISTS = "lists"  #: an upstream announced list_changed
     CANCEL = "cancel"  #: a client cancelled a call that may run in another worker
-    SSE = "sse"  #: messages were stored for a legacy SSE stream
+    MAILBOX = "mailbox"  #: messages were stored for a session's stream (metamcp.mcp.mailbox)
     REPLY = "reply"  #: a client's answer to a relayed request was stored for another process
 
 
@@ -149,7 +152,8 @@ class ChangeListener:
                 backoff = min(backoff * 2, 2.0)
 
     def _listen(self) -> None:
-        conn = psycopg2.connect(self._url, connect_timeout=5)
+        conn = psycopg2.connect(self._url, connect_timeout=5,
+                                application_name=f"{LISTENER_NAME} {self._bus.origin}")
         try:
             conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
             with conn.cursor() as cur:

@@ -18,7 +18,7 @@ from psycopg2.extras import Json
 
 from metamcp.db import Cursor as TransactionCursor
 from metamcp.errors import Conflict
-from metamcp.notify import NOTIFY_CHANNEL, Topic
+from metamcp.notify import LISTENER_NAME, NOTIFY_CHANNEL, Topic
 
 Row = dict[str, Any]
 
@@ -273,6 +273,14 @@ def delete_session(cur: Cursor, session_id: str) -> bool:
     return cur.rowcount == 1
 
 
+def count_listeners(cur: Cursor) -> int:
+    """The processes listening for changes on this database (each with one connection)."""
+    cur.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE %s"
+                " AND datname = current_database()", (LISTENER_NAME + " %",))
+    row: Row = _returned(cur)
+    return int(row["n"])
+
+
 def purge_sessions(cur: Cursor, idle_seconds: float, limit: int) -> int:
     """Delete up to `limit` sessions unused for idle_seconds, oldest first (via the
     last_used_at index); rows being touched right now are skipped, not waited for."""
@@ -503,21 +511,82 @@ def delete_endpoint(cur: Cursor, endpoint_id: UUID) -> bool:
     return cur.rowcount == 1
 
 
-# --- Legacy SSE outbox ------------------------------------------------------------------
+# --- Session mailbox (table sse_outbox) --------------------------------------------------
 
 
-def push_outbox(cur: Cursor, session_id: str, message: dict[str, Any]) -> None:
+def push_mailbox(cur: Cursor, session_id: str, message: dict[str, Any], ttl: float) -> None:
+    """Store a message for a stream of the session; its messages older than `ttl` go."""
+    cur.execute("DELETE FROM sse_outbox WHERE session_id = %s AND created_at < now() - make_interval(secs => %s)",
+                (session_id, ttl))
     cur.execute("INSERT INTO sse_outbox (session_id, message) VALUES (%s, %s)", (session_id, Json(message)))
 
 
-def take_outbox(cur: Cursor, session_id: str) -> list[dict[str, Any]]:
+def take_mailbox(cur: Cursor, session_id: str, ttl: float) -> list[dict[str, Any]]:
+    """Remove the session's stored messages; returns those younger than `ttl`, oldest first."""
     cur.execute(
         "DELETE FROM sse_outbox WHERE id IN (SELECT id FROM sse_outbox WHERE session_id = %s"
-        " ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id, message",
-        (session_id,),
+        " ORDER BY id FOR UPDATE SKIP LOCKED)"
+        " RETURNING id, message, created_at >= now() - make_interval(secs => %s) AS fresh",
+        (session_id, ttl),
     )
     rows: list[Row] = [dict(row) for row in cur.fetchall()]
-    return [row["message"] for row in sorted(rows, key=lambda r: r["id"])]
+    return [row["message"] for row in sorted(rows, key=lambda r: r["id"]) if row["fresh"]]
+
+
+def purge_mailbox(cur: Cursor, ttl: float) -> int:
+    """Drop the messages no stream took within `ttl` seconds."""
+    cur.execute("DELETE FROM sse_outbox WHERE created_at < now() - make_interval(secs => %s)", (ttl,))
+    return cur.rowcount
+
+
+# --- Resource subscriptions -------------------------------------------------------------
+
+
+def subscribe_resource(cur: Cursor, session_id: str, uri: str, server_id: UUID, holder: str) -> int:
+    """Record (or move to `holder`) the session's subscription; returns how many it has."""
+    cur.execute(
+        "INSERT INTO resource_subscriptions (session_id, uri, server_id, holder) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (session_id, uri) DO UPDATE SET server_id = excluded.server_id, holder = excluded.holder",
+        (session_id, uri, server_id, holder),
+    )
+    cur.execute("SELECT count(*) AS n FROM resource_subscriptions WHERE session_id = %s", (session_id,))
+    row: Row = _returned(cur)
+    return int(row["n"])
+
+
+def unsubscribe_resource(cur: Cursor, session_id: str, uri: str) -> Row | None:
+    """Delete the session's subscription to `uri`; its server_id and holder, None if it had none."""
+    cur.execute("DELETE FROM resource_subscriptions WHERE session_id = %s AND uri = %s"
+                " RETURNING server_id, holder", (session_id, uri))
+    row = cur.fetchone()
+    return None if row is None else dict(row)
+
+
+def resource_subscribers(cur: Cursor, server_id: UUID, uri: str, holder: str) -> list[str]:
+    """The sessions whose subscription to `uri` of the server `holder` holds upstream."""
+    cur.execute("SELECT session_id FROM resource_subscriptions WHERE server_id = %s AND uri = %s"
+                " AND holder = %s ORDER BY session_id", (server_id, uri, holder))
+    return [dict(row)["session_id"] for row in cur.fetchall()]
+
+
+def held_subscriptions(cur: Cursor, server_id: UUID, holder: str) -> list[str]:
+    """The URIs of the server that `holder` holds subscriptions to."""
+    cur.execute("SELECT DISTINCT uri FROM resource_subscriptions WHERE server_id = %s AND holder = %s"
+                " ORDER BY uri", (server_id, holder))
+    return [dict(row)["uri"] for row in cur.fetchall()]
+
+
+def adopt_subscriptions(cur: Cursor, holder: str) -> list[Row]:
+    """Make `holder` hold the subscriptions of processes no longer listening (gone); returns
+    their distinct server_id and uri."""
+    cur.execute(
+        "UPDATE resource_subscriptions AS s SET holder = %s WHERE holder <> %s AND NOT EXISTS"
+        " (SELECT 1 FROM pg_stat_activity WHERE application_name = %s || ' ' || s.holder)"
+        " RETURNING server_id, uri",
+        (holder, holder, LISTENER_NAME),
+    )
+    rows: list[Row] = [dict(row) for row in cur.fetchall()]
+    return list({(row["server_id"], row["uri"]): row for row in rows}.values())
 
 
 # --- answers of clients to relayed requests ------------------------------------------------

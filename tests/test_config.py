@@ -41,6 +41,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.embedded and settings.pgdata == tmp_path / "d" / "postgres"
     assert settings.workers >= 2
     assert settings.encryption_key == KEY
+    assert settings.subscription_check_seconds == 30.0
 
 
 @pytest.mark.parametrize(
@@ -63,6 +64,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("METAMCP_MAX_INFLIGHT_PER_KEY", "many"),
         ("METAMCP_AUTH_FAILURE_LIMIT", "-5"),
         ("METAMCP_FORWARDED_HOPS", "11"),
+        ("METAMCP_SUBSCRIPTION_CHECK_SECONDS", "0"),
         ("METAMCP_RESERVED_THREADS", "1024"),  # not below the 1024 threads of the default
         ("METAMCP_ALLOWED_HOSTS", "https://gw.example"),
         ("METAMCP_ALLOWED_HOSTS", "gw.example:8080"),

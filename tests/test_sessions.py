@@ -9,6 +9,7 @@ import psycopg2
 
 from metamcp.db import Database
 from metamcp.mcp.sessions import PURGE_LOCK, SessionPurger, SessionStore, client_capabilities
+from metamcp.notify import ChangeListener, Topic
 
 from .conftest import TransactionCounter
 
@@ -119,3 +120,33 @@ def test_client_capabilities_keep_only_what_can_be_relayed() -> None:
                                              "elicitation.url", "roots", "roots.listChanged"}
     assert client_capabilities({"sampling": True, "roots": None}) == frozenset()
     assert client_capabilities("sampling") == frozenset()
+
+
+def test_delete_returns_once_every_listening_process_dropped_the_session(
+        db: Database, database_url: str, make_key: MakeKey) -> None:
+    """Item 5 of issue 11: the other process (its own pool, bus and listener) has the session
+    cached; when delete() returns there, its cache no longer holds it, 20 times in a row."""
+    key = make_key()[0]
+    processes = []
+    for _ in range(2):
+        database = Database(database_url, 2)
+        store = SessionStore(database)
+        database.bus.subscribe(Topic.SESSIONS, store.on_change)
+        listener = ChangeListener(database_url, database.bus, poll_seconds=0.5)
+        listener.start()
+        processes.append((database, store, listener))
+    (_, ours, _), (_, theirs, _) = processes
+    try:
+        assert all(listener.listening.wait(10) for _, _, listener in processes)
+        dropped = []
+        for _ in range(20):
+            session = ours.create(key, "2025-11-25", {})
+            assert theirs.get(session.id) == session
+            cached = theirs.cached()
+            assert ours.delete(session.id)
+            dropped.append(theirs.cached() == cached - 1)
+        assert dropped == [True] * 20
+    finally:
+        for database, _, listener in processes:
+            listener.stop()
+            database.close()

@@ -30,6 +30,10 @@ from metamcp.notify import Topic
 
 logger = logging.getLogger(__name__)
 
+#: Seconds announcements of changed lists are gathered before they go out, so the copies of one
+#: change (heard by several processes' upstream clients, or under several topics) go out once.
+ANNOUNCE_DELAY = 0.5
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -174,6 +178,8 @@ class Catalog:
         #: What each namespace (None: /mcp without one) sees of each kind.
         self._tables: dict[tuple[UUID | None, str], Table] = {}
         self._subscribers: list[Callable[[str], None]] = []
+        #: Capabilities whose list_changed goes out at the end of the current gathering.
+        self._pending: set[str] = set()
         self._lock = threading.RLock()
 
     # --- lists -------------------------------------------------------------------------------
@@ -334,12 +340,14 @@ class Catalog:
 
     # --- changes -----------------------------------------------------------------------------
 
-    def on_registry_change(self, _message: dict[str, Any]) -> None:
+    def on_registry_change(self, message: dict[str, Any]) -> None:
         self._pool.registry_changed()
-        self.announce(*KINDS)
+        if not message.get("resync"):  # a resync announces once, in on_list_change
+            self.announce(*KINDS)
 
-    def on_namespace_change(self, _message: dict[str, Any]) -> None:
-        self.announce(*KINDS)  # a server or tool came or went in some namespace
+    def on_namespace_change(self, message: dict[str, Any]) -> None:
+        if not message.get("resync"):
+            self.announce(*KINDS)  # a server or tool came or went in some namespace
 
     def on_list_change(self, message: dict[str, Any]) -> None:
         server, kinds = message.get("server"), message.get("kinds") or list(KINDS)
@@ -389,8 +397,21 @@ class Catalog:
                 self._subscribers.remove(callback)
 
     def announce(self, *kinds: str) -> None:
-        """Tell every subscriber that the lists of these kinds changed."""
-        methods = {KINDS[k].capability for k in kinds if k in KINDS}
-        for callback in list(self._subscribers):
-            for capability in sorted(methods):
+        """Tell every subscriber that the lists of these kinds changed, ANNOUNCE_DELAY from
+        now, together with whatever else changes meanwhile."""
+        with self._lock:
+            first = not self._pending
+            self._pending |= {KINDS[k].capability for k in kinds if k in KINDS}
+            if not first or not self._pending:
+                return
+        timer = threading.Timer(ANNOUNCE_DELAY, self._announce_pending)
+        timer.daemon = True
+        timer.start()
+
+    def _announce_pending(self) -> None:
+        with self._lock:
+            capabilities, self._pending = sorted(self._pending), set()
+            callbacks = list(self._subscribers)
+        for callback in callbacks:
+            for capability in capabilities:
                 callback(f"notifications/{capability}/list_changed")

@@ -19,6 +19,7 @@ from metamcp.mcp.relay import Relay
 from metamcp.mcp.router import Router
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore, client_capabilities
 from metamcp.mcp.streams import Streamed
+from metamcp.mcp.subscriptions import Subscriptions
 from metamcp.mcp.upstream.call import UpstreamError
 from metamcp.namespaces import NamespaceView
 from metamcp.notify import Topic
@@ -43,7 +44,8 @@ class Dispatcher:
     """The JSON-RPC methods of a downstream session, a handler per method."""
 
     def __init__(self, router: Router, catalog: Catalog, pool: Pool, sessions: SessionStore, version: str,
-                 publish: Callable[[Topic, dict[str, Any]], None], relay: Relay) -> None:
+                 publish: Callable[[Topic, dict[str, Any]], None], relay: Relay,
+                 subscriptions: Subscriptions | None = None) -> None:
         self._router = router
         self._relay = relay
         self._catalog = catalog
@@ -62,6 +64,11 @@ class Dispatcher:
             "completion/complete": self._complete,
             "logging/setLevel": self._set_level,
         }
+        #: Resource subscriptions (None: not offered, and not declared).
+        self._subscriptions = subscriptions
+        if subscriptions is not None:
+            self._handlers["resources/subscribe"] = self._subscribe
+            self._handlers["resources/unsubscribe"] = self._unsubscribe
 
     def initialize_result(self, version: str) -> dict[str, Any]:
         return {
@@ -69,7 +76,7 @@ class Dispatcher:
             "capabilities": {
                 "tools": {"listChanged": True},
                 "prompts": {"listChanged": True},
-                "resources": {"listChanged": True},
+                "resources": {"listChanged": True, "subscribe": self._subscriptions is not None},
                 "completions": {},
                 "logging": {},
             },
@@ -192,11 +199,17 @@ class Dispatcher:
         return self._pool.request(route.server, "prompts/get", params)
 
     def _read_resource(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
-        uri = message.params.get("uri")
-        if not isinstance(uri, str) or not uri:
-            raise RpcError(INVALID_PARAMS, "Invalid params: uri must be a non-empty string")
+        uri = _uri(message)
         server = self._router.route_resource(uri, view)
         return self._pool.request(server, "resources/read", self._forward_params(message, uri=uri))
+
+    def _subscribe(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+        assert self._subscriptions is not None  # registered only then
+        return self._subscriptions.subscribe(session, _uri(message), view)
+
+    def _unsubscribe(self, session: Session, message: Message, _view: NamespaceView | None) -> dict[str, Any]:
+        assert self._subscriptions is not None
+        return self._subscriptions.unsubscribe(session, _uri(message))
 
     def _complete(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         ref = message.params.get("ref")
@@ -220,3 +233,10 @@ class Dispatcher:
             raise RpcError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
         self._sessions.set_log_level(session, level)
         return {}
+
+
+def _uri(message: Message) -> str:
+    uri = message.params.get("uri")
+    if not isinstance(uri, str) or not uri:
+        raise RpcError(INVALID_PARAMS, "Invalid params: uri must be a non-empty string")
+    return uri

@@ -27,14 +27,31 @@ class Gateway:
         publish: Callable[[Topic, dict[str, Any]], None] | None = None,
         record: Callable[[str, UUID, list[dict[str, Any]]], None] | None = None,
     ) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="metamcp-fanout")
+        #: The bounded pool lists are fanned out on (and other short upstream work).
+        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="metamcp-fanout")
         self.health = Health()
-        self.pool = Pool(registry, settings, self.health, self._executor)
-        self.catalog = Catalog(self.pool, self.health, settings, self._executor, publish, record)
+        self.pool = Pool(registry, settings, self.health, self.executor)
+        self.catalog = Catalog(self.pool, self.health, settings, self.executor, publish, record)
         self.router = Router(self.catalog)
-        self.pool.on_notification = self.catalog.on_notification
-        self.pool.on_drop = self.catalog.drop_lists
+        self.pool.on_notification = self._heard
+        self.pool.on_drop = self._dropped
+        self._hearers: list[tuple[Callable[[str, dict[str, Any]], None], Callable[[str], None]]] = []
+
+    def hear(self, on_notification: Callable[[str, dict[str, Any]], None],
+             on_drop: Callable[[str], None]) -> None:
+        """Also tell these what the kept clients hear, and whose client the pool dropped."""
+        self._hearers.append((on_notification, on_drop))
+
+    def _heard(self, server: str, message: dict[str, Any]) -> None:
+        self.catalog.on_notification(server, message)
+        for on_notification, _ in self._hearers:
+            on_notification(server, message)
+
+    def _dropped(self, server: str) -> None:
+        self.catalog.drop_lists(server)
+        for _, on_drop in self._hearers:
+            on_drop(server)
 
     def close(self) -> None:
         self.pool.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -4,15 +4,13 @@
 The GET opens the stream: first an `endpoint` event naming the URL to POST to, then every
 response and notification as a `message` event, with keep-alive comments while quiet. A POST is
 answered 202 at once; its request runs on a pool thread and the answer goes to the stream. The
-stream lives in one worker: a POST taken by another worker stores the answer in sse_outbox and
-NOTIFYs topic "sse", and the stream's worker picks it up.
+stream lives in one worker: answers go to it through the session's mailbox (metamcp.mcp.mailbox),
+so a POST taken by another worker reaches it too.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,13 +18,12 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, request
 
-from metamcp import repository
 from metamcp.config import Settings
-from metamcp.db import Database
 from metamcp.errors import DatabaseUnavailable, McpHttpError, MetaMCPError
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.dispatcher import Dispatcher
 from metamcp.mcp.jsonrpc import INVALID_REQUEST, Message, RpcError
+from metamcp.mcp.mailbox import Mailbox
 from metamcp.mcp.protocol import (
     JSON_TYPE,
     LEGACY_VERSION,
@@ -38,7 +35,6 @@ from metamcp.mcp.sessions import Session
 from metamcp.mcp.streams import StreamBody, Streamed, Streams
 from metamcp.mcp.transport import admit_call, authorize, mcp_error, owned_session
 from metamcp.namespaces import NamespaceView
-from metamcp.notify import Topic
 from metamcp.request_body import read_body
 
 logger = logging.getLogger(__name__)
@@ -47,53 +43,15 @@ bp = Blueprint("legacy_sse", __name__)
 bp.register_error_handler(MetaMCPError, mcp_error)
 
 class SseHub:
-    """This process's legacy SSE streams, and delivery to streams held anywhere."""
+    """Answers to this process's legacy SSE requests, sent to their streams through the mailbox."""
 
-    def __init__(self, db: Database, dispatcher: Dispatcher, settings: Settings) -> None:
-        self._db = db
+    def __init__(self, mailbox: Mailbox, dispatcher: Dispatcher, settings: Settings) -> None:
+        self._mailbox = mailbox
         self._dispatcher = dispatcher
-        self._streams: dict[str, queue.SimpleQueue[dict[str, Any] | None]] = {}
-        self._lock = threading.Lock()
         self._work = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="metamcp-sse")
 
-    def open(self, session_id: str) -> queue.SimpleQueue[dict[str, Any] | None]:
-        messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        with self._lock:
-            self._streams[session_id] = messages
-        return messages
-
-    def close_stream(self, session_id: str) -> None:
-        with self._lock:
-            self._streams.pop(session_id, None)
-
     def deliver(self, session_id: str, message: dict[str, Any]) -> None:
-        stream = self._streams.get(session_id)
-        if stream is not None:
-            stream.put(message)
-            return
-        with self._db.transaction() as cur:
-            repository.push_outbox(cur, session_id, message)
-            repository.notify_change(cur, Topic.SSE, session=session_id)
-
-    def on_notify(self, message: dict[str, Any]) -> None:
-        """Messages were stored for a stream; the listener reconnecting (no session) means maybe any."""
-        session_id = message.get("session")
-        targets = list(self._streams) if session_id is None else [session_id]
-        for target in targets:
-            if target in self._streams:
-                self.collect(target)
-
-    def collect(self, session_id: str) -> None:
-        """Move messages stored for a stream of this process onto it."""
-        stream = self._streams.get(session_id)
-        if stream is None:
-            return
-        try:
-            with self._db.transaction() as cur:
-                for message in repository.take_outbox(cur, session_id):
-                    stream.put(message)
-        except DatabaseUnavailable:
-            pass  # stored messages stay stored; the next collect, after the outage, takes them
+        self._mailbox.deliver(session_id, message)
 
     def submit(self, session: Session, message: Message, view: NamespaceView | None,
                release: Callable[[], None] | None = None) -> None:
@@ -155,14 +113,14 @@ def open_stream(endpoint: str) -> Response:
     except Exception:
         release()
         raise
-    hub = _hub()
-    messages = hub.open(session.id)
+    mailbox: Mailbox = services.mailbox
+    messages = mailbox.open(session.id)
     post_url = f"/metamcp/{quote(endpoint)}/message?sessionId={session.id}"
     if access.by_query:  # a client that can only put the key in the URL needs it on POSTs too
         post_url += f"&api_key={quote(request.args.get('api_key', ''))}"
 
     def collect() -> bool:
-        hub.collect(session.id)  # in case a NOTIFY was missed
+        mailbox.collect(session.id)  # in case a NOTIFY was missed
         # An open stream keeps its session alive; one purged (or deleted) ends the stream.
         return services.sessions.get(session.id) is not None
 
@@ -170,7 +128,7 @@ def open_stream(endpoint: str) -> Response:
                               request.environ.get("gunicorn.socket"), collect)
 
     def cleanup() -> None:
-        hub.close_stream(session.id)
+        mailbox.close(session.id, messages)
         release()
         try:
             dispatcher.end_session(session)

@@ -1,7 +1,8 @@
 """Downstream MCP sessions: rows in PostgreSQL, cached in each process, expired when idle.
 
 Any worker (or replica on the same database) serves any session: a cache miss reads the row.
-Deleting a session notifies every process, which drops it from its cache. Once a session is
+Deleting a session notifies every process, which drops it from its cache and confirms; the
+DELETE returns once all have, so no worker serves it from its cache afterwards. Once a session is
 cached, serving it makes no query; last_used_at is written at most every touch interval, best
 effort. A session unused for the idle timeout expires: it is no longer served anywhere, and
 each process runs a SessionPurger that deletes expired rows. When the change listener comes
@@ -17,6 +18,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -39,6 +41,8 @@ PURGE_INTERVAL = 300.0
 PURGE_BATCH = 5000
 #: The PostgreSQL advisory lock that lets one process at a time purge ("mmcp" + 1).
 PURGE_LOCK = 0x6D6D6370_0001
+#: Longest wait of a DELETE for the other processes to confirm they dropped the session.
+ACK_TIMEOUT = 0.5
 #: Client capabilities a session keeps: the requests the gateway may relay to the client.
 CLIENT_CAPABILITIES = ("sampling", "elicitation", "roots")
 #: Levels of logging/setLevel, least to most severe (RFC 5424 names).
@@ -90,6 +94,9 @@ class SessionStore:
         #: Cached sessions to read again at their next use (deleted meanwhile?).
         self._unverified: set[str] = set()
         self._lock = threading.Lock()
+        #: Sessions this process is deleting, and the processes that confirmed dropping them.
+        self._acks: dict[str, set[str]] = {}
+        self._acked = threading.Condition()
 
     def create(self, key_id: int | None, protocol_version: str, client_info: dict[str, Any],
                endpoint_id: UUID | None = None, capabilities: frozenset[str] = frozenset()) -> Session:
@@ -156,10 +163,24 @@ class SessionStore:
         return updated
 
     def delete(self, session_id: str) -> bool:
-        with self._db.transaction() as cur:
-            deleted = repository.delete_session(cur, session_id)
-            repository.notify_change(cur, Topic.SESSIONS, id=session_id)
-        self.forget(session_id)
+        """Delete the session; returns once every listening process has dropped it from its
+        cache (or after ACK_TIMEOUT), so its next request anywhere is 404 and caches stay
+        query-free."""
+        with self._acked:
+            self._acks[session_id] = set()
+        try:
+            with self._db.transaction() as cur:
+                deleted = repository.delete_session(cur, session_id)
+                others = repository.count_listeners(cur) - 1  # this process's own listener
+                repository.notify_change(cur, Topic.SESSIONS, id=session_id, deleted=True)
+            self.forget(session_id)
+            if deleted and others > 0:
+                with self._acked:
+                    if not self._acked.wait_for(lambda: len(self._acks[session_id]) >= others, ACK_TIMEOUT):
+                        logger.info("a deleted session was not confirmed by every process in time")
+        finally:
+            with self._acked:
+                self._acks.pop(session_id, None)
         return deleted
 
     def forget(self, session_id: str | None = None) -> None:
@@ -173,11 +194,21 @@ class SessionStore:
                 self._unverified.discard(session_id)
 
     def on_change(self, message: dict[str, Any]) -> None:
+        session_id = message.get("id")
         if message.get("resync"):
             with self._lock:
                 self._unverified = set(self._cache)
+        elif "ack" in message:  # a process dropped a session: maybe one we are deleting
+            with self._acked:
+                acks = self._acks.get(str(session_id))
+                if acks is not None:
+                    acks.add(str(message["ack"]))
+                    self._acked.notify_all()
         else:
-            self.forget(message.get("id"))
+            self.forget(session_id)
+            if message.get("deleted") and session_id not in self._acks:  # another process deletes it
+                with self._db.transaction() as cur:
+                    repository.notify_change(cur, Topic.SESSIONS, id=session_id, ack=self._db.bus.origin)
 
     def prune(self) -> int:
         """Drop the cached entries too old to be served; returns how many were dropped."""
@@ -202,16 +233,20 @@ class SessionStore:
 
 
 class SessionPurger:
-    """Deletes expired sessions (their legacy SSE outboxes go with them) every so often.
+    """Deletes expired sessions (their mailboxes and subscriptions go with them), and mailbox
+    messages no stream took, every so often.
 
     Every process runs one, so the purge needs no coordinator and survives any worker's death;
     a random start and interval spread the processes out, and an advisory lock lets only one
     at a time do the work (the DELETE walks the last_used_at index, so the others' runs are cheap).
     """
 
-    def __init__(self, store: SessionStore, db: Database) -> None:
+    def __init__(self, store: SessionStore, db: Database,
+                 purge_mailbox: Callable[[], int] | None = None) -> None:
         self._store = store
         self._db = db
+        #: Also drops the mailbox messages no stream took in time.
+        self._purge_mailbox = purge_mailbox
         self.interval = min(PURGE_INTERVAL, store.idle_timeout / 4)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -244,6 +279,8 @@ class SessionPurger:
             self._store.prune()
             try:
                 purged = self.purge()
+                if self._purge_mailbox is not None:
+                    self._purge_mailbox()
             except Exception as e:  # noqa: BLE001 - boundary: the thread must outlive an outage
                 logger.warning("purging idle MCP sessions failed (%s); retrying later", type(e).__name__)
                 continue

@@ -20,6 +20,7 @@ from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp import jsonrpc, protocol, sse
 from metamcp.mcp.capacity import HangupWatch, ThreadBudget
 from metamcp.mcp.catalog import Catalog
+from metamcp.mcp.mailbox import Mailbox
 from metamcp.mcp.pool import client_error
 from metamcp.mcp.relay import Relay
 from metamcp.mcp.sessions import Session, SessionStore
@@ -176,10 +177,13 @@ def _event(message: dict[str, Any]) -> bytes:
 class Streams:
     """This worker's long-lived SSE bodies and the threads they hold."""
 
-    def __init__(self, settings: Settings, sessions: SessionStore, catalog: Catalog, relay: Relay) -> None:
+    def __init__(self, settings: Settings, sessions: SessionStore, catalog: Catalog, relay: Relay,
+                 mailbox: Mailbox) -> None:
         self._sessions = sessions
         self._catalog = catalog
         self._relay = relay
+        #: Where messages for a session's GET stream arrive, from any process.
+        self._mailbox = mailbox
         self._keepalive = settings.keepalive_seconds
         #: Long holders of this worker's threads (tool calls, standing streams), within a budget
         #: that leaves `reserved_threads` for short requests.
@@ -249,11 +253,11 @@ class Streams:
     def open_listener(self, session: Session, client: Any = None,
                       servers: frozenset[str] | None = None) -> StreamBody:
         """An SSE body of list_changed notifications, requests of the upstreams the session
-        sees (`servers`, None: all) made outside any call, and keep-alives; raises Saturated
-        when the worker has no room. `client`: the connection's socket, watched so a departed
-        client frees its thread."""
+        sees (`servers`, None: all) made outside any call, the session's mailbox (resource
+        updates, from any process) and keep-alives; raises Saturated when the worker has no
+        room. `client`: the connection's socket, watched so a departed client frees its thread."""
         release = self.hold()
-        messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        messages = self._mailbox.open(session.id)
         channel = _Listener(session, messages)
 
         def announce(method: str) -> None:
@@ -272,6 +276,7 @@ class Streams:
         def cleanup() -> None:
             self._catalog.unsubscribe(announce)
             self._relay.stopped_listening(channel)
+            self._mailbox.close(session.id, messages)
             release()
 
         return StreamBody(events, cleanup)

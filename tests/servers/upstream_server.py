@@ -2,7 +2,7 @@
 
     python tests/servers/upstream_server.py --port P [--name NAME]
         [--transport streamable-http|sse] [--json-response] [--page-size N] [--tools N]
-        [--log-file F] [--resumable] [--uri-host HOST]
+        [--log-file F] [--resumable] [--uri-host HOST] [--subscriptions]
 
 Binds 127.0.0.1 only and prints nothing on stdout (tests poll the port). With --log-file it
 appends one line per message received ("received <method> [<id or requestId>]") and per
@@ -62,7 +62,66 @@ class MemoryEventStore(EventStore):
         return stream_id
 
 
-def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host: str | None = None) -> MCPServer:
+def offer_subscriptions(server: MCPServer, name: str) -> None:
+    """resources/subscribe and unsubscribe, and a resource that changes: the `bump` tool raises
+    it and sends notifications/resources/updated to each session subscribed to it. Also
+    `notify_all_changed`: tools/list_changed to every session (as servers that broadcast do)."""
+    counter_uri = f"test://{name}/counter"
+    counter = {"value": 0}
+    #: uri -> {session key: the session to notify}; a request's ctx.session is per request,
+    #: so the client's session is told by its Mcp-Session-Id (a subscribe twice is one).
+    subscribers: dict[str, dict[Any, Any]] = {}
+
+    def key(ctx: ServerRequestContext[Any, Any]) -> Any:
+        headers = getattr(ctx.request, "headers", None)
+        return headers.get("mcp-session-id") if headers is not None else id(ctx.session)
+
+    @server.resource(counter_uri, description="A counter that `bump` raises.")
+    def counter_resource() -> str:
+        return str(counter["value"])
+
+    @server.tool(description="Raise the counter resource; its subscribers get resources/updated.")
+    async def bump() -> str:
+        counter["value"] += 1
+        for session_key, session in list(subscribers.get(counter_uri, {}).items()):
+            try:
+                await session.send_resource_updated(counter_uri)
+            except Exception:  # noqa: BLE001 - a session that went away stops hearing
+                subscribers[counter_uri].pop(session_key, None)
+        return str(counter["value"])
+
+    async def subscribe(ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
+        subscribers.setdefault(str(params.uri), {})[key(ctx)] = ctx.session
+        return types.EmptyResult()
+
+    async def unsubscribe(ctx: ServerRequestContext[Any, Any],
+                          params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        subscribers.get(str(params.uri), {}).pop(key(ctx), None)
+        return types.EmptyResult()
+
+    sessions: dict[Any, Any] = {}  # every client session seen, by key
+
+    async def remember(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> Any:
+        sessions[key(ctx)] = ctx.session
+        return await call_next(ctx)
+
+    @server.tool(description="Send notifications/tools/list_changed to every client session.")
+    async def notify_all_changed() -> str:
+        for session in list(sessions.values()):
+            try:
+                await session.send_tool_list_changed()
+            except Exception:  # noqa: BLE001 - a session that went away
+                continue
+        return "sent"
+
+    server.middleware.append(remember)
+    server._lowlevel_server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
+    server._lowlevel_server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams,
+                                                unsubscribe)
+
+
+def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host: str | None = None,
+          subscriptions: bool = False) -> MCPServer:
     server = MCPServer(f"upstream-{name}", version="1.0.0", instructions=f"Test upstream {name}.")
 
     def log(line: str) -> None:
@@ -205,6 +264,8 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host
         """Log what arrived; accept logging/setLevel (MCPServer has no handler for it)."""
         params = ctx.params or {}
         log(f"received {ctx.method} {params.get('requestId', '')}".rstrip())
+        if ctx.method in ("resources/subscribe", "resources/unsubscribe"):
+            log(f"{ctx.method} {params.get('uri')}")
         if ctx.method == "logging/setLevel":
             return {}
         return await call_next(ctx)
@@ -221,6 +282,8 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host
             page["nextCursor"] = str(start + page_size)
         return page
 
+    if subscriptions:
+        offer_subscriptions(server, name)
     server.middleware.append(observe)
     if page_size:
         server.middleware.append(paginate)
@@ -246,8 +309,10 @@ def main() -> None:
     parser.add_argument("--uri-host", help="the host of its resource URIs (default: --name)")
     parser.add_argument("--deep-tool", action="store_true",
                         help="also offer `deep`, whose result nests `levels` arrays deep")
+    parser.add_argument("--subscriptions", action="store_true",
+                        help="offer resources/subscribe, the test://NAME/counter resource and `bump`")
     args = parser.parse_args()
-    server = build(args.name, args.tools, args.page_size, args.log_file, args.uri_host)
+    server = build(args.name, args.tools, args.page_size, args.log_file, args.uri_host, args.subscriptions)
     if args.deep_tool:
         def deep(levels: int) -> dict[str, Any]:
             value: Any = "bottom"
