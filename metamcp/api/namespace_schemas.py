@@ -85,8 +85,8 @@ class AttachSchema(Schema):
     status = _status_field(required=True)
 
 
-class ToolChangeSchema(ChangesSomething, Schema):
-    """Status and overrides of one tool in a namespace; annotations merge (null drops a key)."""
+class PromptChangeSchema(ChangesSomething, Schema):
+    """Status and overrides of one prompt in a namespace (a tool's add annotations)."""
 
     class Meta:
         unknown = "raise"
@@ -99,6 +99,11 @@ class ToolChangeSchema(ChangesSomething, Schema):
     )
     title = fields.String(allow_none=True, validate=validate.Length(max=200), metadata={"example": "Search"})
     description = fields.String(allow_none=True, validate=validate.Length(max=10_000))
+
+
+class ToolChangeSchema(PromptChangeSchema):
+    """Status and overrides of one tool in a namespace; annotations merge (null drops a key)."""
+
     annotations = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), allow_none=True,
                               metadata={"example": {"readOnlyHint": True}})
 
@@ -125,22 +130,6 @@ class NamespaceToolSchema(Schema):
 
 class NamespaceToolListSchema(Schema):
     tools = fields.List(fields.Nested(NamespaceToolSchema))
-
-
-class PromptChangeSchema(ChangesSomething, Schema):
-    """Status and overrides of one prompt in a namespace."""
-
-    class Meta:
-        unknown = "raise"
-
-    status = _status_field()
-    name = fields.String(
-        allow_none=True,
-        validate=name_validators(TOOL_NAME_RE, "Use 1-64 letters, digits, '_', '.' or '-'."),
-        metadata={"description": "name clients see; null restores the naming's", "example": "summarize"},
-    )
-    title = fields.String(allow_none=True, validate=validate.Length(max=200), metadata={"example": "Summarize"})
-    description = fields.String(allow_none=True, validate=validate.Length(max=10_000))
 
 
 class BulkPromptChangeSchema(PromptChangeSchema):
