@@ -22,6 +22,7 @@ from metamcp.db import Database
 
 from .conformance import Runner, SuiteResult, Unavailable, install, parse
 from .conftest import ROOT, Gunicorn, child_env, free_port
+from .upstreams import stop_process
 
 SERVER = ROOT / "tests" / "servers" / "conformance_server.py"
 SERVER_NAME = "conformance"
@@ -68,13 +69,7 @@ class ServerProcess:
         return self.log.read().decode(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -26,7 +26,7 @@ from metamcp.db import Database
 from .conftest import ROOT, Gunicorn, child_env, free_port
 from .mcp_client import list_all, run_client
 from .npm_packages import installed
-from .upstreams import UpstreamProcess
+from .upstreams import UpstreamProcess, stop_process
 
 TOOLS_ONLY = ROOT / "tests" / "servers" / "tools_only_server.py"
 #: The three test upstreams list the same resource URIs.
@@ -307,13 +307,7 @@ class NodeServer:
         raise RuntimeError("server-everything did not listen within 30 s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

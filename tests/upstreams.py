@@ -32,6 +32,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate by PID, wait, kill if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 class UpstreamProcess:
     """One upstream server process. Options map to the script's flags."""
 
@@ -85,15 +97,8 @@ class UpstreamProcess:
         raise RuntimeError(f"upstream {self.name} did not listen within {timeout}s:\n{self.output()}")
 
     def stop(self) -> None:
-        """Terminate by PID, wait, kill if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def restart(self, timeout: float = 20.0) -> UpstreamProcess:
         """Stop and start again on the same port (a fresh server: every session forgotten)."""
