@@ -7,7 +7,7 @@ import math
 from uuid import uuid4
 
 from metamcp.mcp import naming
-from metamcp.mcp.catalog import Clash, ServerList, namespace_items, unique_items
+from metamcp.mcp.tables import Clash, ServerList, namespace_items, unique_items
 from metamcp.namespaces import ItemSettings, NamespaceView
 
 

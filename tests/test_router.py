@@ -9,10 +9,10 @@ from uuid import uuid4
 import pytest
 
 from metamcp.mcp import naming
-from metamcp.mcp.catalog import ServerList, Table, namespace_items
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from metamcp.mcp.protocol import UPSTREAM_ERROR
 from metamcp.mcp.router import Route, Router
+from metamcp.mcp.tables import ServerList, Table, namespace_items
 from metamcp.namespaces import ItemSettings, NamespaceView
 
 
