@@ -18,6 +18,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -74,7 +75,7 @@ class Relay:
         self._lock = threading.Condition()
         self._waiting: dict[str, _Waiting] = {}
         self._calls: dict[str, list[Channel]] = {}  # server -> its calls in flight, oldest first
-        self._listeners: list[tuple[Channel, frozenset[str] | None]] = []  # GET streams, oldest first
+        self._listeners: list[tuple[Channel, Collection[str] | None]] = []  # GET streams, oldest first
         self._sweeper: threading.Thread | None = None
 
     # --- calls in flight ----------------------------------------------------------------
@@ -93,7 +94,7 @@ class Relay:
                 self._calls.pop(server, None)
         self._orphaned(channel, "the call it belonged to ended")
 
-    def listening(self, channel: Channel, servers: frozenset[str] | None) -> None:
+    def listening(self, channel: Channel, servers: Collection[str] | None) -> None:
         """A session's GET stream opened; it sees `servers` (None: every server)."""
         with self._lock:
             self._listeners.append((channel, servers))

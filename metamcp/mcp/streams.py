@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -251,7 +251,7 @@ class Streams:
             self._hangups.unwatch(watched)
 
     def open_listener(self, session: Session, client: Any = None,
-                      servers: frozenset[str] | None = None) -> StreamBody:
+                      servers: Collection[str] | None = None) -> StreamBody:
         """An SSE body of list_changed notifications, requests of the upstreams the session
         sees (`servers`, None: all) made outside any call, the session's mailbox (resource
         updates, from any process) and keep-alives; raises Saturated when the worker has no
