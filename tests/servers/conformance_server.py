@@ -4,8 +4,10 @@
 
 Offers the tools, resources, resource template, prompts and completion that the server
 scenarios of `@modelcontextprotocol/conformance` 0.1.16 call (`test_simple_text`,
-`test://static-text`, `test_simple_prompt`, ...), with the contents its README asks for, over
-Streamable HTTP at /mcp. Prints nothing on stdout (tests poll the port).
+`test://static-text`, `test_simple_prompt`, ...), with the contents its README asks for, and
+the diagnostics the 0.2.0 prerelease calls at `--spec-version 2026-07-28` (`add_revision_2026`),
+over Streamable HTTP at /mcp; the SDK answers both revisions on that URL. Prints nothing on
+stdout (tests poll the port).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 import base64
 import json
 import warnings
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from mcp import types
@@ -24,6 +26,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.shared.exceptions import MCPError
 from mcp.types import Completion, PromptReference
+from pydantic import Field
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 WAV = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
@@ -224,7 +227,185 @@ def build() -> MCPServer:
     lowlevel.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
     lowlevel.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscription)
     lowlevel.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, subscription)
+    add_revision_2026(server)
     return server
+
+
+# The 2026-07-28 diagnostics. An `input_required` round is one of these questions; the
+# client retries the same request with `inputResponses` keyed like `inputRequests`.
+def ask_form(message: str, field: str, kind: str = "string") -> types.ElicitRequest:
+    return types.ElicitRequest(params=types.ElicitRequestFormParams(message=message, requested_schema={
+        "type": "object", "properties": {field: {"type": kind}}, "required": [field]}))
+
+
+def ask_sampling(text: str, max_tokens: int) -> types.CreateMessageRequest:
+    return types.CreateMessageRequest(params=types.CreateMessageRequestParams(
+        messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text=text))],
+        max_tokens=max_tokens))
+
+
+ASK_NAME = ask_form("What is your name?", "name")
+JSON_SCHEMA_2020_12 = {  # the schema the json-schema-2020-12 scenario expects back verbatim
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {"address": {"$anchor": "addressDef", "type": "object",
+                          "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"},
+                   "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+                   "phone": {"type": "string"}, "email": {"type": "string"}},
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
+    "additionalProperties": False,
+}
+
+
+def missing(ctx: Context, *keys: str) -> bool:
+    """The retry lacks an answer to one of `keys` (or this is the first round)."""
+    answers = ctx.input_responses or {}
+    return any(key not in answers for key in keys)
+
+
+def input_required(requests: dict[str, types.InputRequest], state: str | None = None) -> types.InputRequiredResult:
+    return types.InputRequiredResult(input_requests=requests, request_state=state)
+
+
+def add_revision_2026(server: MCPServer) -> None:
+    """What the 2026-07-28 server scenarios call beside the shared fixtures."""
+
+    @server.tool(description="Needs the client's sampling capability (-32021 without it)")
+    def test_missing_capability(ctx: Context) -> str:
+        capabilities = ctx.client_capabilities
+        if capabilities is None or capabilities.sampling is None:
+            data = types.MissingRequiredClientCapabilityErrorData(
+                required_capabilities=types.ClientCapabilities(sampling=types.SamplingCapability()))
+            raise MCPError(code=types.MISSING_REQUIRED_CLIENT_CAPABILITY,
+                           message="This tool needs the client's sampling capability",
+                           data=data.model_dump(by_alias=True, mode="json", exclude_none=True))
+        return "The client declared sampling"
+
+    @server.tool(description="Asks the client a question mid-call (input_required on 2026-07-28)")
+    async def test_streaming_elicitation(ctx: Context) -> str | types.InputRequiredResult:
+        await ctx.report_progress(0, 1, message="Asking the client")
+        if missing(ctx, "user_name"):
+            return input_required({"user_name": ASK_NAME})
+        return "Elicitation answered"
+
+    @server.tool(description="Logs at info level; a 2026 request without a logLevel gets none")
+    async def test_logging_tool(ctx: Context) -> str:
+        for line in ("Logging tool started", "Logging tool finished"):
+            with warnings.catch_warnings():  # logging is deprecated from 2026-07-28 on
+                warnings.simplefilter("ignore")
+                await ctx.info(line)
+        return "Logging tool executed"
+
+    def dynamic_tool() -> str:
+        return "A tool that comes and goes"
+
+    def dynamic_prompt() -> str:
+        return "A prompt that comes and goes"
+
+    @server.tool(description="Adds or removes test_dynamic_tool and notifies tools/list_changed")
+    async def test_trigger_tool_change(ctx: Context) -> str:
+        if any(tool.name == "test_dynamic_tool" for tool in await server.list_tools()):
+            server.remove_tool("test_dynamic_tool")
+        else:
+            server.add_tool(dynamic_tool, name="test_dynamic_tool", description="Comes and goes")
+        await ctx.notify_tools_changed()
+        return "Tool list changed"
+
+    @server.tool(description="Adds or removes test_dynamic_prompt and notifies prompts/list_changed")
+    async def test_trigger_prompt_change(ctx: Context) -> str:
+        if any(prompt.name == "test_dynamic_prompt" for prompt in await server.list_prompts()):
+            server.remove_prompt("test_dynamic_prompt")
+        else:
+            server.prompt(name="test_dynamic_prompt", description="Comes and goes")(dynamic_prompt)
+        await ctx.notify_prompts_changed()
+        return "Prompt list changed"
+
+    @server.tool(description="Tool with JSON Schema 2020-12 features")
+    def json_schema_2020_12_tool(name: str = "", contactMethod: str = "",  # noqa: N803
+                                 phone: str = "", email: str = "") -> str:
+        return f"Contact {name} by {contactMethod or 'any means'}"
+
+    # The scenario checks the listed schema keeps every 2020-12 keyword; a signature cannot say them.
+    server._tool_manager.get_tool("json_schema_2020_12_tool").parameters = JSON_SCHEMA_2020_12
+
+    @server.tool(description="Echoes a region the client mirrors in the Mcp-Param-Region header")
+    def test_custom_headers(
+            region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})]) -> str:
+        return f"Region: {region}"
+
+    @server.tool(description="One elicitation round: asks for a name")
+    def test_input_required_result_elicitation(ctx: Context) -> str | types.InputRequiredResult:
+        answer = (ctx.input_responses or {}).get("user_name")
+        if not isinstance(answer, types.ElicitResult) or answer.action != "accept":
+            return input_required({"user_name": ASK_NAME})
+        return f"Hello, {(answer.content or {}).get('name', 'stranger')}!"
+
+    @server.tool(description="One sampling round")
+    def test_input_required_result_sampling(ctx: Context) -> str | types.InputRequiredResult:
+        answer = (ctx.input_responses or {}).get("capital_question")
+        if not isinstance(answer, types.CreateMessageResult):
+            return input_required({"capital_question": ask_sampling("What is the capital of France?", 100)})
+        content = answer.content
+        return f"LLM response: {content.text if isinstance(content, types.TextContent) else content}"
+
+    @server.tool(description="One roots/list round")
+    def test_input_required_result_list_roots(ctx: Context) -> str | types.InputRequiredResult:
+        answer = (ctx.input_responses or {}).get("client_roots")
+        if not isinstance(answer, types.ListRootsResult):
+            return input_required({"client_roots": types.ListRootsRequest()})
+        return "Roots: " + ", ".join(str(root.uri) for root in answer.roots)
+
+    @server.tool(description="One round whose requestState must come back")
+    def test_input_required_result_request_state(ctx: Context) -> str | types.InputRequiredResult:
+        if missing(ctx, "confirm") or ctx.request_state != "awaiting-confirm":
+            return input_required({"confirm": ask_form("Please confirm", "ok", "boolean")}, "awaiting-confirm")
+        return "state-ok: confirmed"
+
+    @server.tool(description="Elicitation, sampling and roots/list in one round")
+    def test_input_required_result_multiple_inputs(ctx: Context) -> str | types.InputRequiredResult:
+        if missing(ctx, "user_name", "greeting", "client_roots") or ctx.request_state != "awaiting-all":
+            return input_required({"user_name": ASK_NAME, "greeting": ask_sampling("Generate a greeting", 50),
+                                   "client_roots": types.ListRootsRequest()}, "awaiting-all")
+        return "All three answers received"
+
+    @server.tool(description="Two rounds, the state moving on between them")
+    def test_input_required_result_multi_round(ctx: Context) -> str | types.InputRequiredResult:
+        if ctx.request_state == "round-2" and not missing(ctx, "step2"):
+            return "Both steps answered"
+        if ctx.request_state == "round-1" and not missing(ctx, "step1"):
+            return input_required({"step2": ask_form("Step 2: What is your favorite color?", "color")}, "round-2")
+        return input_required({"step1": ask_form("Step 1: What is your name?", "name")}, "round-1")
+
+    @server.tool(description="One round; the SDK seals requestState, a tampered one is refused")
+    def test_input_required_result_tampered_state(ctx: Context) -> str | types.InputRequiredResult:
+        if missing(ctx, "user_name") or ctx.request_state != "untampered":
+            return input_required({"user_name": ASK_NAME}, "untampered")
+        return "State intact"
+
+    @server.tool(description="Asks only for what the client declared it can answer")
+    def test_input_required_result_capabilities(ctx: Context) -> str | types.InputRequiredResult:
+        declared = ctx.client_capabilities or types.ClientCapabilities()
+        asked: dict[str, types.InputRequest] = {}
+        if declared.elicitation is not None:
+            asked["user_name"] = ASK_NAME
+        if declared.sampling is not None:
+            asked["greeting"] = ask_sampling("Generate a greeting", 50)
+        if declared.roots is not None:
+            asked["client_roots"] = types.ListRootsRequest()
+        if not asked or not missing(ctx, *asked):
+            return f"Asked for {', '.join(sorted(asked)) or 'nothing'}"
+        return input_required(asked)
+
+    @server.prompt(description="A prompt that asks the client for its context first")
+    def test_input_required_result_prompt(ctx: Context) -> str | types.InputRequiredResult:
+        answer = (ctx.input_responses or {}).get("user_context")
+        if not isinstance(answer, types.ElicitResult) or answer.action != "accept":
+            return input_required({"user_context": ask_form("What context should the prompt use?", "context")})
+        return f"Prompt in context: {(answer.content or {}).get('context', '')}"
 
 
 def main() -> None:
