@@ -112,7 +112,9 @@ class BulkToolChangeSchema(ToolChangeSchema):
     id = fields.UUID(required=True, metadata={"description": "tool id"})
 
 
-class NamespaceToolSchema(Schema):
+class NamespaceItemSchema(Schema):
+    """What a tool and a prompt share in a namespace's listing."""
+
     id = fields.UUID()
     server_id = fields.UUID()
     server_name = fields.String(metadata={"example": "files"})
@@ -122,6 +124,9 @@ class NamespaceToolSchema(Schema):
     status = fields.String(metadata={"example": "active"})
     title = fields.String(allow_none=True)
     description = fields.String(allow_none=True)
+
+
+class NamespaceToolSchema(NamespaceItemSchema):
     annotations = fields.Dict()
     input_schema = fields.Dict()
     overrides = fields.Dict(metadata={"example": {"name": None, "title": None, "description": None,
@@ -136,16 +141,7 @@ class BulkPromptChangeSchema(PromptChangeSchema):
     id = fields.UUID(required=True, metadata={"description": "prompt id"})
 
 
-class NamespacePromptSchema(Schema):
-    id = fields.UUID()
-    server_id = fields.UUID()
-    server_name = fields.String(metadata={"example": "files"})
-    server_status = fields.String(metadata={"description": "the server's status in this namespace"})
-    original_name = fields.String(metadata={"example": "summarize"})
-    name = fields.String(metadata={"description": "exposed name", "example": "files__summarize"})
-    status = fields.String(metadata={"example": "active"})
-    title = fields.String(allow_none=True)
-    description = fields.String(allow_none=True)
+class NamespacePromptSchema(NamespaceItemSchema):
     arguments = fields.List(fields.Dict())
     overrides = fields.Dict(metadata={"example": {"name": None, "title": None, "description": None}})
 
