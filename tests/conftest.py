@@ -70,13 +70,34 @@ def database_url() -> Iterator[str]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+#: Empties what a deployment fills (keys, servers, sessions, namespaces, endpoints, and what hangs on them).
+RESET = "TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE"
+
+
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url, 4)
     with database.transaction() as cur:
-        cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE")
+        cur.execute(RESET)
     yield database
     database.close()
+
+
+def fresh_keys(database_url: str, **roles: str) -> dict[str, str]:
+    """Empty the database's tables (RESET) and make one API key per `name=role`; returns each
+    key's plaintext by name. For module fixtures that start a live gateway."""
+    database = Database(database_url, 1)
+    keys: dict[str, str] = {}
+    try:
+        with database.transaction() as cur:
+            cur.execute(RESET)
+            for name, role in roles.items():
+                new = crypto.generate_api_key()
+                repository.insert_key(cur, name, new.hash, new.prefix, role)
+                keys[name] = new.plain
+    finally:
+        database.close()
+    return keys
 
 
 @pytest.fixture

@@ -18,11 +18,8 @@ from typing import Any
 import pytest
 import requests
 
-from metamcp import crypto, repository
-from metamcp.db import Database
-
 from .conformance import REVISION_2026, Runner, SuiteResult, Unavailable, install, parse
-from .conftest import ROOT, Gunicorn, child_env, free_port
+from .conftest import ROOT, Gunicorn, child_env, free_port, fresh_keys
 from .upstreams import stop_process
 
 SERVER = ROOT / "tests" / "servers" / "conformance_server.py"
@@ -146,18 +143,13 @@ def endpoint_url(database_url: str, conformance_server: ServerProcess,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A live gunicorn (2 workers) with the server registered, in a namespace behind a public
     endpoint; yields the endpoint's MCP URL. Module-scoped: other modules truncate the tables."""
-    db = Database(database_url, 1)
-    with db.transaction() as cur:
-        cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE")
-        key = crypto.generate_api_key()
-        repository.insert_key(cur, "admin", key.hash, key.prefix, "admin")
-    db.close()
+    key = fresh_keys(database_url, admin="admin")["admin"]
     env = child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(tmp_path_factory.mktemp("data")),
                     METAMCP_WORKERS="2")
     gunicorn = Gunicorn(env, free_port())
     try:
         gunicorn.wait_ready()
-        gateway = Gateway(gunicorn, key.plain)
+        gateway = Gateway(gunicorn, key)
         server = gateway.rest("POST", "/api/v1/mcp/servers", json={
             "name": SERVER_NAME, "transport": "streamable_http", "url": conformance_server.url})
         namespace = gateway.rest("POST", "/api/v1/namespaces", json=NAMESPACE)

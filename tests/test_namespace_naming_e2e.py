@@ -20,10 +20,7 @@ import requests
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from metamcp import crypto, repository
-from metamcp.db import Database
-
-from .conftest import ROOT, Gunicorn, child_env, free_port
+from .conftest import ROOT, Gunicorn, child_env, free_port, fresh_keys
 from .mcp_client import list_all, run_client
 from .npm_packages import installed
 from .upstreams import UpstreamProcess, stop_process
@@ -70,16 +67,11 @@ class Deployment:
 
 
 def start_gateway(database_url: str, data_dir: str) -> tuple[Gunicorn, str]:
-    db = Database(database_url, 2)
-    with db.transaction() as cur:
-        cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE")
-        new = crypto.generate_api_key()
-        repository.insert_key(cur, "admin", new.hash, new.prefix, "admin")
-    db.close()
+    key = fresh_keys(database_url, admin="admin")["admin"]
     # One worker: what a process logs is counted below. Lists stay cached for the whole module.
     env = child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=data_dir, METAMCP_WORKERS="1",
                     METAMCP_UPSTREAM_TIMEOUT="5", METAMCP_LIST_CACHE_TTL="600")
-    return Gunicorn(env, free_port()), new.plain
+    return Gunicorn(env, free_port()), key
 
 
 @pytest.fixture(scope="module")

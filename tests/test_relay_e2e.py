@@ -17,11 +17,9 @@ import requests
 from mcp import Client, types
 from mcp.shared.exceptions import MCPError
 
-from metamcp import crypto, repository
-from metamcp.db import Database
 from metamcp.mcp.protocol import REQUEST_TIMEOUT, SESSION_HEADER
 
-from .conftest import Gunicorn, child_env, free_port
+from .conftest import Gunicorn, child_env, free_port, fresh_keys
 from .mcp_client import run_client
 from .upstreams import SERVER, UpstreamProcess
 
@@ -42,12 +40,7 @@ class Gateways:
 def gateways(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
     """Two gateway processes (one worker each) on one database, in front of one upstream per
     transport."""
-    db = Database(database_url, 2)
-    with db.transaction() as cur:
-        cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions RESTART IDENTITY CASCADE")
-        new = crypto.generate_api_key()
-        repository.insert_key(cur, "relay", new.hash, new.prefix)
-    db.close()
+    key = fresh_keys(database_url, relay="admin")["relay"]
     log_file = tmp_path_factory.mktemp("upstream") / "http.log"
     upstreams = [UpstreamProcess(name="http", log_file=log_file), UpstreamProcess(name="sse", transport="sse")]
     env = child_env(DATABASE_URL=database_url, METAMCP_WORKERS="1",
@@ -69,7 +62,7 @@ def gateways(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         ]
         def rest(path: str, body: dict[str, Any], method: str = "POST") -> dict[str, Any]:
             response = requests.request(method, f"{started[0].url}/api/v1{path}", json=body,
-                                        headers={"X-API-Key": new.plain}, timeout=30)
+                                        headers={"X-API-Key": key}, timeout=30)
             assert response.status_code in (200, 201), response.text
             return dict(response.json())
 
@@ -78,7 +71,7 @@ def gateways(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         for server_id in ids:
             rest(f"/namespaces/{namespace}/servers/{server_id}", {"status": "active"}, "PUT")
         rest("/endpoints", {"name": "relayed", "namespace_id": namespace, "auth": {"api_key": True}})
-        yield Gateways(started[0], started[1], new.plain, log_file)
+        yield Gateways(started[0], started[1], key, log_file)
     finally:
         for gateway in started:
             gateway.stop()

@@ -17,12 +17,10 @@ from typing import Any
 import pytest
 import requests
 
-from metamcp import crypto, repository
-from metamcp.db import Database
 from metamcp.json_depth import MAX_JSON_DEPTH
 from metamcp.mcp.jsonrpc import PARSE_ERROR
 
-from .conftest import Gunicorn, child_env, free_port
+from .conftest import Gunicorn, child_env, free_port, fresh_keys
 from .upstreams import UpstreamProcess
 
 LIMIT = 1024 * 1024  # METAMCP_MAX_BODY_BYTES, the default
@@ -118,12 +116,7 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    db = Database(database_url, 1)
-    new = crypto.generate_api_key()
-    with db.transaction() as cur:
-        cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE")
-        repository.insert_key(cur, "admin", new.hash, new.prefix)
-    db.close()
+    key = fresh_keys(database_url, admin="admin")["admin"]
     upstream = UpstreamProcess(name="up", json_response=True, extra_args=("--deep-tool",))
     env = child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(tmp_path_factory.mktemp("data")),
                     METAMCP_WORKERS="1", METAMCP_UPSTREAM_TIMEOUT="10")
@@ -132,7 +125,7 @@ def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         upstream.start()
         gateway.wait_ready()
-        auth = {"X-API-Key": new.plain}
+        auth = {"X-API-Key": key}
 
         def rest(method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
             reply = requests.request(method, gateway.url + path, headers=auth, json=body, timeout=30)
@@ -147,7 +140,7 @@ def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         stream = requests.get(f"{gateway.url}/metamcp/open/sse", stream=True, timeout=30)
         lines = stream.iter_lines(decode_unicode=True)
         message_path = next(line[len("data: "):] for line in lines if line.startswith("data: "))
-        yield Setup(gateway, new.plain, namespace, stream, message_path)
+        yield Setup(gateway, key, namespace, stream, message_path)
     finally:
         if stream is not None:
             stream.close()

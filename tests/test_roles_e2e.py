@@ -10,10 +10,7 @@ import pytest
 import requests
 from mcp import Client
 
-from metamcp import crypto, repository
-from metamcp.db import Database
-
-from .conftest import Gunicorn, child_env, free_port
+from .conftest import Gunicorn, child_env, free_port, fresh_keys
 from .mcp_client import list_all, run_client
 from .test_roles import admin_routes
 from .upstreams import UpstreamProcess
@@ -35,15 +32,7 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    db = Database(database_url, 2)
-    keys: dict[str, str] = {}
-    with db.transaction() as cur:
-        cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE")
-        for name, role in (("admin", "admin"), ("client", "client"), ("scoped", "client")):
-            new = crypto.generate_api_key()
-            repository.insert_key(cur, name, new.hash, new.prefix, role)
-            keys[name] = new.plain
-    db.close()
+    keys = fresh_keys(database_url, admin="admin", client="client", scoped="client")
     upstream = UpstreamProcess(name="alpha")
     gateway = Gunicorn(child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(tmp_path_factory.mktemp("data")),
                                  METAMCP_WORKERS="2", METAMCP_UPSTREAM_TIMEOUT="10"), free_port())

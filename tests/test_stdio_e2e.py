@@ -15,10 +15,7 @@ import pytest
 import requests
 from mcp import Client
 
-from metamcp import crypto, repository
-from metamcp.db import Database
-
-from .conftest import Gunicorn, child_env, free_port
+from .conftest import Gunicorn, child_env, free_port, fresh_keys
 from .mcp_client import list_all, run_client
 from .upstreams import SERVER
 
@@ -53,18 +50,13 @@ def wait_until(check: Any, seconds: float) -> bool:
 
 @pytest.fixture(scope="module")
 def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gunicorn, str]]:
-    db = Database(database_url, 2)
-    with db.transaction() as cur:
-        cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions RESTART IDENTITY CASCADE")
-        new = crypto.generate_api_key()
-        repository.insert_key(cur, "stdio", new.hash, new.prefix)
-    db.close()
+    key = fresh_keys(database_url, stdio="admin")["stdio"]
     env = child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(tmp_path_factory.mktemp("data")),
                     METAMCP_WORKERS="2", METAMCP_STDIO_START_TIMEOUT="60", METAMCP_LIST_TIMEOUT="60")
     server = Gunicorn(env, free_port())
     try:
         server.wait_ready()
-        auth = {"X-API-Key": new.plain}
+        auth = {"X-API-Key": key}
         kid = {"name": "kid", "transport": "stdio", "command": sys.executable,
                "args": [str(SERVER), "--transport", "stdio", "--name", MARKER, "--stderr-flood", "3"],
                "env": {"KID_TOKEN": "configured"}}
@@ -75,7 +67,7 @@ def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                           "env": {"METAMCP_MARKER": MARKER}}
             assert requests.post(f"{server.url}/api/v1/mcp/servers", json=everything, headers=auth,
                                  timeout=30).ok
-        yield server, new.plain
+        yield server, key
     finally:
         server.stop(signal.SIGTERM)
         for pid in marked_processes():  # only reached when the test below already failed
