@@ -45,7 +45,7 @@ class Dispatcher:
 
     def __init__(self, router: Router, catalog: Catalog, pool: Pool, sessions: SessionStore, version: str,
                  publish: Callable[[Topic, dict[str, Any]], None], relay: Relay,
-                 subscriptions: Subscriptions | None = None) -> None:
+                 subscriptions: Subscriptions) -> None:
         self._router = router
         self._relay = relay
         self._catalog = catalog
@@ -63,12 +63,10 @@ class Dispatcher:
             "resources/read": self._read_resource,
             "completion/complete": self._complete,
             "logging/setLevel": self._set_level,
+            "resources/subscribe": self._subscribe,
+            "resources/unsubscribe": self._unsubscribe,
         }
-        #: Resource subscriptions (None: not offered, and not declared).
         self._subscriptions = subscriptions
-        if subscriptions is not None:
-            self._handlers["resources/subscribe"] = self._subscribe
-            self._handlers["resources/unsubscribe"] = self._unsubscribe
 
     def initialize_result(self, version: str) -> dict[str, Any]:
         return {
@@ -76,7 +74,7 @@ class Dispatcher:
             "capabilities": {
                 "tools": {"listChanged": True},
                 "prompts": {"listChanged": True},
-                "resources": {"listChanged": True, "subscribe": self._subscriptions is not None},
+                "resources": {"listChanged": True, "subscribe": True},
                 "completions": {},
                 "logging": {},
             },
@@ -204,11 +202,9 @@ class Dispatcher:
         return self._pool.request(server, "resources/read", self._forward_params(message, uri=uri))
 
     def _subscribe(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
-        assert self._subscriptions is not None  # registered only then
         return self._subscriptions.subscribe(session, _uri(message), view)
 
     def _unsubscribe(self, session: Session, message: Message, _view: NamespaceView | None) -> dict[str, Any]:
-        assert self._subscriptions is not None
         return self._subscriptions.unsubscribe(session, _uri(message))
 
     def _complete(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
