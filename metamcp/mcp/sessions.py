@@ -26,6 +26,7 @@ from uuid import UUID
 from metamcp import repository
 from metamcp.db import Database
 from metamcp.errors import DatabaseUnavailable
+from metamcp.mcp.protocol import MODERN_VERSIONS
 from metamcp.notify import Topic
 
 logger = logging.getLogger(__name__)
@@ -62,9 +63,17 @@ class Session:
     #: "elicitation", "elicitation.url", "roots".
     capabilities: frozenset[str] = frozenset()
 
+    @property
+    def modern(self) -> bool:
+        """A 2026-07-28 request's stand-in: made per request from its `_meta`, never stored."""
+        return self.protocol_version in MODERN_VERSIONS
+
     def wants_log(self, level: str) -> bool:
-        """Whether a notifications/message at `level` passes this session's logging/setLevel."""
-        if self.log_level is None or level not in LOG_LEVELS:
+        """Whether a notifications/message at `level` passes this session's logging/setLevel (a
+        2026-07-28 request: its `_meta` logLevel; none asked, none sent)."""
+        if self.log_level is None:
+            return not self.modern
+        if level not in LOG_LEVELS:
             return True
         return LOG_LEVELS.index(level) >= LOG_LEVELS.index(self.log_level)
 
