@@ -23,7 +23,7 @@ from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from metamcp.mcp.protocol import REQUEST_TIMEOUT, UPSTREAM_ERROR
 from metamcp.mcp.upstream.call import PendingCall, UpstreamError, UpstreamTimeout
 from metamcp.mcp.upstream.factory import create_upstream
-from metamcp.mcp.upstream.interface import AskClient, Respond, Upstream, fallback_answer
+from metamcp.mcp.upstream.interface import AskClient, ClientMeta, Respond, Upstream, fallback_answer
 from metamcp.servers import ServerConfig, ServerRegistry
 from metamcp.stdio_policy import StdioPolicy
 
@@ -180,19 +180,21 @@ class Pool:
 
     # --- forwarding ----------------------------------------------------------------------------
 
-    def call(self, server: str, method: str, params: dict[str, Any]) -> PendingCall:
+    def call(self, server: str, method: str, params: dict[str, Any],
+             client: ClientMeta | None = None) -> PendingCall:
         """A client's call: its failure is recorded and logged, the client gets client_error."""
         try:
-            call = self.client(server).call(method, params)
+            call = self.client(server).call(method, params, client=client)
         except UpstreamError as e:
             self._health.record_failure(server, str(e))
             raise client_error(server, e) from None
         return call
 
-    def request(self, server: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    def request(self, server: str, method: str, params: dict[str, Any],
+                client: ClientMeta | None = None) -> dict[str, Any]:
         """A client's request (RpcError: the upstream's answer); failures as in call()."""
         try:
-            result = self.client(server).request(method, params)
+            result = self.client(server).request(method, params, client=client)
         except UpstreamError as e:
             self._health.record_failure(server, str(e))
             raise client_error(server, e) from None

@@ -310,3 +310,15 @@ def client_capabilities(value: Any) -> frozenset[str]:
             names.update(f"{name}.{mode}" for mode in ("form", "url", "listChanged", "tools")
                          if mode in declared)
     return frozenset(names)
+
+
+def capabilities_object(names: frozenset[str]) -> dict[str, Any]:
+    """The capabilities object a session's names stand for (client_capabilities() reversed):
+    what the gateway declares to a 2026-07-28 upstream on the client's behalf."""
+    declared: dict[str, Any] = {}
+    for name in CLIENT_CAPABILITIES:
+        if name in names:
+            declared[name] = {mode: {} for mode in ("form", "url", "tools") if f"{name}.{mode}" in names}
+            if f"{name}.listChanged" in names:
+                declared[name]["listChanged"] = True
+    return declared

@@ -82,6 +82,9 @@ class PendingCall:
                  respond: Callable[[dict[str, Any]], None]) -> None:
         #: The id of this request on the upstream wire.
         self.request_id = request_id
+        #: It went out in 2026-07-28 (no session; input the upstream needs comes back as an
+        #: `input_required` result), not as a request of a 2025 session.
+        self.modern = False
         #: Sends the upstream our response to a request it made on this call's stream (any thread).
         self.respond = respond
         self._messages = messages

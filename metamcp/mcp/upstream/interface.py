@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from metamcp.config import package_version
@@ -52,6 +53,18 @@ CLIENT_CAPABILITIES: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class ClientMeta:
+    """Who a request is made for, as far as the upstream may know: the downstream client's era
+    (a dual-era upstream is spoken to in the era of the client that made the request), what it
+    can be asked (a 2026-07-28 upstream gets it in `_meta`, so it asks only for what the client
+    can answer) and the log level it asked for (None: none asked)."""
+
+    modern: bool = False
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    log_level: str | None = None
+
+
 class Upstream(abc.ABC):
     """What the gateway needs of any upstream; subclasses speak one transport."""
 
@@ -77,8 +90,9 @@ class Upstream(abc.ABC):
 
     @abc.abstractmethod
     def call(self, method: str, params: dict[str, Any] | None = None, *,
-             timeout: float | None = None) -> PendingCall:
-        """Send a request; the returned PendingCall yields its notifications, then its response."""
+             timeout: float | None = None, client: ClientMeta | None = None) -> PendingCall:
+        """Send a request; the returned PendingCall yields its notifications, then its response.
+        `client`: whom it is for (None: the gateway itself, e.g. fetching lists)."""
 
     @abc.abstractmethod
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
@@ -93,10 +107,10 @@ class Upstream(abc.ABC):
         """Recent stderr lines of the server's process ([] when this process runs none)."""
 
     def request(self, method: str, params: dict[str, Any] | None = None, *,
-                timeout: float | None = None) -> dict[str, Any]:
+                timeout: float | None = None, client: ClientMeta | None = None) -> dict[str, Any]:
         """The result of one request; jsonrpc.RpcError for a JSON-RPC error answer. Requests
         the upstream makes meanwhile get the answers of a client that offers nothing."""
-        call = self.call(method, params, timeout=timeout)
+        call = self.call(method, params, timeout=timeout, client=client)
         try:
             for message in call:
                 if is_response(message):

@@ -27,6 +27,7 @@ from metamcp.mcp.upstream.call import (
     is_response,
 )
 from metamcp.mcp.upstream.http import QUIET_TIMEOUT, STREAM_IDLE_TIMEOUT, HttpUpstream
+from metamcp.mcp.upstream.interface import ClientMeta
 from metamcp.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class LegacySseUpstream(HttpUpstream):
         self._conn: _Connection | None = None
 
     def call(self, method: str, params: dict[str, Any] | None = None, *,
-             timeout: float | None = None) -> PendingCall:
+             timeout: float | None = None, client: ClientMeta | None = None) -> PendingCall:
         action = f"calling {method}"
         conn, request_id, inbox = self._post_retrying(method, params, timeout, action)
 

@@ -25,7 +25,7 @@ from metamcp.mcp.upstream.call import (
     is_response,
 )
 from metamcp.mcp.upstream.child import GRACE_SECONDS, Child
-from metamcp.mcp.upstream.interface import Upstream
+from metamcp.mcp.upstream.interface import ClientMeta, Upstream
 from metamcp.servers import ServerConfig
 from metamcp.stdio_policy import StdioPolicy, StdioRefused
 
@@ -70,7 +70,7 @@ class StdioUpstream(Upstream):
     # --- the Upstream interface ----------------------------------------------------------
 
     def call(self, method: str, params: dict[str, Any] | None = None, *,
-             timeout: float | None = None) -> PendingCall:
+             timeout: float | None = None, client: ClientMeta | None = None) -> PendingCall:
         child = self._running()
         request_id = self._next_id()
         inbox, params = child.register(request_id, params)

@@ -34,6 +34,7 @@ from metamcp.mcp.upstream.call import (
     is_response,
 )
 from metamcp.mcp.upstream.http import QUIET_TIMEOUT, STREAM_IDLE_TIMEOUT, HttpUpstream
+from metamcp.mcp.upstream.interface import ClientMeta
 from metamcp.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class StreamableHttpUpstream(HttpUpstream):
         self._listen_lock = threading.Lock()
 
     def call(self, method: str, params: dict[str, Any] | None = None, *,
-             timeout: float | None = None) -> PendingCall:
+             timeout: float | None = None, client: ClientMeta | None = None) -> PendingCall:
         """The request goes out when iteration starts, so call() never waits for an answer
         (a JSON-replying upstream sends nothing until it is done). Initialization happens
         here, though: an unreachable upstream fails now."""
