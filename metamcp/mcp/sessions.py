@@ -27,6 +27,7 @@ from metamcp import repository
 from metamcp.db import Database
 from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp.protocol import MODERN_VERSIONS
+from metamcp.mcp.upstream.interface import ClientMeta
 from metamcp.notify import Topic
 
 logger = logging.getLogger(__name__)
@@ -322,3 +323,11 @@ def capabilities_object(names: frozenset[str]) -> dict[str, Any]:
             if f"{name}.listChanged" in names:
                 declared[name]["listChanged"] = True
     return declared
+
+
+def client_meta(session: Session) -> ClientMeta:
+    """Whom a call is made for, as the upstream may see it: the session's era, what its client
+    can be asked, and its log level (a 2025 session without logging/setLevel takes every level,
+    as 2025 servers send them; a 2026-07-28 request only what its `_meta` asked for)."""
+    level = session.log_level if session.log_level is not None or session.modern else LOG_LEVELS[0]
+    return ClientMeta(session.modern, capabilities_object(session.capabilities), level)
