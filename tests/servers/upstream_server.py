@@ -3,6 +3,13 @@
     python tests/servers/upstream_server.py --port P [--name NAME]
         [--transport streamable-http|sse] [--json-response] [--page-size N] [--tools N]
         [--log-file F] [--resumable] [--uri-host HOST] [--subscriptions]
+        [--legacy-only | --modern-only]
+
+It speaks both eras, as SDK servers do: 2025 sessions (initialize) and 2026-07-28 (stateless,
+`server/discover`); its tools that ask the client (ask_user, ask_model, ask_roots) use
+server-initiated requests under 2025 and return `input_required` under 2026-07-28.
+--legacy-only answers 2026-07-28 requests as a 2025 server does (HTTP 400, a plain JSON-RPC
+error; on stdio, the handshake-only loop); --modern-only refuses `initialize` (HTTP 400, -32022).
 
 Binds 127.0.0.1 only and prints nothing on stdout (tests poll the port). With --log-file it
 appends one line per message received ("received <method> [<id or requestId>]") and per
@@ -18,18 +25,22 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from mcp import types
 from mcp.server.context import CallNext, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.runner import serve_loop
+from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.shared.message import ServerMessageMetadata
 from mcp.types import Completion, PromptReference
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+MODERN = "2026-07-28"
+HANDSHAKE = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 NAMES = ("Ada", "Alan", "Grace", "Linus")
 PAGED = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "resources",
          "resources/templates/list": "resourceTemplates"}
@@ -37,6 +48,56 @@ PAGED = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "re
 
 class Person(BaseModel):
     name: str
+
+
+def modern(ctx: Context) -> bool:
+    """The request came in 2026-07-28 (no session: the client cannot be asked mid-call)."""
+    return ctx.protocol_version == MODERN
+
+
+def answer(ctx: Context, key: str) -> Any:
+    """The client's answer to input request `key` on a 2026-07-28 retry (None: not answered yet)."""
+    return (ctx.input_responses or {}).get(key)
+
+
+def refusal(status: int, body: dict[str, Any]) -> Any:
+    """An ASGI response of `status` with a JSON body."""
+    data = json.dumps(body).encode()
+
+    async def respond(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    return respond
+
+
+def one_era(app: Any, *, legacy: bool) -> Any:
+    """`app` serving one era only. Legacy: a POST claiming another revision than 2025's gets
+    what a 2025 server without a session answers (HTTP 400, -32600, no modern data). Modern: a
+    POST not claiming 2026-07-28 (initialize, a session's requests) gets -32022."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            version = next((v.decode("latin-1") for k, v in scope["headers"]
+                            if k == b"mcp-protocol-version"), None)
+            if legacy and version is not None and version not in HANDSHAKE:
+                await refusal(400, {"jsonrpc": "2.0", "id": "server-error", "error": {
+                    "code": -32600, "message": "Bad Request: Missing session ID"}})(scope, receive, send)
+                return
+            if not legacy and version != MODERN:
+                await refusal(400, {"jsonrpc": "2.0", "id": None, "error": {
+                    "code": -32022, "message": "Unsupported protocol version: this server speaks 2026-07-28 only",
+                    "data": {"supported": [MODERN], "requested": version}}})(scope, receive, send)
+                return
+        elif scope["type"] == "http" and not legacy and scope["method"] in ("GET", "DELETE"):
+            await refusal(405, {"jsonrpc": "2.0", "id": None, "error": {
+                "code": -32600, "message": "Method not allowed"}})(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return wrapped
 
 
 class MemoryEventStore(EventStore):
@@ -81,8 +142,9 @@ def offer_subscriptions(server: MCPServer, name: str) -> None:
         return str(counter["value"])
 
     @server.tool(description="Raise the counter resource; its subscribers get resources/updated.")
-    async def bump() -> str:
+    async def bump(ctx: Context) -> str:
         counter["value"] += 1
+        await ctx.notify_resource_updated(counter_uri)  # 2026-07-28: subscriptions/listen streams
         for session_key, session in list(subscribers.get(counter_uri, {}).items()):
             try:
                 await session.send_resource_updated(counter_uri)
@@ -106,7 +168,8 @@ def offer_subscriptions(server: MCPServer, name: str) -> None:
         return await call_next(ctx)
 
     @server.tool(description="Send notifications/tools/list_changed to every client session.")
-    async def notify_all_changed() -> str:
+    async def notify_all_changed(ctx: Context) -> str:
+        await ctx.notify_tools_changed()
         for session in list(sessions.values()):
             try:
                 await session.send_tool_list_changed()
@@ -179,14 +242,18 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host
 
     @server.tool(description="Send notifications/tools/list_changed (not tied to this call).")
     async def notify_changed(ctx: Context) -> str:
-        await ctx.session.send_tool_list_changed()
+        await ctx.notify_tools_changed()  # 2026-07-28: subscriptions/listen streams
+        if not modern(ctx):
+            await ctx.session.send_tool_list_changed()
         return "sent"
 
     @server.tool(description="Add a tool named `name` (it answers its name), then send "
                              "tools/list_changed.")
     async def grow(name: str, ctx: Context) -> str:
         server.add_tool(lambda: name, name=name, description="Added at run time.")
-        await ctx.session.send_tool_list_changed()
+        await ctx.notify_tools_changed()
+        if not modern(ctx):
+            await ctx.session.send_tool_list_changed()
         return "grown"
 
     @server.tool(description="Ping the client on this call's stream, then answer.")
@@ -197,21 +264,58 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host
         return "pong"
 
     @server.tool(description="Ask the user for a name (elicitation); answer what came back.")
-    async def ask_user(question: str, ctx: Context) -> str:
-        answer = await ctx.elicit(question, Person)
-        return f"{answer.action}: {answer.data.name}" if answer.action == "accept" else answer.action
+    async def ask_user(question: str, ctx: Context) -> str | types.InputRequiredResult:
+        if modern(ctx):
+            reply = answer(ctx, "name")
+            if not isinstance(reply, types.ElicitResult):
+                return types.InputRequiredResult(input_requests={"name": types.ElicitRequest(
+                    params=types.ElicitRequestFormParams(
+                        message=question, requested_schema=Person.model_json_schema()))})
+            if reply.action != "accept":
+                return reply.action
+            return f"accept: {(reply.content or {}).get('name')}"
+        elicited = await ctx.elicit(question, Person)
+        return f"{elicited.action}: {elicited.data.name}" if elicited.action == "accept" else elicited.action
 
     @server.tool(description="Ask the client's model (sampling); answer its text.")
-    async def ask_model(prompt: str, ctx: Context) -> str:
-        result = await ctx.session.create_message(
-            [types.SamplingMessage(role="user", content=types.TextContent(type="text", text=prompt))],
-            max_tokens=32, related_request_id=ctx.request_id)
+    async def ask_model(prompt: str, ctx: Context) -> str | types.InputRequiredResult:
+        messages = [types.SamplingMessage(role="user", content=types.TextContent(type="text", text=prompt))]
+        if modern(ctx):
+            reply = answer(ctx, "model")
+            if not isinstance(reply, types.CreateMessageResult):
+                return types.InputRequiredResult(input_requests={"model": types.CreateMessageRequest(
+                    params=types.CreateMessageRequestParams(messages=messages, max_tokens=32))})
+            result = reply
+        else:
+            result = await ctx.session.create_message(messages, max_tokens=32, related_request_id=ctx.request_id)
         return result.content.text if isinstance(result.content, types.TextContent) else "no text"
 
     @server.tool(description="The client's roots, comma-separated (roots/list, outside the call).")
-    async def ask_roots(ctx: Context) -> str:
-        result = await ctx.session.list_roots()
+    async def ask_roots(ctx: Context) -> str | types.InputRequiredResult:
+        if modern(ctx):
+            reply = answer(ctx, "roots")
+            if not isinstance(reply, types.ListRootsResult):
+                return types.InputRequiredResult(input_requests={"roots": types.ListRootsRequest()})
+            result = reply
+        else:
+            result = await ctx.session.list_roots()
         return ",".join(str(root.uri) for root in result.roots)
+
+    @server.tool(description="What this request arrived with, as JSON: its protocol version, HTTP "
+                             "headers, the client's capabilities and its _meta.")
+    def context(ctx: Context) -> str:
+        meta = ctx.request_context.meta
+        capabilities = ctx.client_capabilities
+        return json.dumps({
+            "protocolVersion": ctx.protocol_version, "headers": dict(ctx.headers or {}),
+            "capabilities": capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
+            if capabilities is not None else None,
+            "meta": dict(meta) if meta is not None else None})
+
+    @server.tool(description="Answer the region, which the client mirrors in Mcp-Param-Region.")
+    def regional(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})],
+                 ctx: Context) -> str:
+        return json.dumps({"region": region, "header": (ctx.headers or {}).get("mcp-param-region")})
 
     tasks: set[asyncio.Task[None]] = set()
 
@@ -311,6 +415,10 @@ def main() -> None:
                         help="also offer `deep`, whose result nests `levels` arrays deep")
     parser.add_argument("--subscriptions", action="store_true",
                         help="offer resources/subscribe, the test://NAME/counter resource and `bump`")
+    era = parser.add_mutually_exclusive_group()
+    era.add_argument("--legacy-only", action="store_true", help="speak only the 2025 handshake revisions")
+    era.add_argument("--modern-only", action="store_true",
+                     help="speak only 2026-07-28 (refuse initialize; Streamable HTTP)")
     args = parser.parse_args()
     server = build(args.name, args.tools, args.page_size, args.log_file, args.uri_host, args.subscriptions)
     if args.deep_tool:
@@ -327,14 +435,32 @@ def main() -> None:
             print('{"neither": "is this"}', flush=True)
         for index in range(args.stderr_flood):
             print(f"stderr flood line {index} " + "x" * 200, file=sys.stderr)
-        server.run("stdio")
+        if args.legacy_only:
+            anyio.run(serve_legacy_stdio, server)
+        else:
+            server.run("stdio")  # the client's first request decides the era
     elif args.transport == "sse":
         server.run("sse", host="127.0.0.1", port=args.port)
     elif args.resumable:
         server.run("streamable-http", host="127.0.0.1", port=args.port, json_response=args.json_response,
                    event_store=MemoryEventStore(), retry_interval=100)
+    elif args.legacy_only or args.modern_only:
+        import uvicorn
+
+        app = server.streamable_http_app(json_response=args.json_response)
+        uvicorn.run(one_era(app, legacy=args.legacy_only), host="127.0.0.1", port=args.port,
+                    log_level="warning")
     else:
         server.run("streamable-http", host="127.0.0.1", port=args.port, json_response=args.json_response)
+
+
+async def serve_legacy_stdio(server: MCPServer) -> None:
+    """stdio in the handshake-only loop: server/discover before initialize is refused as a 2025
+    SDK server refuses it."""
+    lowlevel = server._lowlevel_server
+    async with stdio_server() as (read_stream, write_stream), lowlevel.lifespan(lowlevel) as state:
+        await serve_loop(lowlevel, read_stream, write_stream, lifespan_state=state,
+                         init_options=lowlevel.create_initialization_options())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,15 @@ from typing import Any
 
 from metamcp.config import package_version
 from metamcp.mcp import jsonrpc
-from metamcp.mcp.protocol import HANDSHAKE_VERSIONS, LATEST_VERSION
+from metamcp.mcp.protocol import (
+    HANDSHAKE_VERSIONS,
+    LATEST_VERSION,
+    META_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_LOG_LEVEL,
+    META_VERSION,
+    MODERN_VERSION,
+)
 from metamcp.mcp.upstream.call import (
     Inbox,
     PendingCall,
@@ -82,6 +90,13 @@ class Upstream(abc.ABC):
         self._closed = threading.Event()
         self._info: dict[str, Any] | None = None
         self._init_failure: tuple[float, UpstreamError] | None = None
+        #: Resource URIs this process hears updates of through `subscriptions/listen` (2026-07-28),
+        #: and the filter the upstream last acknowledged (None: no stream acknowledged yet).
+        self._watched: set[str] = set()
+        self._acknowledged: frozenset[str] = frozenset()
+        #: Changes of the watched set, and the last change an acknowledged stream included.
+        self._filter_generation = self._acked_generation = 0
+        self._watch = threading.Condition()
 
     @property
     def server_info(self) -> dict[str, Any] | None:
@@ -121,6 +136,44 @@ class Upstream(abc.ABC):
             call.close()
         raise UpstreamError(f"upstream {self.name!r}: no response to {method}")
 
+    def subscribe(self, uri: str) -> None:
+        """Hear `notifications/resources/updated` for `uri` (through on_notification) from now on.
+
+        2025 upstreams get `resources/subscribe` (RpcError: their refusal); on 2026-07-28 the URI
+        joins the filter of the `subscriptions/listen` stream this client holds, which is
+        reopened with it, and this returns once the upstream acknowledged it (RpcError when its
+        acknowledgement leaves it out: it offers no resource subscriptions)."""
+        if not self._listens_modern():
+            self.request("resources/subscribe", {"uri": uri})
+            return
+        with self._watch:
+            self._watched.add(uri)
+            self._filter_generation += 1
+            generation = self._filter_generation
+        self._refilter()
+        wait = self._connect_timeout + self._read_timeout
+        with self._watch:
+            if not self._watch.wait_for(lambda: self._acked_generation >= generation, timeout=wait):
+                raise UpstreamTimeout(f"upstream {self.name!r}: no acknowledgement of the "
+                                      f"subscription within {wait:g}s")
+            if uri not in self._acknowledged:
+                self._watched.discard(uri)
+                raise jsonrpc.RpcError(jsonrpc.METHOD_NOT_FOUND,
+                                       f"upstream {self.name!r} offers no resource subscriptions")
+
+    def unsubscribe(self, uri: str) -> None:
+        """Stop hearing updates of `uri` (2025: `resources/unsubscribe`; 2026-07-28: the listen
+        filter, reopened without it; not waited for)."""
+        if not self._listens_modern():
+            self.request("resources/unsubscribe", {"uri": uri})
+            return
+        with self._watch:
+            if uri not in self._watched:
+                return
+            self._watched.discard(uri)
+            self._filter_generation += 1
+        self._refilter()
+
     def list_all(self, method: str, key: str, *,
                  timeout: float | None = None) -> list[dict[str, Any]]:
         """Every item of a paginated list, following nextCursor (at most MAX_PAGES pages)."""
@@ -143,6 +196,51 @@ class Upstream(abc.ABC):
         self._closed.set()
 
     # --- for the transports -------------------------------------------------------------
+
+    def _listens_modern(self) -> bool:
+        """Whether this client hears the upstream through `subscriptions/listen` (2026-07-28)."""
+        return False
+
+    def _refilter(self) -> None:
+        """Reopen the listen stream with the current filter (transports that listen override)."""
+        return None
+
+    def _listen_filter(self) -> tuple[dict[str, Any], int]:
+        """The `notifications` filter of a listen stream (every list, and the watched URIs), and
+        the generation of the watched set it reflects."""
+        with self._watch:
+            uris, generation = sorted(self._watched), self._filter_generation
+        return ({"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True,
+                 "resourceSubscriptions": uris}, generation)
+
+    def _acknowledge(self, message: dict[str, Any], generation: int) -> None:
+        """Record what a `notifications/subscriptions/acknowledged` honoured of the filter of
+        `generation`."""
+        params = message.get("params")
+        honoured = params.get("notifications") if isinstance(params, dict) else None
+        uris = honoured.get("resourceSubscriptions") if isinstance(honoured, dict) else None
+        with self._watch:
+            self._acknowledged = frozenset(u for u in uris or () if isinstance(u, str))
+            self._acked_generation = max(self._acked_generation, generation)
+            self._watch.notify_all()
+
+    def _envelope(self, params: dict[str, Any] | None, client: ClientMeta | None) -> dict[str, Any]:
+        """`params` with the 2026-07-28 `_meta` of a request made for `client` (None: the gateway
+        itself, offering what it offers upstreams)."""
+        params = dict(params or {})
+        meta = params.get("_meta")
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        meta[META_VERSION] = MODERN_VERSION
+        meta[META_CAPABILITIES] = client.capabilities if client is not None else CLIENT_CAPABILITIES
+        meta[META_CLIENT_INFO] = self._client_info()
+        meta.pop(META_LOG_LEVEL, None)
+        if client is not None and client.log_level:
+            meta[META_LOG_LEVEL] = client.log_level
+        params["_meta"] = meta
+        return params
+
+    def _client_info(self) -> dict[str, Any]:
+        return {"name": "metamcp", "version": package_version()}
 
     def _next_id(self) -> int:
         with self._ids_lock:
@@ -167,7 +265,7 @@ class Upstream(abc.ABC):
 
     def _initialize_params(self) -> dict[str, Any]:
         return {"protocolVersion": LATEST_VERSION, "capabilities": CLIENT_CAPABILITIES,
-                "clientInfo": {"name": "metamcp", "version": package_version()}}
+                "clientInfo": self._client_info()}
 
     def _accepted(self, message: dict[str, Any]) -> dict[str, Any]:
         """The initialize result in `message`, checked; UpstreamError if unusable."""

@@ -1,8 +1,12 @@
 """Streamable HTTP upstreams (MCP 2025-03-26 and later): a POST per message, JSON or SSE replies.
 
-The session id comes from the initialize reply; a 404 while holding it means the upstream
-forgot us (it restarted), so the client initializes again and retries that message once.
-Server-initiated notifications arrive on an optional standing GET stream.
+Before its first request the client probes `server/discover` (era.py). An upstream that lists
+2026-07-28 gets the requests of 2026 clients, and the gateway's own, statelessly: `_meta` and
+the standard headers on each POST, no session; it is heard through a `subscriptions/listen`
+stream. 2025 clients' requests (all requests, to a 2025-only upstream) go on a session: its id
+comes from the initialize reply; a 404 while holding it means the upstream forgot us (it
+restarted), so the client initializes again and retries that message once. Notifications of a
+session arrive on an optional standing GET stream.
 """
 
 from __future__ import annotations
@@ -20,19 +24,27 @@ import requests
 from metamcp.mcp import jsonrpc, sse
 from metamcp.mcp.protocol import (
     ACCEPT_BOTH,
+    HEADER_MISMATCH,
     JSON_TYPE,
     LAST_EVENT_ID_HEADER,
+    MISSING_CLIENT_CAPABILITY,
+    MODERN_VERSION,
     SESSION_HEADER,
     SSE_TYPE,
+    UNSUPPORTED_VERSION,
     VERSION_HEADER,
 )
+from metamcp.mcp.upstream import era as eras
 from metamcp.mcp.upstream.call import (
     TRANSPORT_ERRORS,
     Exchange,
     PendingCall,
     UpstreamError,
+    UpstreamTimeout,
     is_response,
 )
+from metamcp.mcp.upstream.era import Era
+from metamcp.mcp.upstream.headers import HeaderMap, header_map, request_headers
 from metamcp.mcp.upstream.http import QUIET_TIMEOUT, STREAM_IDLE_TIMEOUT, HttpUpstream
 from metamcp.mcp.upstream.interface import ClientMeta
 from metamcp.servers import ServerConfig
@@ -48,6 +60,15 @@ DEFAULT_RETRY_MS, MAX_RETRY_MS = 1000, 5000
 #: Wait for the end of a reply stream after its response, so the connection can be reused.
 DRAIN_SECONDS = 0.25
 LISTEN_BACKOFF_MIN, LISTEN_BACKOFF_MAX = 1.0, 60.0
+#: Errors a 2026-07-28 server answers with (HTTP 400/404): the upstream is still modern.
+MODERN_ERRORS = (jsonrpc.METHOD_NOT_FOUND, jsonrpc.INVALID_PARAMS, HEADER_MISMATCH,
+                 MISSING_CLIENT_CAPABILITY)
+LISTEN = "subscriptions/listen"
+ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
+
+
+class InitializeRefused(UpstreamError):
+    """The upstream refused `initialize` as a 2026-07-28-only server does (-32022)."""
 
 
 @dataclass(frozen=True)
@@ -68,14 +89,44 @@ class StreamableHttpUpstream(HttpUpstream):
         self._listener: threading.Thread | None = None
         self._listening: Exchange | None = None
         self._listen_lock = threading.Lock()
+        #: The outcome of server/discover (None: not probed, or forgotten after a failure).
+        self._era: Era | None = None
+        #: Each tool's arguments mirrored in Mcp-Param-* headers, from the tools/list results seen.
+        self._mirrored: dict[str, HeaderMap] = {}
+        #: The thread holding the subscriptions/listen stream, and the stream it reads.
+        self._subscriber: threading.Thread | None = None
+        self._subscription: Exchange | None = None
+        self._refiltering = threading.Event()
+
+    @property
+    def era(self) -> Era | None:
+        """What the upstream speaks, once probed."""
+        return self._era
 
     def call(self, method: str, params: dict[str, Any] | None = None, *,
              timeout: float | None = None, client: ClientMeta | None = None) -> PendingCall:
         """The request goes out when iteration starts, so call() never waits for an answer
-        (a JSON-replying upstream sends nothing until it is done). Initialization happens
-        here, though: an unreachable upstream fails now."""
+        (a JSON-replying upstream sends nothing until it is done). Probing and initialization
+        happen here, though: an unreachable upstream fails now.
+
+        In 2026-07-28 when the upstream speaks it and the request is a 2026 client's or the
+        gateway's own (`client` None), or the upstream speaks nothing else; else on the session."""
+        era = self._probed(timeout)
+        if era.modern and (client is None or client.modern or not era.legacy):
+            return self._modern_call(era, method, params, timeout, client)
+        try:
+            self._initialized(timeout)
+        except InitializeRefused:
+            if not era.modern:
+                raise
+            logger.info("upstream %s: refuses initialize; speaking 2026-07-28 only", self.name)
+            self._era = Era(modern=True, legacy=False, info=era.info)
+            return self._modern_call(self._era, method, params, timeout, client)
+        return self._legacy_call(method, params, timeout)
+
+    def _legacy_call(self, method: str, params: dict[str, Any] | None,
+                     timeout: float | None) -> PendingCall:
         action = f"calling {method}"
-        self._initialized(timeout)
         request_id = self._next_id()
         exchange = Exchange()
         sent: list[_Session] = []  # the session the request went out on, once it did
@@ -106,9 +157,249 @@ class StreamableHttpUpstream(HttpUpstream):
             yield from self._replies(exchange, message["id"], session, timeout, action)
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """To the session. 2026-07-28 has no notifications from client to server outside a call
+        (roots/list_changed is gone, a call is cancelled by closing its stream): without a
+        session to send it on, a notification for a modern upstream is dropped."""
+        era = self._probed(None)
+        if era.modern and (not era.legacy or self._session is None):
+            logger.debug("upstream %s: %s dropped (2026-07-28, no session)", self.name, method)
+            return
         action = f"sending {method}"
         _, response = self._post_retrying(jsonrpc.notification(method, params), None, action, [])
         self._accepted_notification(response, action)
+
+    # --- 2026-07-28 ---------------------------------------------------------------------
+
+    def _probed(self, timeout: float | None) -> Era:
+        """The upstream's era, probing server/discover first if not known (once, whatever the
+        concurrency; a failure is shared by the threads that waited for it)."""
+        era = self._era
+        if era is not None:
+            return era
+        arrived = time.monotonic()
+        with self._init_lock:
+            if self._era is None:
+                self._failed_meanwhile(arrived)
+                try:
+                    self._era = self._discover(timeout)
+                except UpstreamError as e:
+                    self._init_failure = (time.monotonic(), e)
+                    raise
+                if self._era.modern:
+                    self._info = self._era.info
+                    self._start_subscriber()
+                logger.info("upstream %s: speaks %s", self.name, "2026-07-28" + (
+                    " and 2025" if self._era.legacy else " only") if self._era.modern else "2025 only")
+            return self._era
+
+    def _discover(self, timeout: float | None) -> Era:
+        action = "probing server/discover"
+        request_id = self._next_id()
+        message = jsonrpc.request(request_id, eras.DISCOVER, self._envelope(None, None))
+        read = min(self._timeout(timeout)[1], eras.PROBE_SECONDS)
+        response = self._send("POST", self._url, action, body=message,
+                              headers=self._modern_headers(eras.DISCOVER, None),
+                              timeout=self._timeout(read))
+        exchange = Exchange(response)
+        try:
+            status = response.status_code
+            if status >= 500:
+                raise UpstreamError(f"upstream {self.name!r}: HTTP {status} while {action}")
+            if status >= 400:
+                try:
+                    reply = self._error_reply(exchange, _content_type(response), request_id, action)
+                except TRANSPORT_ERRORS as e:
+                    raise self._failure(e, action, read_timeout=read) from e
+            else:
+                reply = next((m for m in self._replies(exchange, request_id, None, read, action)
+                              if is_response(m)), None)
+        finally:
+            exchange.release(DRAIN_SECONDS)
+        return eras.verdict(self.name, reply)
+
+    def _forget(self, era: Era, why: str) -> None:
+        """Probe again at the next request (the upstream may have been replaced)."""
+        with self._init_lock:
+            if self._era is era:
+                self._era = None
+                logger.info("upstream %s: %s; probing again at the next request", self.name, why)
+
+    def _modern_headers(self, method: str, params: dict[str, Any] | None,
+                        accept: str = ACCEPT_BOTH) -> dict[str, str]:
+        mirrored = None
+        if method == "tools/call" and isinstance((params or {}).get("name"), str):
+            mirrored = self._mirrored.get((params or {})["name"])
+        return {"Accept": accept, VERSION_HEADER: MODERN_VERSION,
+                **request_headers(method, params, mirrored)}
+
+    def _modern_call(self, era: Era, method: str, params: dict[str, Any] | None,
+                     timeout: float | None, client: ClientMeta | None) -> PendingCall:
+        """A stateless request: closing its response is its cancellation; the upstream cannot
+        ask anything on it (input it needs comes back as an `input_required` result)."""
+        request_id = self._next_id()
+        params = self._envelope(params, client)
+        exchange = Exchange()
+        message = jsonrpc.request(request_id, method, params)
+        messages = self._modern_exchange(era, exchange, message, timeout, f"calling {method}")
+
+        def respond(answer: dict[str, Any]) -> None:
+            logger.debug("upstream %s: a 2026-07-28 call asked its client; not answered", self.name)
+
+        call = PendingCall(request_id, messages, interrupt=exchange.interrupt,
+                           release=lambda polite: exchange.release(DRAIN_SECONDS if polite else 0.0),
+                           send_cancelled=lambda _reason: None, respond=respond)
+        call.modern = True
+        return call
+
+    def _modern_exchange(self, era: Era, exchange: Exchange, message: dict[str, Any],
+                         timeout: float | None, action: str) -> Iterator[dict[str, Any]]:
+        method, params = message["method"], message.get("params")
+        try:
+            response = self._send("POST", self._url, action, body=message,
+                                  headers=self._modern_headers(method, params),
+                                  timeout=self._timeout(timeout))
+            status = response.status_code
+            if not exchange.attach(response):
+                return
+            for reply in self._replies(exchange, message["id"], None, timeout, action):
+                if is_response(reply):
+                    self._judge(era, status, reply)
+                    if method == "tools/list":
+                        reply = self._mirror(reply)
+                yield reply
+        except UpstreamTimeout:
+            raise  # slow, not gone
+        except UpstreamError as e:
+            if not exchange.aborted.is_set():
+                self._forget(era, e.message)
+            raise
+
+    def _judge(self, era: Era, status: int, reply: dict[str, Any]) -> None:
+        """Forget the era when an answer says the upstream no longer speaks 2026-07-28: -32022,
+        or an HTTP 400/404 whose error is not one a 2026-07-28 server answers with."""
+        error = reply.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        if code == UNSUPPORTED_VERSION:
+            self._forget(era, "it refused 2026-07-28 (-32022)")
+        elif status in (400, 404) and code not in MODERN_ERRORS:
+            self._forget(era, f"HTTP {status} with a 2025 error ({code})")
+
+    def _mirror(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """Remember each listed tool's x-mcp-header map; leave out tools whose annotations are
+        invalid (as the specification has HTTP clients do)."""
+        result = reply.get("result")
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or not isinstance(tools, list):
+            return reply
+        kept = []
+        for tool in tools:
+            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+                kept.append(tool)
+                continue
+            mirrored = header_map(tool.get("inputSchema"))
+            if mirrored is None:
+                logger.warning("upstream %s: tool %r left out: invalid x-mcp-header annotation",
+                               self.name, tool["name"])
+                continue
+            if mirrored:
+                self._mirrored[tool["name"]] = mirrored
+            else:
+                self._mirrored.pop(tool["name"], None)
+            kept.append(tool)
+        return reply if len(kept) == len(tools) else {**reply, "result": {**result, "tools": kept}}
+
+    # --- 2026-07-28 notifications: the subscriptions/listen stream -------------------------
+
+    def _listens_modern(self) -> bool:
+        era = self._probed(None)
+        return era.modern and self._on_notification is not None
+
+    def _refilter(self) -> None:
+        with self._listen_lock:
+            subscription = self._subscription
+        self._refiltering.set()
+        if subscription is not None:
+            subscription.interrupt()
+
+    def _start_subscriber(self) -> None:
+        if self._on_notification is None or self._subscriber is not None:
+            return
+        self._subscriber = threading.Thread(target=self._subscribe_loop, daemon=True,
+                                            name=f"metamcp-listen-{self.name}")
+        self._subscriber.start()
+
+    def _subscribe_loop(self) -> None:
+        """Hold a subscriptions/listen stream while the upstream speaks 2026-07-28; reconnect
+        with backoff, at once when the filter changed."""
+        delay = LISTEN_BACKOFF_MIN
+        while not self._closed.is_set():
+            try:
+                era = self._probed(None)
+                if not era.modern:
+                    break
+                if not self._subscribe_once(era):
+                    logger.debug("upstream %s: no subscriptions/listen offered", self.name)
+                    break
+                delay = LISTEN_BACKOFF_MIN
+            except UpstreamError as e:
+                if self._closed.is_set():
+                    break
+                logger.debug("upstream %s: subscriptions/listen: %s", self.name, e)
+            if self._refiltering.is_set():
+                continue
+            if self._closed.wait(delay):
+                break
+            delay = min(delay * 2, LISTEN_BACKOFF_MAX)
+        self._subscriber = None
+
+    def _subscribe_once(self, era: Era) -> bool:
+        """Hold one listen stream until it ends (or the filter changes); False if the upstream
+        offers none."""
+        action = "listening (subscriptions/listen)"
+        self._refiltering.clear()
+        notifications, generation = self._listen_filter()
+        request_id = self._next_id()
+        params = self._envelope({"notifications": notifications}, None)
+        response = self._send("POST", self._url, action, body=jsonrpc.request(request_id, LISTEN, params),
+                              headers=self._modern_headers(LISTEN, params),
+                              timeout=self._timeout(STREAM_IDLE_TIMEOUT))
+        exchange = Exchange(response)
+        with self._listen_lock:
+            self._subscription = exchange
+        if self._closed.is_set() or self._refiltering.is_set():
+            exchange.interrupt()
+        try:
+            status, kind = response.status_code, _content_type(response)
+            if status == 404 or (kind == JSON_TYPE and status < 300):
+                if status != 404:
+                    reply = self._parse(exchange.read_all(), action)
+                    self._judge(era, status, reply)
+                    code = (reply.get("error") or {}).get("code") if isinstance(reply.get("error"), dict) else None
+                    if code != jsonrpc.METHOD_NOT_FOUND:
+                        return True  # a graceful end at once: reconnect after the backoff
+                return False
+            if status != 200 or kind != SSE_TYPE:
+                self._forget(era, f"HTTP {status} to subscriptions/listen") if status == 400 else None
+                raise UpstreamError(f"HTTP {status}")
+            for event in sse.decode(exchange.chunks()):
+                if event.event != "message" or not event.data:
+                    continue
+                message = self._parse(event.data, action)
+                if "method" not in message:
+                    return True  # the upstream ended the subscription gracefully
+                if message["method"] == ACKNOWLEDGED:
+                    self._acknowledge(message, generation)
+                elif "id" not in message:
+                    self._deliver(message)
+            return True
+        except TRANSPORT_ERRORS as e:
+            if self._refiltering.is_set():
+                return True
+            raise self._failure(e, action, read_timeout=STREAM_IDLE_TIMEOUT) from e
+        finally:
+            with self._listen_lock:
+                self._subscription = None
+            exchange.release()
 
     def close(self) -> None:
         """End the upstream session (DELETE), stop the listener, close the pool."""
@@ -116,11 +407,13 @@ class StreamableHttpUpstream(HttpUpstream):
             return
         self._closed.set()
         with self._listen_lock:
-            listening = self._listening
-        if listening is not None:
-            listening.interrupt()
-        if self._listener is not None:
-            self._listener.join(timeout=1.0)
+            listening, subscription = self._listening, self._subscription
+        for stream in (listening, subscription):
+            if stream is not None:
+                stream.interrupt()
+        for thread in (self._listener, self._subscriber):
+            if thread is not None:
+                thread.join(timeout=1.0)
         session = self._session
         if session is not None and session.id is not None:
             try:
@@ -147,7 +440,8 @@ class StreamableHttpUpstream(HttpUpstream):
                 except UpstreamError as e:
                     self._init_failure = (time.monotonic(), e)
                     raise
-                self._info = self._session.info
+                if self._era is None or not self._era.modern:
+                    self._info = self._session.info
                 self._start_listener()
             return self._session
 
@@ -168,6 +462,9 @@ class StreamableHttpUpstream(HttpUpstream):
             exchange.release(DRAIN_SECONDS)
         if reply is None:
             raise UpstreamError(f"upstream {self.name!r}: no initialize result")
+        error = reply.get("error")
+        if isinstance(error, dict) and error.get("code") == UNSUPPORTED_VERSION:
+            raise InitializeRefused(f"upstream {self.name!r}: initialize refused (2026-07-28 only)")
         result = self._accepted(reply)
         session = _Session(session_id, result["protocolVersion"], result)
         action = "sending notifications/initialized"
