@@ -201,6 +201,15 @@ class Pool:
         self._health.record_success(server)
         return result
 
+    def subscribe(self, server: str, uri: str) -> None:
+        """Have `server`'s kept client hear updates of `uri` (Upstream.subscribe: 2025
+        resources/subscribe, or the 2026-07-28 listen filter); failures as in request()."""
+        try:
+            self.client(server).subscribe(uri)
+        except UpstreamError as e:
+            self._health.record_failure(server, str(e))
+            raise client_error(server, e) from None
+
     def close(self) -> None:
         with self._lock:
             clients = [c for _, c in self._state.clients.values()]

@@ -1,5 +1,6 @@
-"""Resource subscriptions of downstream sessions: `resources/subscribe` forwarded to the server
-that owns the URI, kept per session in PostgreSQL, and each `notifications/resources/updated`
+"""Resource subscriptions of downstream sessions: forwarded to the server that owns the URI
+(Upstream.subscribe: `resources/subscribe` to a 2025 upstream, the `subscriptions/listen`
+filter of a 2026-07-28 one), kept per session in PostgreSQL, and each `notifications/resources/updated`
 delivered to the subscribed sessions' streams through their mailboxes (any worker).
 
 Upstream clients are per process and shared by every session, so a process subscribes upstream
@@ -167,7 +168,7 @@ class Subscriptions:
         return client is not None and client.server_info is self._upstream[key]
 
     def _subscribe_upstream(self, server: str, uri: str) -> None:
-        self._pool.request(server, "resources/subscribe", {"uri": uri})
+        self._pool.subscribe(server, uri)  # resources/subscribe, or a 2026-07-28 listen filter
         client = self._pool.kept(server)
         self._upstream[(server, uri)] = None if client is None else client.server_info
 
@@ -201,7 +202,7 @@ class Subscriptions:
         if client is None:
             return
         try:
-            client.request("resources/unsubscribe", {"uri": uri})
+            client.unsubscribe(uri)
         except (RpcError, UpstreamError) as e:  # best effort: at worst it sends updates nobody gets
             logger.debug("upstream %s: unsubscribing failed (%s)", server, type(e).__name__)
 

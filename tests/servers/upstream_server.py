@@ -73,6 +73,21 @@ def refusal(status: int, body: dict[str, Any]) -> Any:
     return respond
 
 
+async def request_id(receive: Any) -> Any:
+    """The id of the JSON-RPC request in an ASGI request's body (None if it has none)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return parsed.get("id") if isinstance(parsed, dict) else None
+
+
 def one_era(app: Any, *, legacy: bool) -> Any:
     """`app` serving one era only. Legacy: a POST claiming another revision than 2025's gets
     what a 2025 server without a session answers (HTTP 400, -32600, no modern data). Modern: a
@@ -87,7 +102,7 @@ def one_era(app: Any, *, legacy: bool) -> Any:
                     "code": -32600, "message": "Bad Request: Missing session ID"}})(scope, receive, send)
                 return
             if not legacy and version != MODERN:
-                await refusal(400, {"jsonrpc": "2.0", "id": None, "error": {
+                await refusal(400, {"jsonrpc": "2.0", "id": await request_id(receive), "error": {
                     "code": -32022, "message": "Unsupported protocol version: this server speaks 2026-07-28 only",
                     "data": {"supported": [MODERN], "requested": version}}})(scope, receive, send)
                 return
