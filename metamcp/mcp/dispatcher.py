@@ -17,7 +17,7 @@ from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcEr
 from metamcp.mcp.pool import Pool
 from metamcp.mcp.relay import Relay
 from metamcp.mcp.router import Router
-from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore, client_capabilities
+from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore, client_capabilities, client_meta
 from metamcp.mcp.streams import Streamed
 from metamcp.mcp.subscriptions import Subscriptions
 from metamcp.mcp.upstream.call import UpstreamError
@@ -182,7 +182,7 @@ class Dispatcher:
 
         streamed = Streamed(message.id, session, forget, route.server, self._relay)
         try:
-            streamed.attach(self._pool.call(route.server, "tools/call", params))
+            streamed.attach(self._pool.call(route.server, "tools/call", params, client_meta(session)))
         except BaseException:
             streamed.close()
             raise
@@ -190,16 +190,17 @@ class Dispatcher:
             self._inflight[key] = streamed
         return streamed
 
-    def _get_prompt(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+    def _get_prompt(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         name, arguments = self._name_and_arguments(message)
         route = self._router.route("prompts", name, view)
         params = self._forward_params(message, name=route.name, arguments=arguments)
-        return self._pool.request(route.server, "prompts/get", params)
+        return self._pool.request(route.server, "prompts/get", params, client_meta(session))
 
-    def _read_resource(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+    def _read_resource(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         uri = _uri(message)
         server = self._router.route_resource(uri, view)
-        return self._pool.request(server, "resources/read", self._forward_params(message, uri=uri))
+        return self._pool.request(server, "resources/read", self._forward_params(message, uri=uri),
+                                  client_meta(session))
 
     def _subscribe(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         return self._subscriptions.subscribe(session, _uri(message), view)
@@ -207,7 +208,7 @@ class Dispatcher:
     def _unsubscribe(self, session: Session, message: Message, _view: NamespaceView | None) -> dict[str, Any]:
         return self._subscriptions.unsubscribe(session, _uri(message))
 
-    def _complete(self, _session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+    def _complete(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         ref = message.params.get("ref")
         argument = message.params.get("argument")
         if not isinstance(ref, dict) or not isinstance(argument, dict):
@@ -221,7 +222,7 @@ class Dispatcher:
             params["ref"] = ref
         else:
             raise RpcError(INVALID_PARAMS, "Invalid params: ref must be a ref/prompt or ref/resource")
-        return self._pool.request(server, "completion/complete", params)
+        return self._pool.request(server, "completion/complete", params, client_meta(session))
 
     def _set_level(self, session: Session, message: Message, _view: NamespaceView | None) -> dict[str, Any]:
         level = message.params.get("level")

@@ -34,6 +34,10 @@ class Child(Inboxes):
         #: Whether its unplanned exit was counted (by its reader or by the next request;
         #: under release_lock).
         self.exit_noted = False
+        #: It answered server/discover: it speaks 2026-07-28 for its life (no initialize).
+        self.modern = False
+        #: Its open subscriptions/listen request: (request id, generation of the filter sent).
+        self.listening: tuple[int, int] | None = None
 
     def write(self, message: dict[str, Any]) -> None:
         data = json.dumps(message, separators=(",", ":")).encode() + b"\n"

@@ -1,7 +1,10 @@
 """Stdio upstreams: a supervised child process speaking newline-delimited JSON-RPC.
 
 One child per (server, worker process), shared by every session of the worker; concurrent
-calls are multiplexed by id. The child runs in its own process group with a small inherited
+calls are multiplexed by id. A child speaks one era for its life: it is asked `server/discover`
+first (briefly: a 2025 server may never answer) and spoken to in 2026-07-28 if it lists it
+(`_meta` on every request, a `subscriptions/listen` request kept open for its notifications),
+else initialized as a 2025 server. The child runs in its own process group with a small inherited
 environment; it is started on first use, restarted on the next request after it dies (with
 exponential backoff after repeated crashes), stopped when idle, and always reaped.
 """
@@ -18,6 +21,8 @@ from typing import IO, Any
 from metamcp.config import child_environment
 from metamcp.mcp import jsonrpc, protocol
 from metamcp.mcp.children import ChildRecords, spawn
+from metamcp.mcp.protocol import META_SUBSCRIPTION, UNSUPPORTED_VERSION
+from metamcp.mcp.upstream import era as eras
 from metamcp.mcp.upstream.call import (
     PendingCall,
     UpstreamError,
@@ -39,6 +44,13 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 #: A child that dies sooner than this after starting counts as crashing repeatedly.
 STABLE_AFTER = 10.0
 MAX_BACKOFF = 30.0
+ROOTS_CHANGED = "notifications/roots/list_changed"
+LISTEN = "subscriptions/listen"
+ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
+
+
+class _ModernAfterAll(Exception):
+    """initialize was answered -32022: the child took 2026-07-28 from a late-answered probe."""
 
 
 class StdioUpstream(Upstream):
@@ -73,6 +85,8 @@ class StdioUpstream(Upstream):
              timeout: float | None = None, client: ClientMeta | None = None) -> PendingCall:
         child = self._running()
         request_id = self._next_id()
+        if child.modern:
+            params = self._envelope(params, client)
         inbox, params = child.register(request_id, params)
         self._write(child, jsonrpc.request(request_id, method, params), request_id)
 
@@ -82,15 +96,61 @@ class StdioUpstream(Upstream):
                 cancel["reason"] = reason
             _write_quietly(child, jsonrpc.notification("notifications/cancelled", cancel))
 
-        return PendingCall(request_id, self._inbox_replies(inbox, timeout, f"calling {method}",
+        call = PendingCall(request_id, self._inbox_replies(inbox, timeout, f"calling {method}",
                                                            "the child's output"),
                            interrupt=lambda: inbox.put(None),
                            release=lambda _polite: child.forget(request_id),
                            send_cancelled=send_cancelled, respond=lambda m: _write_quietly(child, m))
+        call.modern = child.modern
+        return call
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """To the child; 2026-07-28 has no roots/list_changed (roots are asked per call): dropped."""
         child = self._running()
+        if child.modern and method == ROOTS_CHANGED:
+            return
         self._write(child, jsonrpc.notification(method, params), None)
+
+    @property
+    def modern(self) -> bool | None:
+        """Whether the running child speaks 2026-07-28 (None: none runs)."""
+        child = self._child
+        return child.modern if child is not None else None
+
+    # --- 2026-07-28 notifications: one subscriptions/listen request per child ----------------
+
+    def _listens_modern(self) -> bool:
+        return self._running().modern and self._on_notification is not None
+
+    def _refilter(self) -> None:
+        child = self._child
+        if child is not None and child.modern:
+            self._listen(child)
+
+    def _listen(self, child: Child) -> None:
+        """(Re)send the child's subscriptions/listen with the current filter, cancelling the
+        previous one."""
+        if self._on_notification is None:
+            return
+        notifications, generation = self._listen_filter()
+        request_id = self._next_id()
+        previous, child.listening = child.listening, (request_id, generation)
+        if previous is not None:
+            _write_quietly(child, jsonrpc.notification("notifications/cancelled", {"requestId": previous[0]}))
+        params = self._envelope({"notifications": notifications}, None)
+        _write_quietly(child, jsonrpc.request(request_id, LISTEN, params))
+
+    def _heard(self, child: Child, message: dict[str, Any]) -> None:
+        """A notification not tied to a call: an acknowledgement of the child's current listen
+        is recorded, the rest delivered."""
+        if message["method"] == ACKNOWLEDGED:
+            params = message.get("params")
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            listening = child.listening
+            if isinstance(meta, dict) and listening is not None and meta.get(META_SUBSCRIPTION) == listening[0]:
+                self._acknowledge(message, listening[1])
+            return
+        self._deliver(message)
 
     def close(self) -> None:
         self._closed.set()
@@ -183,6 +243,42 @@ class StdioUpstream(Upstream):
         return child
 
     def _handshake(self, child: Child) -> None:
+        """server/discover first; initialize unless the child answered it with 2026-07-28."""
+        discovered = self._discover(child)
+        if discovered.modern:
+            child.modern = True
+            self._info = discovered.info
+            logger.info("upstream %s: the child speaks 2026-07-28", self.name)
+            self._listen(child)
+            return
+        try:
+            self._initialize(child)
+        except _ModernAfterAll:
+            # It answered the probe too late and took the era from it (-32022 to initialize).
+            child.modern = True
+            self._info = {}
+            self._listen(child)
+
+    def _discover(self, child: Child) -> eras.Era:
+        """The child's era from its answer to server/discover; 2025 when it gives none in time."""
+        wait = min(self._start_timeout, eras.PROBE_SECONDS)
+        request_id = self._next_id()
+        inbox, _ = child.register(request_id, None)
+        try:
+            self._write(child, jsonrpc.request(request_id, eras.DISCOVER, self._envelope(None, None)),
+                        request_id)
+            replies = self._inbox_replies(inbox, wait, "probing server/discover", "the child's output")
+            reply = next(m for m in replies if is_response(m))
+        except UpstreamTimeout:
+            return eras.LEGACY  # a 2025 server may say nothing to a request before initialize
+        except UpstreamError as e:
+            self._record_crash(f"exited during server/discover: {e.message}")
+            raise
+        finally:
+            child.forget(request_id)
+        return eras.verdict(self.name, reply)
+
+    def _initialize(self, child: Child) -> None:
         request_id = self._next_id()
         inbox, _ = child.register(request_id, None)
         try:
@@ -199,6 +295,9 @@ class StdioUpstream(Upstream):
             raise
         finally:
             child.forget(request_id)
+        error = reply.get("error")
+        if isinstance(error, dict) and error.get("code") == UNSUPPORTED_VERSION:
+            raise _ModernAfterAll
         self._info = self._accepted(reply)
         self._write(child, jsonrpc.notification("notifications/initialized"), None)
 
@@ -256,7 +355,7 @@ class StdioUpstream(Upstream):
             self._ask_client(raw, lambda m: _write_quietly(child, m))
             return
         if not child.route(raw) and message.is_notification:
-            self._deliver(raw)
+            self._heard(child, raw)
 
     def _read_stderr(self, stream: IO[bytes] | None) -> None:
         if stream is None:
