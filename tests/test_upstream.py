@@ -24,8 +24,12 @@ from .upstreams import EXAMPLE_SERVER, Log, UpstreamProcess, free_port, server_c
 from .upstreams import start_upstream as start_upstream  # noqa: F401 - the fixture
 
 TRANSPORTS = ["sse-replies", "json-replies", "legacy"]
+#: The 2025 session client: Streamable HTTP servers that speak only 2025 (2026-07-28 upstreams:
+#: test_upstream_modern.py).
+LEGACY_ONLY = ("--legacy-only",)
 OPTIONS: dict[str, dict[str, Any]] = {
-    "sse-replies": {}, "json-replies": {"json_response": True}, "legacy": {"transport": "sse"}}
+    "sse-replies": {"extra_args": LEGACY_ONLY}, "json-replies": {"json_response": True, "extra_args": LEGACY_ONLY},
+    "legacy": {"transport": "sse"}}
 PROTOCOL_HEADERS = {"host", "accept-encoding", "user-agent", "accept", "content-type", "content-length",
                     "mcp-session-id", "mcp-protocol-version"}
 
@@ -330,7 +334,7 @@ def test_a_dead_legacy_stream_fails_the_waiting_calls(start_upstream: Any, conne
 
 
 def test_a_stream_closed_midway_is_resumed(start_upstream: Any, connect: Connect) -> None:
-    upstream = connect(start_upstream("alpha", resumable=True))
+    upstream = connect(start_upstream("alpha", resumable=True, extra_args=LEGACY_ONLY))
     params = {"name": "resumable", "arguments": {"steps": 4}, "_meta": {"progressToken": "r"}}
     messages = list(upstream.call("tools/call", params))
     assert [m["params"]["progress"] for m in messages if "method" in m] == [1, 2, 3, 4]

@@ -198,6 +198,26 @@ def offer_subscriptions(server: MCPServer, name: str) -> None:
                                                 unsubscribe)
 
 
+def offer_context_tools(server: MCPServer) -> None:
+    """`context` (what a request arrived with) and `regional` (an x-mcp-header argument)."""
+
+    @server.tool(description="What this request arrived with, as JSON: its protocol version, HTTP "
+                             "headers, the client's capabilities and its _meta.")
+    def context(ctx: Context) -> str:
+        meta = ctx.request_context.meta
+        capabilities = ctx.client_capabilities
+        return json.dumps({
+            "protocolVersion": ctx.protocol_version, "headers": dict(ctx.headers or {}),
+            "capabilities": capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
+            if capabilities is not None else None,
+            "meta": dict(meta) if meta is not None else None})
+
+    @server.tool(description="Answer the region, which the client mirrors in Mcp-Param-Region.")
+    def regional(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})],
+                 ctx: Context) -> str:
+        return json.dumps({"region": region, "header": (ctx.headers or {}).get("mcp-param-region")})
+
+
 def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host: str | None = None,
           subscriptions: bool = False) -> MCPServer:
     server = MCPServer(f"upstream-{name}", version="1.0.0", instructions=f"Test upstream {name}.")
@@ -316,22 +336,6 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host
             result = await ctx.session.list_roots()
         return ",".join(str(root.uri) for root in result.roots)
 
-    @server.tool(description="What this request arrived with, as JSON: its protocol version, HTTP "
-                             "headers, the client's capabilities and its _meta.")
-    def context(ctx: Context) -> str:
-        meta = ctx.request_context.meta
-        capabilities = ctx.client_capabilities
-        return json.dumps({
-            "protocolVersion": ctx.protocol_version, "headers": dict(ctx.headers or {}),
-            "capabilities": capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
-            if capabilities is not None else None,
-            "meta": dict(meta) if meta is not None else None})
-
-    @server.tool(description="Answer the region, which the client mirrors in Mcp-Param-Region.")
-    def regional(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})],
-                 ctx: Context) -> str:
-        return json.dumps({"region": region, "header": (ctx.headers or {}).get("mcp-param-region")})
-
     tasks: set[asyncio.Task[None]] = set()
 
     @server.tool(description="Answer at once; then ask the client's roots outside any call and log them.")
@@ -430,12 +434,17 @@ def main() -> None:
                         help="also offer `deep`, whose result nests `levels` arrays deep")
     parser.add_argument("--subscriptions", action="store_true",
                         help="offer resources/subscribe, the test://NAME/counter resource and `bump`")
+    parser.add_argument("--context-tools", action="store_true",
+                        help="also offer `context` (what a request arrived with) and `regional` "
+                             "(an argument mirrored in the Mcp-Param-Region header)")
     era = parser.add_mutually_exclusive_group()
     era.add_argument("--legacy-only", action="store_true", help="speak only the 2025 handshake revisions")
     era.add_argument("--modern-only", action="store_true",
                      help="speak only 2026-07-28 (refuse initialize; Streamable HTTP)")
     args = parser.parse_args()
     server = build(args.name, args.tools, args.page_size, args.log_file, args.uri_host, args.subscriptions)
+    if args.context_tools:
+        offer_context_tools(server)
     if args.deep_tool:
         def deep(levels: int) -> dict[str, Any]:
             value: Any = "bottom"
@@ -456,17 +465,17 @@ def main() -> None:
             server.run("stdio")  # the client's first request decides the era
     elif args.transport == "sse":
         server.run("sse", host="127.0.0.1", port=args.port)
-    elif args.resumable:
-        server.run("streamable-http", host="127.0.0.1", port=args.port, json_response=args.json_response,
-                   event_store=MemoryEventStore(), retry_interval=100)
-    elif args.legacy_only or args.modern_only:
-        import uvicorn
-
-        app = server.streamable_http_app(json_response=args.json_response)
-        uvicorn.run(one_era(app, legacy=args.legacy_only), host="127.0.0.1", port=args.port,
-                    log_level="warning")
     else:
-        server.run("streamable-http", host="127.0.0.1", port=args.port, json_response=args.json_response)
+        options: dict[str, Any] = {"json_response": args.json_response}
+        if args.resumable:
+            options.update(event_store=MemoryEventStore(), retry_interval=100)
+        if args.legacy_only or args.modern_only:
+            import uvicorn
+
+            app = one_era(server.streamable_http_app(**options), legacy=args.legacy_only)
+            uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+        else:
+            server.run("streamable-http", host="127.0.0.1", port=args.port, **options)
 
 
 async def serve_legacy_stdio(server: MCPServer) -> None:

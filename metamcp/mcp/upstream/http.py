@@ -65,8 +65,9 @@ class HttpUpstream(Upstream):
 
     def _send(self, method: str, url: str, action: str, *, body: dict[str, Any] | None = None,
               headers: dict[str, str] | None = None, timeout: tuple[float, float] | None = None,
-              ) -> requests.Response:
-        """One HTTP request (streamed, never redirected); transport errors become UpstreamError."""
+              redirect_fails: bool = True) -> requests.Response:
+        """One HTTP request (streamed, never redirected); transport errors become UpstreamError,
+        and so does a redirect unless `redirect_fails` is False (the caller looks at it)."""
         self._check_open()
         try:
             response = self._http.request(
@@ -74,7 +75,7 @@ class HttpUpstream(Upstream):
                 stream=True, allow_redirects=False)
         except TRANSPORT_ERRORS as e:
             raise self._failure(e, action, sending=True) from e
-        if 300 <= response.status_code < 400:
+        if 300 <= response.status_code < 400 and redirect_fails:
             response.close()  # following it could carry the configured credentials elsewhere
             raise UpstreamError(f"upstream {self.name!r}: redirected (HTTP {response.status_code}) "
                                 f"while {action}; configure the final URL")

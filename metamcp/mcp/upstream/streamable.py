@@ -64,6 +64,8 @@ LISTEN_BACKOFF_MIN, LISTEN_BACKOFF_MAX = 1.0, 60.0
 MODERN_ERRORS = (jsonrpc.METHOD_NOT_FOUND, jsonrpc.INVALID_PARAMS, HEADER_MISMATCH,
                  MISSING_CLIENT_CAPABILITY)
 LISTEN = "subscriptions/listen"
+#: Methods 2026-07-28 removed: a dual-era upstream still gets them on the session.
+SESSION_ONLY = frozenset({"ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
 ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
 
 
@@ -112,7 +114,8 @@ class StreamableHttpUpstream(HttpUpstream):
         In 2026-07-28 when the upstream speaks it and the request is a 2026 client's or the
         gateway's own (`client` None), or the upstream speaks nothing else; else on the session."""
         era = self._probed(timeout)
-        if era.modern and (client is None or client.modern or not era.legacy):
+        if era.modern and (not era.legacy or (
+                (client is None or client.modern) and method not in SESSION_ONLY)):
             return self._modern_call(era, method, params, timeout, client)
         try:
             self._initialized(timeout)
@@ -193,26 +196,31 @@ class StreamableHttpUpstream(HttpUpstream):
             return self._era
 
     def _discover(self, timeout: float | None) -> Era:
-        action = "probing server/discover"
+        """The era from the upstream's answer to server/discover. Only an upstream that cannot
+        be reached (or does not answer in time) fails here; any other answer that is not a
+        DiscoverResult means 2025, and initialize then tells what is wrong, if anything."""
+        action = "initializing"  # what admins see: the probe is the first step of it
         request_id = self._next_id()
         message = jsonrpc.request(request_id, eras.DISCOVER, self._envelope(None, None))
         read = min(self._timeout(timeout)[1], eras.PROBE_SECONDS)
         response = self._send("POST", self._url, action, body=message,
                               headers=self._modern_headers(eras.DISCOVER, None),
-                              timeout=self._timeout(read))
+                              timeout=self._timeout(read), redirect_fails=False)
         exchange = Exchange(response)
+        reply: dict[str, Any] | None = None
         try:
             status = response.status_code
-            if status >= 500:
-                raise UpstreamError(f"upstream {self.name!r}: HTTP {status} while {action}")
-            if status >= 400:
-                try:
-                    reply = self._error_reply(exchange, _content_type(response), request_id, action)
-                except TRANSPORT_ERRORS as e:
-                    raise self._failure(e, action, read_timeout=read) from e
-            else:
+            if 400 <= status < 500:
+                reply = self._error_reply(exchange, _content_type(response), request_id, action)
+            elif status < 300:
                 reply = next((m for m in self._replies(exchange, request_id, None, read, action)
                               if is_response(m)), None)
+        except UpstreamTimeout:
+            raise
+        except UpstreamError as e:
+            logger.debug("upstream %s: no usable answer to server/discover (%s)", self.name, e.message)
+        except TRANSPORT_ERRORS as e:
+            raise self._failure(e, action, read_timeout=read) from e
         finally:
             exchange.release(DRAIN_SECONDS)
         return eras.verdict(self.name, reply)
@@ -255,24 +263,45 @@ class StreamableHttpUpstream(HttpUpstream):
                          timeout: float | None, action: str) -> Iterator[dict[str, Any]]:
         method, params = message["method"], message.get("params")
         try:
-            response = self._send("POST", self._url, action, body=message,
-                                  headers=self._modern_headers(method, params),
-                                  timeout=self._timeout(timeout))
-            status = response.status_code
-            if not exchange.attach(response):
-                return
-            for reply in self._replies(exchange, message["id"], None, timeout, action):
-                if is_response(reply):
-                    self._judge(era, status, reply)
-                    if method == "tools/list":
-                        reply = self._mirror(reply)
-                yield reply
+            for attempt in range(2):
+                response = self._send("POST", self._url, action, body=message,
+                                      headers=self._modern_headers(method, params),
+                                      timeout=self._timeout(timeout))
+                status = response.status_code
+                if not exchange.attach(response):
+                    return
+                for reply in self._replies(exchange, message["id"], None, timeout, action):
+                    if is_response(reply):
+                        self._judge(era, status, reply)
+                        if attempt == 0 and self._mirrors_changed(status, reply, params, timeout):
+                            break  # the tool's headers were unknown or stale: once more with them
+                        if method == "tools/list":
+                            reply = self._mirror(reply)
+                    yield reply
+                else:
+                    return
         except UpstreamTimeout:
             raise  # slow, not gone
         except UpstreamError as e:
             if not exchange.aborted.is_set():
                 self._forget(era, e.message)
             raise
+
+    def _mirrors_changed(self, status: int, reply: dict[str, Any], params: dict[str, Any] | None,
+                         timeout: float | None) -> bool:
+        """After a tools/call refused for its Mcp-Param-* headers (HTTP 400, -32020): list the
+        tools again (as the specification advises) and say whether the call's map changed."""
+        error = reply.get("error")
+        name = (params or {}).get("name")
+        if status != 400 or not isinstance(error, dict) or error.get("code") != HEADER_MISMATCH \
+                or not isinstance(name, str):
+            return False
+        before = self._mirrored.get(name)
+        try:
+            self.list_all("tools/list", "tools", timeout=timeout)
+        except (UpstreamError, jsonrpc.RpcError):
+            return False
+        return self._mirrored.get(name) != before
 
     def _judge(self, era: Era, status: int, reply: dict[str, Any]) -> None:
         """Forget the era when an answer says the upstream no longer speaks 2026-07-28: -32022,
@@ -439,6 +468,9 @@ class StreamableHttpUpstream(HttpUpstream):
                     self._session = self._handshake(timeout)
                 except UpstreamError as e:
                     self._init_failure = (time.monotonic(), e)
+                    era = self._era
+                    if era is not None and not era.modern and not isinstance(e, InitializeRefused):
+                        self._era = None  # a 2025 upstream that fails: ask again what it speaks
                     raise
                 if self._era is None or not self._era.modern:
                     self._info = self._session.info
@@ -503,6 +535,7 @@ class StreamableHttpUpstream(HttpUpstream):
             response.close()
             logger.info("upstream %s: session expired; initializing again", self.name)
             self._expire(session)
+            self._era = None if self._era is not None and not self._era.modern else self._era
             session = self._initialized(timeout)
             sent.append(session)
             response = self._post(session, message, timeout, action)
