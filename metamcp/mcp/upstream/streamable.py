@@ -64,6 +64,7 @@ LISTEN_BACKOFF_MIN, LISTEN_BACKOFF_MAX = 1.0, 60.0
 MODERN_ERRORS = (jsonrpc.METHOD_NOT_FOUND, jsonrpc.INVALID_PARAMS, HEADER_MISMATCH,
                  MISSING_CLIENT_CAPABILITY)
 LISTEN = "subscriptions/listen"
+PROBE_ID = "metamcp-discover"
 #: Methods 2026-07-28 removed: a dual-era upstream still gets them on the session.
 SESSION_ONLY = frozenset({"ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
 ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
@@ -200,7 +201,7 @@ class StreamableHttpUpstream(HttpUpstream):
         be reached (or does not answer in time) fails here; any other answer that is not a
         DiscoverResult means 2025, and initialize then tells what is wrong, if anything."""
         action = "initializing"  # what admins see: the probe is the first step of it
-        request_id = self._next_id()
+        request_id = PROBE_ID  # a request of its own: the session's ids start after it
         message = jsonrpc.request(request_id, eras.DISCOVER, self._envelope(None, None))
         read = min(self._timeout(timeout)[1], eras.PROBE_SECONDS)
         response = self._send("POST", self._url, action, body=message,
@@ -349,6 +350,8 @@ class StreamableHttpUpstream(HttpUpstream):
         self._refiltering.set()
         if subscription is not None:
             subscription.interrupt()
+        elif self._subscriber is None:
+            self._start_subscriber()  # it had stopped (no listen offered): ask again
 
     def _start_subscriber(self) -> None:
         if self._on_notification is None or self._subscriber is not None:
@@ -400,15 +403,15 @@ class StreamableHttpUpstream(HttpUpstream):
         try:
             status, kind = response.status_code, _content_type(response)
             if status == 404 or (kind == JSON_TYPE and status < 300):
-                if status != 404:
-                    reply = self._parse(exchange.read_all(), action)
-                    self._judge(era, status, reply)
-                    code = (reply.get("error") or {}).get("code") if isinstance(reply.get("error"), dict) else None
-                    if code != jsonrpc.METHOD_NOT_FOUND:
-                        return True  # a graceful end at once: reconnect after the backoff
-                return False
+                reply = self._parse(exchange.read_all(), action) if status != 404 else {}
+                error = reply.get("error")
+                if status == 404 or (isinstance(error, dict) and error.get("code") == jsonrpc.METHOD_NOT_FOUND):
+                    self._acknowledge({}, generation)  # nothing honoured: subscribe() says so
+                    return False
+                return True  # it ended the subscription at once: reconnect after the backoff
             if status != 200 or kind != SSE_TYPE:
-                self._forget(era, f"HTTP {status} to subscriptions/listen") if status == 400 else None
+                if status == 400:
+                    self._forget(era, "HTTP 400 to subscriptions/listen")
                 raise UpstreamError(f"HTTP {status}")
             for event in sse.decode(exchange.chunks()):
                 if event.event != "message" or not event.data:
@@ -558,7 +561,7 @@ class StreamableHttpUpstream(HttpUpstream):
 
     # --- calls --------------------------------------------------------------------------
 
-    def _replies(self, exchange: Exchange, request_id: int, session: _Session | None,
+    def _replies(self, exchange: Exchange, request_id: int | str, session: _Session | None,
                  timeout: float | None, action: str) -> Iterator[dict[str, Any]]:
         read = self._timeout(timeout)[1]
         try:
@@ -586,7 +589,7 @@ class StreamableHttpUpstream(HttpUpstream):
         except TRANSPORT_ERRORS as e:
             raise self._failure(e, action, read_timeout=read) from e
 
-    def _error_reply(self, exchange: Exchange, kind: str, request_id: int,
+    def _error_reply(self, exchange: Exchange, kind: str, request_id: int | str,
                      action: str) -> dict[str, Any] | None:
         """A JSON-RPC error carried by an HTTP error (as SDK servers send), else None."""
         if kind != JSON_TYPE:
@@ -600,7 +603,7 @@ class StreamableHttpUpstream(HttpUpstream):
         exchange.answered = True
         return {**message, "id": request_id}
 
-    def _stream(self, exchange: Exchange, request_id: int, session: _Session | None, read: float,
+    def _stream(self, exchange: Exchange, request_id: int | str, session: _Session | None, read: float,
                 action: str) -> Iterator[dict[str, Any]]:
         """An SSE reply: the call's notifications and requests, then its response; resumed if it
         breaks off."""
