@@ -166,8 +166,9 @@ def test_update_reaches_only_the_subscribed_session_wherever_its_stream_is(setup
         rpc(setup.b, other, "tools/call", {"name": "sub__bump", "arguments": {}})
         assert updates(far.messages(2)) == []
         assert updates(near.messages(0.5)) == []
-        # A, hearing an update nobody of its own wants any more, unsubscribes upstream.
-        assert setup.log.wait_for(f"resources/unsubscribe {COUNTER}")
+        # A, hearing an update nobody of its own wants any more, unsubscribes upstream: the
+        # upstream speaks 2026-07-28, so A listens again without the URI (subscriptions/listen).
+        assert setup.log.wait_for("subscriptions/listen []")
     finally:
         far.close()
         near.close()

@@ -389,6 +389,9 @@ def build(name: str, tools: int, page_size: int, log_file: Path | None, uri_host
         log(f"received {ctx.method} {params.get('requestId', '')}".rstrip())
         if ctx.method in ("resources/subscribe", "resources/unsubscribe"):
             log(f"{ctx.method} {params.get('uri')}")
+        if ctx.method == "subscriptions/listen":  # 2026-07-28: the URIs it listens to now
+            wanted = (params.get("notifications") or {}).get("resourceSubscriptions") or []
+            log(f"{ctx.method} [{','.join(wanted)}]")
         if ctx.method == "logging/setLevel":
             return {}
         return await call_next(ctx)
