@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -304,3 +305,19 @@ def test_header_maps_of_tool_schemas() -> None:
     assert headers == {"Mcp-Method": "tools/call", "Mcp-Name": "q", "Mcp-Param-Region": "eu",
                        "Mcp-Param-Flag": "true"}
     assert request_headers("resources/read", {"uri": "file:///ä"})["Mcp-Name"] == encode("file:///ä")
+
+
+def test_closing_a_modern_call_cancels_it_by_closing_its_stream(start_upstream: Any, connect: Connect,
+                                                                tmp_path: Any) -> None:
+    log = Log(tmp_path / "up.log")
+    upstream = connect(start_upstream("dual", log_file=log.path))
+    call = upstream.call("tools/call", {"name": "slow", "arguments": {"seconds": 10}}, client=MODERN_CLIENT)
+    reader = threading.Thread(target=lambda: list(call))
+    reader.start()
+    assert log.wait_for("slow start")
+    started = time.monotonic()
+    call.close()
+    reader.join(timeout=5)
+    assert not reader.is_alive() and time.monotonic() - started < 3
+    assert log.wait_for("slow cancelled")
+    assert "received notifications/cancelled" not in log.lines()  # 2026-07-28: no notification

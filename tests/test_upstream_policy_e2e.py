@@ -139,5 +139,6 @@ def test_clients_get_a_generic_upstream_error_and_admins_the_cause(
     down = rest("GET", f"/api/v1/mcp/servers/{ids['down']}/tools")
     assert down.status_code == 502 and "connection refused" in down.json()["message"]
     output = gateway.output()
-    assert output.count("upstream 'beta': connection refused while calling tools/call") == 4
+    # (While initializing: a 2025 client's first call opens the session; the lists went stateless.)
+    assert output.count("beta skipped: upstream 'beta': connection refused while") == 4
     assert "Traceback" not in output

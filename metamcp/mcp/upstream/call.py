@@ -189,6 +189,17 @@ class Exchange:
         self.answered = False
         self.aborted = threading.Event()
         self._lock = threading.Lock()
+        #: The connection a request is going out on, before its response arrives (see sending()).
+        self._connection: Any = None
+
+    def sending(self, connection: Any) -> None:
+        """The request goes out on `connection`: interrupt() shuts it down until a response is
+        attached (at once, if interrupted already)."""
+        with self._lock:
+            self._connection = connection
+            aborted = self.aborted.is_set()
+        if aborted:
+            _shutdown(connection)
 
     def attach(self, response: requests.Response) -> bool:
         """Read `response` from now on (the first, or a resumed stream); False if interrupted."""
@@ -231,6 +242,8 @@ class Exchange:
         with self._lock:
             self.aborted.set()
             if self.response is None:
+                if self._connection is not None:
+                    _shutdown(self._connection)  # still waiting for the response's headers
                 return
             try:
                 self.response.raw.shutdown()
@@ -259,6 +272,16 @@ class Exchange:
         # At the end of the body urllib3 has already put the connection back in the pool (and
         # this is a no-op); before it, this closes the connection.
         response.close()
+
+
+def _shutdown(connection: Any) -> None:
+    """Wake a thread blocked reading `connection` (an urllib3 connection) by shutting its socket."""
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 #: A call's inbox: its messages, or None when the channel closed or the call was cancelled.

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
@@ -79,12 +81,33 @@ def connect(policy: AddressPolicy, address: tuple[str, int], timeout: Any,
     raise error or OSError("getaddrinfo returned no address")
 
 
+_watchers = threading.local()
+
+
+@contextmanager
+def watching(on_connection: Callable[[HTTPConnection], None]) -> Iterator[None]:
+    """While the block runs, tell `on_connection` the connection each request of this thread
+    goes out on, before it is sent: the caller can then shut it down while the request still
+    waits for its response headers (a stateless upstream sends none until it has something)."""
+    _watchers.current = on_connection
+    try:
+        yield
+    finally:
+        _watchers.current = None
+
+
 class GuardedHTTPConnection(HTTPConnection):
     """An HTTP connection whose socket comes from `connect` above (urllib3's _new_conn, guarded)."""
 
     def __init__(self, *args: Any, policy: AddressPolicy, **kwargs: Any) -> None:
         self._policy = policy
         super().__init__(*args, **kwargs)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        watcher = getattr(_watchers, "current", None)
+        if watcher is not None:
+            watcher(self)
+        super().request(*args, **kwargs)
 
     def _new_conn(self) -> socket.socket:
         try:

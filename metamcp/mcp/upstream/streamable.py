@@ -44,6 +44,7 @@ from metamcp.mcp.upstream.call import (
     is_response,
 )
 from metamcp.mcp.upstream.era import Era
+from metamcp.mcp.upstream.guard import watching
 from metamcp.mcp.upstream.headers import HeaderMap, header_map, request_headers
 from metamcp.mcp.upstream.http import QUIET_TIMEOUT, STREAM_IDLE_TIMEOUT, HttpUpstream
 from metamcp.mcp.upstream.interface import ClientMeta
@@ -265,9 +266,10 @@ class StreamableHttpUpstream(HttpUpstream):
         method, params = message["method"], message.get("params")
         try:
             for attempt in range(2):
-                response = self._send("POST", self._url, action, body=message,
-                                      headers=self._modern_headers(method, params),
-                                      timeout=self._timeout(timeout))
+                with watching(exchange.sending):  # closing the call must not wait for headers
+                    response = self._send("POST", self._url, action, body=message,
+                                          headers=self._modern_headers(method, params),
+                                          timeout=self._timeout(timeout))
                 status = response.status_code
                 if not exchange.attach(response):
                     return
