@@ -5,6 +5,12 @@ Each initializes lazily (once, under a lock) and speaks one transport: Streamabl
 (streamable.py) and legacy HTTP+SSE (legacy_sse.py) share the HTTP base (http.py); stdio
 (stdio.py) runs a child process. factory.py picks the one a server's config names.
 
+Eras: Streamable HTTP and stdio clients probe `server/discover` first (era.py) and speak
+2026-07-28 to an upstream that lists it: per request on HTTP (a request made for a 2025 client
+goes on a 2025 session when the upstream speaks both), for the child's life on stdio.
+`PendingCall.modern` says which a call used; subscribe()/unsubscribe() hide how updates are
+asked for (resources/subscribe, or the filter of a subscriptions/listen stream).
+
 Timeouts: `connect_timeout` bounds opening a connection; `read_timeout` bounds the wait for
 the *next piece of data*, not the whole call, so each progress notification (or SSE comment)
 restarts a long call's clock. `timeout=` on a call overrides the read timeout for that call.
@@ -91,7 +97,7 @@ class Upstream(abc.ABC):
         self._info: dict[str, Any] | None = None
         self._init_failure: tuple[float, UpstreamError] | None = None
         #: Resource URIs this process hears updates of through `subscriptions/listen` (2026-07-28),
-        #: and the filter the upstream last acknowledged (None: no stream acknowledged yet).
+        #: and those of them the upstream's last acknowledgement honoured.
         self._watched: set[str] = set()
         self._acknowledged: frozenset[str] = frozenset()
         #: Changes of the watched set, and the last change an acknowledged stream included.
