@@ -39,6 +39,10 @@ POOL_SIZE = 1024
 STREAM_IDLE_TIMEOUT = 300.0
 #: Read timeout of best-effort messages (cancellations, replies to pings, DELETE).
 QUIET_TIMEOUT = 2.0
+#: Wait for the end of a reply stream after its response, so the connection can be reused.
+DRAIN_SECONDS = 0.25
+#: Reconnecting a notification stream: first after this, doubling up to the maximum.
+LISTEN_BACKOFF_MIN, LISTEN_BACKOFF_MAX = 1.0, 60.0
 
 
 class HttpUpstream(Upstream):
@@ -114,6 +118,11 @@ class HttpUpstream(Upstream):
             return UpstreamError(f"{where}: {error} while {action}")
         what = "cannot reach the server" if sending else "the connection broke"
         return UpstreamError(f"{where}: {what} while {action}")
+
+
+def content_type(response: requests.Response) -> str:
+    """The media type of a response, lower case, without parameters."""
+    return response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
 
 
 def _causes(error: BaseException) -> list[BaseException]:
