@@ -103,6 +103,11 @@ class Dispatcher:
             "cacheScope": "public" if public else "private",
         })
 
+    def input_schema(self, name: Any, view: NamespaceView | None) -> Any:
+        """The inputSchema of the tool a client calls `name` (None: no such tool here)."""
+        return next((tool.get("inputSchema") for tool in self._catalog.aggregate("tools", view)
+                     if tool.get("name") == name), None)
+
     def declared(self, session: Session, capabilities: Any) -> None:
         """A legacy SSE client's initialize: what it can be asked (its session began before)."""
         self._sessions.set_capabilities(session, client_capabilities(capabilities))

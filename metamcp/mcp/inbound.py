@@ -1,5 +1,6 @@
 """The 2026-07-28 validation ladder of a POST, without a web framework: which era a request
-speaks, and the first rule a modern request breaks (`_meta`, headers, version, method).
+speaks, and the first rule a modern request breaks (`_meta`, headers, version, method, and a
+tools/call's Mcp-Param-* headers against the tool's schema).
 
 The order follows the official SDK's server (its conformance checks assert which rule answers
 when several are broken): `_meta` carries the version and capabilities (-32602), the
@@ -27,6 +28,7 @@ from metamcp.mcp.protocol import (
     MISSING_CLIENT_CAPABILITY,
     MODERN_VERSIONS,
     NAME_HEADER,
+    PARAM_HEADER_PREFIX,
     SESSION_HEADER,
     SUPPORTED_VERSIONS,
     UNSUPPORTED_VERSION,
@@ -47,6 +49,9 @@ REMOVED = frozenset({"initialize", "ping", "logging/setLevel", "resources/subscr
 NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 #: An Mcp-Name value that would not survive as a header travels base64 in this wrapper.
 _BASE64 = re.compile(r"^=\?base64\?(?P<payload>.*)\?=$")
+#: The schema annotation naming the header (Mcp-Param-<token>) an argument is mirrored in.
+X_MCP_HEADER = "x-mcp-header"
+_DECIMAL = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 #: Session revisions (and the HTTP+SSE one) whose header keeps a request on the 2025 path.
 _SESSION_ERA = frozenset(SUPPORTED_VERSIONS) | {"2024-11-05"}
 
@@ -161,3 +166,59 @@ def classify(body: dict[str, Any], headers: Headers) -> Modern | Refusal:
         removed = " (removed in 2026-07-28)" if method in REMOVED else ""
         return Refusal(404, METHOD_NOT_FOUND, f"Method not found: {method}{removed}")
     return Modern(version, meta[META_CAPABILITIES], meta.get(META_CLIENT_INFO), level)
+
+
+def _annotated(schema: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str, Any]]:
+    """The properties of a tool's inputSchema that the client mirrors in Mcp-Param-<token>
+    headers (`x-mcp-header`), reached from the root through `properties` only, with their type."""
+    found: list[tuple[tuple[str, ...], str, Any]] = []
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(properties, dict):
+        return found
+    for name, sub in properties.items():
+        if not isinstance(sub, dict):
+            continue
+        token = sub.get(X_MCP_HEADER)
+        if isinstance(token, str) and token:
+            found.append(((*path, name), token, sub.get("type")))
+        found.extend(_annotated(sub, (*path, name)))
+    return found
+
+
+def _rendered(value: Any) -> str | None:
+    """A body value as a client mirrors it in a header (None: it cannot be)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, str | int | float) else None
+
+
+def _agrees(kind: Any, value: Any, rendered: str, header: str) -> bool:
+    """An integer property compares as a number (`42` and `42.0`), anything else as text."""
+    if kind == "integer" and not isinstance(value, bool) and isinstance(value, int | float) \
+            and _DECIMAL.fullmatch(header):
+        whole, _, fraction = header.partition(".")
+        return not fraction.strip("0") and int(whole) == value
+    return header == rendered
+
+
+def param_refusal(input_schema: Any, arguments: dict[str, Any], headers: Headers) -> Refusal | None:
+    """-32020 when a tools/call's Mcp-Param-* headers disagree with its arguments (the tool's
+    `x-mcp-header` properties): a header without its argument, an argument without its header,
+    a malformed base64 wrapper or another value."""
+    for path, token, kind in _annotated(input_schema):
+        name = f"{PARAM_HEADER_PREFIX}{token}"
+        value: Any = arguments
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        header = headers.get(name)
+        rendered = None if value is None else _rendered(value)
+        if rendered is None:
+            if header is not None:
+                return Refusal(400, HEADER_MISMATCH, f"Header mismatch: {name} without its argument")
+            continue
+        if header is None:
+            return Refusal(400, HEADER_MISMATCH, f"Header mismatch: {name} missing for argument {'.'.join(path)}")
+        decoded = decode_name(header)
+        if decoded is None or not _agrees(kind, value, rendered, decoded):
+            return Refusal(400, HEADER_MISMATCH, f"Header mismatch: {name} does not match argument {'.'.join(path)}")
+    return None

@@ -17,7 +17,7 @@ from typing import Any
 
 from metamcp.config import Settings
 from metamcp.errors import DatabaseUnavailable
-from metamcp.mcp import jsonrpc, protocol, sse
+from metamcp.mcp import jsonrpc, modern, protocol, sse
 from metamcp.mcp.capacity import HangupWatch, ThreadBudget
 from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
@@ -73,6 +73,10 @@ class Streamed:
         self._early: list[dict[str, Any]] | None = []  # relayed before the pump started
         self._put_lock = threading.Lock()
         relay.opened(server, self)
+
+    @property
+    def server(self) -> str:
+        return self._server
 
     def attach(self, call: PendingCall) -> None:
         self._call = call
@@ -162,7 +166,8 @@ class Streamed:
     def _response(self, message: dict[str, Any]) -> dict[str, Any]:
         if "error" in message:
             return {"jsonrpc": "2.0", "id": self.request_id, "error": message["error"]}
-        return jsonrpc.result(self.request_id, message.get("result") or {})
+        result = message.get("result") or {}
+        return jsonrpc.result(self.request_id, modern.complete(result) if self.session.modern else result)
 
 
 class _Listener:
@@ -208,12 +213,43 @@ class Streams:
 
         The body's close() closes the upstream call when the client leaves early.
         """
-        return StreamBody(self._call_events(outcome), outcome.close)
+        def events() -> Iterator[bytes]:  # the pump starts when the body is first read
+            yield from self._call_events(self._pump(outcome))
 
-    def _call_events(self, outcome: Streamed) -> Iterator[bytes]:
+        return StreamBody(events(), outcome.close)
+
+    def call_reply(self, outcome: Streamed) -> dict[str, Any] | StreamBody:
+        """A 2026-07-28 call's answer: its response alone when it comes before any other message
+        and within a keep-alive period (so an error is answered as JSON with its HTTP status),
+        else the SSE body of the call from its first message on."""
+        messages = self._pump(outcome)
+        try:
+            first = messages.get(timeout=self._keepalive)
+        except queue.Empty:
+            first = None
+        if first is not None and "method" not in first:
+            outcome.close()
+            return first
+        return StreamBody(self._call_events(messages, first), outcome.close)
+
+    def _pump(self, outcome: Streamed) -> queue.SimpleQueue[dict[str, Any] | None]:
         messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+
+        def put(message: dict[str, Any] | None) -> None:
+            if message is not None and str(message.get("method", "")).endswith("/list_changed"):
+                # Said during a call, it is still news of the upstream's lists: the catalog
+                # refreshes them and tells every listener, as when heard outside a call.
+                self._catalog.on_notification(outcome.server, message)
+            messages.put(message)
+
         # The pump runs on a pool thread, so this one can send keep-alives meanwhile.
-        self._pumps.submit(outcome.pump, messages.put)
+        self._pumps.submit(outcome.pump, put)
+        return messages
+
+    def _call_events(self, messages: queue.SimpleQueue[dict[str, Any] | None],
+                     first: dict[str, Any] | None = None) -> Iterator[bytes]:
+        if first is not None:
+            yield _event(first)
         while True:
             try:
                 message = messages.get(timeout=self._keepalive)

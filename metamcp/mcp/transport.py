@@ -286,7 +286,14 @@ def _modern(access: Access, message: Message) -> Response:
         except RpcError as e:
             return _refusal(message.id, inbound.Refusal(400, e.code, e.message))
         return Response(events, mimetype=SSE_TYPE, headers=SSE_HEADERS)
-    release = admit_call(access, message) if message.method == "tools/call" else None
+    release = None
+    if message.method == "tools/call":
+        arguments = message.params.get("arguments")
+        schema = _dispatcher().input_schema(message.params.get("name"), access.view)
+        refused = inbound.param_refusal(schema, arguments if isinstance(arguments, dict) else {}, request.headers)
+        if refused is not None:
+            return _refusal(message.id, refused)
+        release = admit_call(access, message)
     try:
         outcome = _dispatcher().handle(session, message, access.view)
     except BaseException:
@@ -296,10 +303,10 @@ def _modern(access: Access, message: Message) -> Response:
     if isinstance(outcome, Streamed):
         if release is not None:
             outcome.on_close(release)
-        if wants_sse:
-            events = current_app.extensions["metamcp"].streams.call_body(outcome)
-            return Response(events, mimetype=SSE_TYPE, headers=SSE_HEADERS)
-        outcome = outcome.drain()
+        reply = current_app.extensions["metamcp"].streams.call_reply(outcome) if wants_sse else outcome.drain()
+        if not isinstance(reply, dict):
+            return Response(reply, mimetype=SSE_TYPE, headers=SSE_HEADERS)
+        outcome = reply
     elif release is not None:
         release()
     error = outcome.get("error")
