@@ -117,3 +117,41 @@ def test_removed_and_unknown_methods_are_404(method: str) -> None:
 def test_unsupported_is_none_for_our_version() -> None:
     assert inbound.unsupported("2026-07-28") is None
     assert refused(inbound.unsupported("")) == (400, -32022)  # type: ignore[arg-type]
+
+
+REGION_SCHEMA = {"type": "object", "properties": {
+    "region": {"type": "string", "x-mcp-header": "Region"},
+    "count": {"type": "integer", "x-mcp-header": "Count"},
+    "nested": {"type": "object", "properties": {"flag": {"type": "boolean", "x-mcp-header": "Flag"}}},
+    "plain": {"type": "string"},
+}}
+
+
+@pytest.mark.parametrize(("arguments", "sent", "ok"), [
+    ({}, {}, True),
+    ({"region": "eu"}, {"Mcp-Param-Region": "eu"}, True),
+    ({"region": "eu"}, {}, False),  # an argument without its header
+    ({}, {"Mcp-Param-Region": "eu"}, False),  # a header without its argument
+    ({"region": None}, {}, True),  # null counts as absent
+    ({"region": "eu"}, {"Mcp-Param-Region": "us"}, False),
+    ({"region": "Hello"}, {"Mcp-Param-Region": "=?base64?SGVsbG8=?="}, True),
+    ({"region": "Hello"}, {"Mcp-Param-Region": "=?base64?SGVsbG8?="}, False),  # bad padding
+    ({"region": "Hello"}, {"Mcp-Param-Region": "=?base64?SGVs!!!bG8=?="}, False),
+    ({"region": "SGVsbG8="}, {"Mcp-Param-Region": "SGVsbG8="}, True),  # no wrapper: literal
+    ({"count": 42}, {"Mcp-Param-Count": "42.0"}, True),
+    ({"count": 42}, {"Mcp-Param-Count": "42.5"}, False),
+    ({"nested": {"flag": True}}, {"Mcp-Param-Flag": "true"}, True),
+    ({"nested": {"flag": True}}, {"Mcp-Param-Flag": "True"}, False),
+    ({"region": ["eu"]}, {"Mcp-Param-Region": "eu"}, False),  # no header rendering for a list
+    ({"plain": "x"}, {}, True),
+])
+def test_mcp_param_headers_agree_with_the_arguments(arguments: dict[str, Any], sent: dict[str, str],
+                                                    ok: bool) -> None:
+    refusal = inbound.param_refusal(REGION_SCHEMA, arguments, Headers(sent))
+    assert (refusal is None) == ok, refusal
+    if refusal is not None:
+        assert (refusal.status, refusal.code) == (400, -32020)
+
+
+def test_a_tool_without_a_schema_has_no_param_headers() -> None:
+    assert inbound.param_refusal(None, {"region": "eu"}, Headers({"Mcp-Param-Region": "x"})) is None
