@@ -16,7 +16,13 @@ from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.inbound import DISCOVER, REMOVED
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.pool import Pool
-from metamcp.mcp.protocol import ALL_VERSIONS
+from metamcp.mcp.protocol import (
+    ALL_VERSIONS,
+    META_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_LOG_LEVEL,
+    META_VERSION,
+)
 from metamcp.mcp.relay import Relay
 from metamcp.mcp.router import Router
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore, client_capabilities, client_meta
@@ -40,6 +46,8 @@ LIST_METHODS = {
     "resources/list": "resources",
     "resources/templates/list": "resourceTemplates",
 }
+#: The `_meta` keys of a 2026-07-28 request that speak of its client, not of the call.
+ENVELOPE = frozenset({META_VERSION, META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL})
 #: What a 2026-07-28 client is told the gateway offers (resources/subscribe is gone: listen).
 MODERN_CAPABILITIES = {
     "tools": {"listChanged": True},
@@ -211,9 +219,11 @@ class Dispatcher:
     # --- methods -------------------------------------------------------------------------
 
     def _forward_params(self, message: Message, **params: Any) -> dict[str, Any]:
+        """`params` with the client's `_meta` (a progress token...), less a 2026-07-28 client's
+        envelope: the upstream hears the gateway's own, in the era it is spoken to."""
         meta = message.params.get("_meta")
         if isinstance(meta, dict):
-            params["_meta"] = meta
+            params["_meta"] = {key: value for key, value in meta.items() if key not in ENVELOPE}
         return params
 
     @staticmethod
