@@ -1,4 +1,5 @@
-"""`/mcp` and `/metamcp/{endpoint}/mcp`: Streamable HTTP (MCP 2025-03-26, 2025-06-18, 2025-11-25).
+"""`/mcp` and `/metamcp/{endpoint}/mcp`: Streamable HTTP (MCP 2025-03-26, 2025-06-18, 2025-11-25
+on sessions; 2026-07-28 per request, beside them on the same URLs).
 
 `/mcp` serves every active server to keys not limited to namespaces (admin or client); an
 endpoint serves its namespace, with the endpoint's auth (public, API key, and optionally
@@ -10,6 +11,10 @@ error such as LimitExceeded) and answered by one handler as a JSON-RPC error wit
 status. Requests go to metamcp.mcp.dispatcher; a tools/call is streamed back as SSE (upstream
 notifications first, then the result; metamcp.mcp.streams) with keep-alive comments, and a
 client that goes away closes the upstream call.
+
+A POST without a session that says it speaks 2026-07-28 (metamcp.mcp.inbound.is_modern) takes
+the same checks up to the JSON, then the revision's ladder, and is served with a Session made
+for it and never stored: no session lookup, no database query once the key and lists are warm.
 """
 
 from __future__ import annotations
