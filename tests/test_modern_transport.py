@@ -31,7 +31,7 @@ from metamcp.mcp.protocol import (
 )
 
 from .conftest import Gunicorn, TransactionCounter, child_env, free_port
-from .upstreams import UpstreamProcess
+from .upstreams import Log, UpstreamProcess
 from .upstreams import start_upstream as start_upstream  # noqa: F401 - the fixture
 
 VERSION = "2026-07-28"
@@ -289,7 +289,8 @@ def live(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         cur.execute("TRUNCATE api_keys, mcp_servers, mcp_sessions RESTART IDENTITY CASCADE")
         new = crypto.generate_api_key()
         repository.insert_key(cur, "listen", new.hash, new.prefix, "admin")
-    upstream = UpstreamProcess(name="sub", extra_args=("--subscriptions",))
+    log_path = tmp_path_factory.mktemp("upstream") / "sub.log"
+    upstream = UpstreamProcess(name="sub", log_file=log_path, extra_args=("--subscriptions",))
     env = child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(tmp_path_factory.mktemp("data")),
                     METAMCP_WORKERS="2", METAMCP_KEEPALIVE_SECONDS="0.5", METAMCP_RATE_LIMIT="0")
     gunicorn = Gunicorn(env, free_port())
@@ -299,7 +300,7 @@ def live(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         created = requests.post(gunicorn.url + "/api/v1/mcp/servers", headers={"X-API-Key": new.plain},
                                 json={"name": "sub", "transport": "streamable_http", "url": upstream.url}, timeout=30)
         assert created.status_code == 201, created.text
-        yield {"gunicorn": gunicorn, "key": new.plain}
+        yield {"gunicorn": gunicorn, "key": new.plain, "log": Log(log_path)}
     finally:
         gunicorn.stop()
         Path(gunicorn.log.name).unlink(missing_ok=True)
@@ -369,6 +370,21 @@ def test_listen_acknowledges_then_sends_only_what_was_asked_tagged(live: dict[st
     finally:
         resources.close()
         tools.close()
+
+
+def test_closing_a_streamed_call_cancels_it_upstream(live: dict[str, Any]) -> None:
+    """A call silent past a keep-alive period is streamed (keep-alives); the client leaving
+    closes the upstream call."""
+    log: Log = live["log"]
+    log.mark()
+    reply = requests.post(live["gunicorn"].url + "/mcp", stream=True, timeout=30,
+                          headers={**modern_headers("tools/call", "sub__slow"), "X-API-Key": live["key"]},
+                          json={"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                                "params": {"_meta": meta(), "name": "sub__slow", "arguments": {"seconds": 30}}})
+    assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/event-stream")
+    assert log.wait_for("slow start")
+    reply.close()
+    assert log.wait_for("slow cancelled", timeout=10)
 
 
 def test_listen_refuses_a_malformed_filter_and_json_only_clients(live: dict[str, Any]) -> None:
