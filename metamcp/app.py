@@ -213,7 +213,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     gateway.hear(resource_subscriptions.on_notification, resource_subscriptions.on_drop)
     dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, package_version(), publish,
                             relay, resource_subscriptions)
-    streams = Streams(settings, sessions, gateway.catalog, relay, mailbox)
+    streams = Streams(settings, sessions, gateway.catalog, relay, mailbox, resource_subscriptions)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
     sse_hub = legacy_sse.SseHub(mailbox, dispatcher, settings)

@@ -1,7 +1,7 @@
 """The official MCP conformance suite (npm `@modelcontextprotocol/conformance`, server scenarios):
 the 2025-11-25 suite (0.1.16) against the project's SDK test server directly, then through a
 public endpoint of a live gunicorn in front of it; the 2026-07-28 suite (the 0.2.0 prerelease)
-against the server directly. Skips when a runner cannot be installed (see tests/conformance.py)."""
+likewise. Skips when a runner cannot be installed (see tests/conformance.py)."""
 
 from __future__ import annotations
 
@@ -211,6 +211,18 @@ def test_suite_2026_passes_direct(direct_2026: SuiteResult) -> None:
     for key, text in INPUT_ANSWERS_2026.items():  # the retried round's answers reached the tool
         assert text in answered(direct_2026, key), direct_2026.check(key)
     print(f"conformance 2026-07-28 direct: {direct_2026.score()} checks passed")
+
+
+def test_suite_2026_through_gateway(runner_2026: Runner, direct_2026: SuiteResult, endpoint_url: str,
+                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every check of the 2026-07-28 suite that passes directly passes through a public
+    endpoint of the gateway."""
+    through = runner_2026.server_suite(endpoint_url, tmp_path_factory.mktemp("gateway-2026"))
+    print(f"conformance 2026-07-28 through the gateway: {through.score()} checks passed "
+          f"(direct {direct_2026.score()})\n{through.report()}")
+    lost = sorted(key for key in direct_2026.passed() - through.passed() if not json_answers(through, key))
+    assert not lost, (f"{len(lost)} checks pass directly but not through the gateway "
+                      f"({through.score()} vs {direct_2026.score()}):\n" + "\n".join(lost) + f"\n{through.report()}")
 
 
 def test_parse_reads_checks_and_counts_a_scenario_that_threw(tmp_path: Path) -> None:

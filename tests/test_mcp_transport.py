@@ -183,10 +183,14 @@ def test_a_client_that_accepts_only_json_gets_json(mcp: Mcp) -> None:
     assert refused.status_code == 406 and "application/json" in refused.json["error"]["message"]
 
 
-def test_discover_probe_gets_a_plain_error(mcp: Mcp) -> None:
+def test_discover_on_a_2025_session_gets_a_plain_error(mcp: Mcp) -> None:
+    """On a session, server/discover is no 2026-07-28 request (tests/test_modern_transport.py
+    has those): a 2025 client is told to initialize."""
+    mcp.initialize()
     probe = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}}
-    response = mcp.post(probe, headers={"MCP-Protocol-Version": "2026-07-28"}, session=False)
+    response = mcp.post(probe)
     assert response.status_code == 400 and error_code(response) == -32601
+    assert response.json["id"] == 1
 
 
 def test_batches_only_in_2025_03_26(mcp: Mcp) -> None:

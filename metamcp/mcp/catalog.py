@@ -78,15 +78,33 @@ class Catalog:
 
     def list_page(self, kind: str, cursor: object, view: NamespaceView | None = None) -> dict[str, Any]:
         """One page of the aggregated list of `kind` (tools, prompts, resources, ...)."""
+        return self.served_page(kind, cursor, view)[0]
+
+    def served_page(self, kind: str, cursor: object,
+                    view: NamespaceView | None = None) -> tuple[dict[str, Any], float]:
+        """A page as list_page() gives it, and the seconds the lists it was made from stay
+        fresh here (a 2026-07-28 client's `ttlMs`): the soonest expiry among them, 0 when a
+        server's list is missing (failing: the page may change as soon as it is back)."""
         offset = naming.decode_cursor(cursor)
-        items = self.aggregate(kind, view)
+        table = self.table(kind, view)
+        if any(source is None for source in table.lists):
+            fresh = 0.0
+        else:
+            now = time.monotonic()
+            fresh = min((source.expires - now for source in table.lists if source is not None),
+                        default=float(self._settings.list_cache_ttl))
         size = self._settings.page_size
-        if offset > len(items):
+        if offset > len(table.items):
             raise RpcError(INVALID_PARAMS, "Invalid cursor")
-        page: dict[str, Any] = {KINDS[kind].key: items[offset : offset + size]}
-        if offset + size < len(items):
+        page: dict[str, Any] = {KINDS[kind].key: table.items[offset : offset + size]}
+        if offset + size < len(table.items):
             page["nextCursor"] = naming.encode_cursor(offset + size)
-        return page
+        return page, max(0.0, fresh)
+
+    def ttl_ms(self) -> int:
+        """How long a list fetched now stays fresh here, in milliseconds: the longest `ttlMs`
+        the gateway gives (server/discover's, whose answer changes no sooner)."""
+        return int(self._settings.list_cache_ttl * 1000)
 
     def aggregate(self, kind: str, view: NamespaceView | None = None) -> list[dict[str, Any]]:
         """The list of `kind` a session sees (view None: every active server's), each name or

@@ -11,10 +11,18 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from metamcp.mcp import jsonrpc
+from metamcp.mcp import jsonrpc, modern
 from metamcp.mcp.catalog import Catalog
+from metamcp.mcp.inbound import DISCOVER, REMOVED
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.pool import Pool
+from metamcp.mcp.protocol import (
+    ALL_VERSIONS,
+    META_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_LOG_LEVEL,
+    META_VERSION,
+)
 from metamcp.mcp.relay import Relay
 from metamcp.mcp.router import Router
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore, client_capabilities, client_meta
@@ -37,6 +45,16 @@ LIST_METHODS = {
     "prompts/list": "prompts",
     "resources/list": "resources",
     "resources/templates/list": "resourceTemplates",
+}
+#: The `_meta` keys of a 2026-07-28 request that speak of its client, not of the call.
+ENVELOPE = frozenset({META_VERSION, META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL})
+#: What a 2026-07-28 client is told the gateway offers (resources/subscribe is gone: listen).
+MODERN_CAPABILITIES = {
+    "tools": {"listChanged": True},
+    "prompts": {"listChanged": True},
+    "resources": {"listChanged": True},
+    "completions": {},
+    "logging": {},
 }
 
 
@@ -82,6 +100,22 @@ class Dispatcher:
             "instructions": INSTRUCTIONS,
         }
 
+    def discover_result(self, public: bool) -> dict[str, Any]:
+        """`server/discover`: what any request of any revision may use here; the answer only
+        changes with the gateway's version, so it may be kept as long as a list."""
+        return modern.complete({
+            "supportedVersions": list(ALL_VERSIONS),
+            "capabilities": MODERN_CAPABILITIES,
+            "instructions": INSTRUCTIONS,
+            "ttlMs": self._catalog.ttl_ms(),
+            "cacheScope": "public" if public else "private",
+        })
+
+    def input_schema(self, name: Any, view: NamespaceView | None) -> Any:
+        """The inputSchema of the tool a client calls `name` (None: no such tool here)."""
+        return next((tool.get("inputSchema") for tool in self._catalog.aggregate("tools", view)
+                     if tool.get("name") == name), None)
+
     def declared(self, session: Session, capabilities: Any) -> None:
         """A legacy SSE client's initialize: what it can be asked (its session began before)."""
         self._sessions.set_capabilities(session, client_capabilities(capabilities))
@@ -92,6 +126,8 @@ class Dispatcher:
         an endpoint's session (None: every active server)."""
         method = message.method or ""
         try:
+            if session.modern:
+                return self._handle_modern(session, message, view)
             if method in LIST_METHODS:
                 cursor = message.params.get("cursor")
                 page = self._catalog.list_page(LIST_METHODS[method], cursor, view)
@@ -102,7 +138,35 @@ class Dispatcher:
             outcome = handler(session, message, view)
             return outcome if isinstance(outcome, Streamed) else jsonrpc.result(message.id, outcome)
         except RpcError as e:  # the gateway's, or the upstream's own answer passed on as is
-            return jsonrpc.error(message.id, e.code, e.message, e.data)
+            data = e.data
+            uri = message.params.get("uri")
+            if session.modern and method == "resources/read" and e.code == INVALID_PARAMS and data is None \
+                    and isinstance(uri, str):
+                data = {"uri": uri}  # 2026-07-28: a resource not found names its URI
+            return jsonrpc.error(message.id, e.code, e.message, data)
+
+    def _handle_modern(self, session: Session, message: Message,
+                       view: NamespaceView | None) -> dict[str, Any] | Streamed:
+        """A 2026-07-28 request: results complete, with caching hints on lists and reads."""
+        method = message.method or ""
+        # Only an anonymous caller of a public endpoint sees nothing of its own in a list.
+        public = session.key_id is None and session.endpoint_id is not None
+        if method == DISCOVER:
+            return jsonrpc.result(message.id, self.discover_result(public))
+        if method in LIST_METHODS:
+            page, fresh = self._catalog.served_page(LIST_METHODS[method], message.params.get("cursor"), view)
+            hints = {"ttlMs": int(fresh * 1000), "cacheScope": "public" if public else "private"}
+            return jsonrpc.result(message.id, modern.complete({**page, **hints}))
+        handler = self._handlers.get(method)
+        if handler is None or method in REMOVED:
+            raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
+        outcome = handler(session, message, view)
+        if isinstance(outcome, Streamed):
+            return outcome
+        if method == "resources/read":
+            # An upstream's own hints pass through; without them a read is not to be kept.
+            outcome = {"ttlMs": 0, "cacheScope": "private", **outcome}
+        return jsonrpc.result(message.id, modern.complete(outcome))
 
     def receive(self, session: Session, message: Message, view: NamespaceView | None = None) -> None:
         """A notification, or a response to a relayed request, from the client."""
@@ -155,9 +219,11 @@ class Dispatcher:
     # --- methods -------------------------------------------------------------------------
 
     def _forward_params(self, message: Message, **params: Any) -> dict[str, Any]:
+        """`params` with the client's `_meta` (a progress token...), less a 2026-07-28 client's
+        envelope: the upstream hears the gateway's own, in the era it is spoken to."""
         meta = message.params.get("_meta")
         if isinstance(meta, dict):
-            params["_meta"] = meta
+            params["_meta"] = {key: value for key, value in meta.items() if key not in ENVELOPE}
         return params
 
     @staticmethod
@@ -182,7 +248,7 @@ class Dispatcher:
 
         streamed = Streamed(message.id, session, forget, route.server, self._relay)
         try:
-            streamed.attach(self._pool.call(route.server, "tools/call", params, client_meta(session)))
+            streamed.attach(self._pool.call(route.server, "tools/call", params, client=client_meta(session)))
         except BaseException:
             streamed.close()
             raise
@@ -194,13 +260,13 @@ class Dispatcher:
         name, arguments = self._name_and_arguments(message)
         route = self._router.route("prompts", name, view)
         params = self._forward_params(message, name=route.name, arguments=arguments)
-        return self._pool.request(route.server, "prompts/get", params, client_meta(session))
+        return self._pool.request(route.server, "prompts/get", params, client=client_meta(session))
 
     def _read_resource(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         uri = _uri(message)
         server = self._router.route_resource(uri, view)
         return self._pool.request(server, "resources/read", self._forward_params(message, uri=uri),
-                                  client_meta(session))
+                                  client=client_meta(session))
 
     def _subscribe(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         return self._subscriptions.subscribe(session, _uri(message), view)
@@ -222,7 +288,7 @@ class Dispatcher:
             params["ref"] = ref
         else:
             raise RpcError(INVALID_PARAMS, "Invalid params: ref must be a ref/prompt or ref/resource")
-        return self._pool.request(server, "completion/complete", params, client_meta(session))
+        return self._pool.request(server, "completion/complete", params, client=client_meta(session))
 
     def _set_level(self, session: Session, message: Message, _view: NamespaceView | None) -> dict[str, Any]:
         level = message.params.get("level")

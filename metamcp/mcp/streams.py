@@ -1,5 +1,5 @@
-"""SSE bodies of a worker: a streamed call, the standing streams (GET listener, legacy SSE), and
-the thread budget and hang-up watch they live within.
+"""SSE bodies of a worker: a streamed call, the standing streams (GET listener, 2026-07-28
+subscriptions/listen, legacy SSE), and the thread budget and hang-up watch they live within.
 
 No web framework here: the views wrap these bodies in their responses.
 """
@@ -17,16 +17,23 @@ from typing import Any
 
 from metamcp.config import Settings
 from metamcp.errors import DatabaseUnavailable
-from metamcp.mcp import jsonrpc, protocol, sse
+from metamcp.mcp import jsonrpc, modern, protocol, sse
 from metamcp.mcp.capacity import HangupWatch, ThreadBudget
 from metamcp.mcp.catalog import Catalog
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from metamcp.mcp.mailbox import Mailbox
 from metamcp.mcp.pool import client_error
 from metamcp.mcp.relay import Relay
 from metamcp.mcp.sessions import Session, SessionStore
+from metamcp.mcp.subscriptions import MAX_PER_SESSION, UPDATED, Subscriptions
 from metamcp.mcp.upstream.call import PendingCall, UpstreamError
+from metamcp.namespaces import NamespaceView
 
 logger = logging.getLogger(__name__)
+
+#: subscriptions/listen's filter: its list_changed flags and the capability each stands for.
+LIST_FLAGS = {"toolsListChanged": "tools", "promptsListChanged": "prompts", "resourcesListChanged": "resources"}
+ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
 
 
 class StreamBody:
@@ -66,6 +73,10 @@ class Streamed:
         self._early: list[dict[str, Any]] | None = []  # relayed before the pump started
         self._put_lock = threading.Lock()
         relay.opened(server, self)
+
+    @property
+    def server(self) -> str:
+        return self._server
 
     def attach(self, call: PendingCall) -> None:
         self._call = call
@@ -155,7 +166,8 @@ class Streamed:
     def _response(self, message: dict[str, Any]) -> dict[str, Any]:
         if "error" in message:
             return {"jsonrpc": "2.0", "id": self.request_id, "error": message["error"]}
-        return jsonrpc.result(self.request_id, message.get("result") or {})
+        result = message.get("result") or {}
+        return jsonrpc.result(self.request_id, modern.complete(result) if self.session.modern else result)
 
 
 class _Listener:
@@ -178,8 +190,10 @@ class Streams:
     """This worker's long-lived SSE bodies and the threads they hold."""
 
     def __init__(self, settings: Settings, sessions: SessionStore, catalog: Catalog, relay: Relay,
-                 mailbox: Mailbox) -> None:
+                 mailbox: Mailbox, subscriptions: Subscriptions | None = None) -> None:
         self._sessions = sessions
+        #: Where a 2026-07-28 subscription listens to resource updates (None: it cannot).
+        self._subscriptions = subscriptions
         self._catalog = catalog
         self._relay = relay
         #: Where messages for a session's GET stream arrive, from any process.
@@ -199,12 +213,43 @@ class Streams:
 
         The body's close() closes the upstream call when the client leaves early.
         """
-        return StreamBody(self._call_events(outcome), outcome.close)
+        def events() -> Iterator[bytes]:  # the pump starts when the body is first read
+            yield from self._call_events(self._pump(outcome))
 
-    def _call_events(self, outcome: Streamed) -> Iterator[bytes]:
+        return StreamBody(events(), outcome.close)
+
+    def call_reply(self, outcome: Streamed) -> dict[str, Any] | StreamBody:
+        """A 2026-07-28 call's answer: its response alone when it comes before any other message
+        and within a keep-alive period (so an error is answered as JSON with its HTTP status),
+        else the SSE body of the call from its first message on."""
+        messages = self._pump(outcome)
+        try:
+            first = messages.get(timeout=self._keepalive)
+        except queue.Empty:
+            first = None
+        if first is not None and "method" not in first:
+            outcome.close()
+            return first
+        return StreamBody(self._call_events(messages, first), outcome.close)
+
+    def _pump(self, outcome: Streamed) -> queue.SimpleQueue[dict[str, Any] | None]:
         messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+
+        def put(message: dict[str, Any] | None) -> None:
+            if message is not None and str(message.get("method", "")).endswith("/list_changed"):
+                # Said during a call, it is still news of the upstream's lists: the catalog
+                # refreshes them and tells every listener, as when heard outside a call.
+                self._catalog.on_notification(outcome.server, message)
+            messages.put(message)
+
         # The pump runs on a pool thread, so this one can send keep-alives meanwhile.
-        self._pumps.submit(outcome.pump, messages.put)
+        self._pumps.submit(outcome.pump, put)
+        return messages
+
+    def _call_events(self, messages: queue.SimpleQueue[dict[str, Any] | None],
+                     first: dict[str, Any] | None = None) -> Iterator[bytes]:
+        if first is not None:
+            yield _event(first)
         while True:
             try:
                 message = messages.get(timeout=self._keepalive)
@@ -280,3 +325,81 @@ class Streams:
             release()
 
         return StreamBody(events, cleanup)
+
+    def open_subscription(self, request_id: Any, wanted: Any, view: NamespaceView | None,
+                          client: Any = None) -> StreamBody:
+        """The SSE body of a 2026-07-28 `subscriptions/listen` (`wanted`: its `notifications`
+        filter): the acknowledgement with the filter honoured, then the list_changed the
+        client opted into (from the catalog's announcements, as the GET listener gets them)
+        and the updates of the URIs it listed (this process subscribes upstream, no rows),
+        each tagged with the subscription id (the request's), and keep-alives. When the worker
+        stops, a final result ends it. RpcError for a malformed filter (before anything is
+        held); Saturated when the worker has no room. URIs of no resource the view sees, or
+        whose server refuses, are left out of the acknowledgement."""
+        flags, uris = _subscription_filter(wanted)
+        release = self.hold()
+        messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        tag = {protocol.META_SUBSCRIPTION: request_id}
+        capabilities = {LIST_FLAGS[flag] for flag in flags}
+
+        def announce(method: str) -> None:
+            if method.split("/")[1] in capabilities:
+                messages.put(jsonrpc.notification(method, {"_meta": tag}))
+
+        def updated(params: dict[str, Any]) -> None:
+            messages.put(jsonrpc.notification(UPDATED, {**params, "_meta": tag}))
+
+        releases: list[Callable[[], None]] = []
+        honoured: list[str] = []
+        try:
+            for uri in uris if self._subscriptions is not None else []:
+                try:
+                    releases.append(self._subscriptions.listen(uri, view, updated))  # type: ignore[union-attr]
+                    honoured.append(uri)
+                except (RpcError, UpstreamError) as e:
+                    logger.info("subscriptions/listen: not watching a resource (%s)", type(e).__name__)
+        except BaseException:
+            for undo in releases:
+                undo()
+            release()
+            raise
+        self._catalog.subscribe(announce)
+        acknowledged: dict[str, Any] = {flag: True for flag in flags}
+        if uris:
+            acknowledged["resourceSubscriptions"] = honoured
+        first = _event(jsonrpc.notification(ACKNOWLEDGED, {"_meta": tag, "notifications": acknowledged}))
+
+        def events() -> Iterator[bytes]:
+            yield from self.standing(first, messages, client, lambda: True)
+            if self.stopping.is_set():  # a graceful end: the listen request's result
+                yield _event(jsonrpc.result(request_id, {"resultType": "complete", "_meta": tag}))
+
+        def cleanup() -> None:
+            self._catalog.unsubscribe(announce)
+            for undo in releases:
+                undo()
+            release()
+
+        return StreamBody(events(), cleanup)
+
+
+def _subscription_filter(wanted: Any) -> tuple[list[str], list[str]]:
+    """The list_changed flags set in a listen filter, and its URIs (at most MAX_PER_SESSION,
+    each once); RpcError -32602 when the filter is not the revision's shape."""
+    if wanted is None:
+        return [], []
+    if not isinstance(wanted, dict):
+        raise RpcError(INVALID_PARAMS, "Invalid params: notifications must be an object")
+    flags = []
+    for flag in LIST_FLAGS:
+        value = wanted.get(flag, False)
+        if not isinstance(value, bool):
+            raise RpcError(INVALID_PARAMS, f"Invalid params: notifications.{flag} must be a boolean")
+        if value:
+            flags.append(flag)
+    uris = wanted.get("resourceSubscriptions", [])
+    if not isinstance(uris, list) or not all(isinstance(uri, str) and uri for uri in uris):
+        raise RpcError(INVALID_PARAMS, "Invalid params: notifications.resourceSubscriptions must be a list of URIs")
+    if len(uris) > MAX_PER_SESSION:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: at most {MAX_PER_SESSION} resourceSubscriptions")
+    return flags, list(dict.fromkeys(uris))

@@ -11,6 +11,10 @@ Unsubscribing upstream: at once when a process's last row for (server, URI) goes
 unsubscribe it takes itself; otherwise (the row removed by another worker, its session ended,
 or moved to another holder) at the next update heard with nobody of its own left to tell.
 
+2026-07-28 clients subscribe with `subscriptions/listen` instead: their streams are local
+listeners of this process (listen(), no rows), counted per (server, URI) beside the rows and
+served updates straight from the upstream client's notification.
+
 Kept up: when the pool replaces a server's client, the holder subscribes again on the new one;
 and every `subscription_check_seconds` each process adopts the rows of holders no longer
 listening (a worker gone) and subscribes again where its client initialized a new upstream
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 from uuid import UUID
@@ -60,6 +65,8 @@ class Subscriptions:
         #: (server, URI) this process's clients are subscribed to upstream, with the client's
         #: server_info then: a new one means a new upstream session, which knows nothing of it.
         self._upstream: dict[tuple[str, str], object] = {}
+        #: The 2026-07-28 streams of this process listening to each (server, URI).
+        self._local: dict[tuple[str, str], list[Callable[[dict[str, Any]], None]]] = {}
         #: Serializes this process's decisions to subscribe or unsubscribe upstream.
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -98,6 +105,37 @@ class Subscriptions:
                     self._release(server, row["server_id"], uri)
         return {}
 
+    def listen(self, uri: str, view: NamespaceView | None,
+               deliver: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Have `deliver` called with the params of each `notifications/resources/updated` of
+        `uri` (a stream of this process; nothing is written to the database), subscribing
+        upstream if this process is not yet. Returns the release; RpcError when `uri` is no
+        resource of the view or its server refuses."""
+        server = self._router.route_resource(uri, view)
+        key = (server, uri)
+        with self._lock:
+            if not self._held(key):
+                self._subscribe_upstream(server, uri)  # RpcError: the upstream's answer
+            self._local.setdefault(key, []).append(deliver)
+
+        def release() -> None:
+            with self._lock:
+                listeners = self._local.get(key, [])
+                if deliver in listeners:
+                    listeners.remove(deliver)
+                if listeners:
+                    return
+                self._local.pop(key, None)
+                config = self._pool.config(server)
+                if config is None:
+                    return
+                try:
+                    self._release(server, config.id, uri)
+                except DatabaseUnavailable:
+                    pass  # cannot tell whether a session still wants it: the next update decides
+
+        return release
+
     def on_notification(self, server: str, message: dict[str, Any]) -> None:
         """What a kept client heard: an update goes to its subscribers (on a pool thread)."""
         if message.get("method") == UPDATED:
@@ -128,7 +166,8 @@ class Subscriptions:
             for key in [key for key in self._upstream if not self._held(key)]:
                 config = configs.get(key[0])
                 with self._db.transaction() as cur:
-                    still = config is not None and repository.resource_subscribers(cur, config.id, key[1], self._holder)
+                    still = config is not None and (key in self._local or bool(
+                        repository.resource_subscribers(cur, config.id, key[1], self._holder)))
                 if still:
                     wanted.add(key)
                 else:
@@ -177,10 +216,17 @@ class Subscriptions:
         config = self._pool.config(server)
         if config is None:
             return
+        with self._lock:
+            local = list(self._local.get((server, uri), []))
+        for deliver in local:
+            try:
+                deliver(params)
+            except Exception:  # noqa: BLE001 - boundary: one stream must not stop the others
+                logger.exception("delivering a resource update failed")
         try:
             with self._db.transaction() as cur:
                 sessions = repository.resource_subscribers(cur, config.id, uri, self._holder)
-            if not sessions:
+            if not sessions and not local:
                 with self._lock:
                     self._release(server, config.id, uri)
                 return
@@ -191,8 +237,8 @@ class Subscriptions:
             logger.debug("an update of a subscribed resource was lost (database away)")
 
     def _release(self, server: str, server_id: UUID, uri: str) -> None:
-        """Unsubscribe upstream when no row of this process is left (holding the lock)."""
-        if (server, uri) not in self._upstream:
+        """Unsubscribe upstream when no row or stream of this process is left (holding the lock)."""
+        if (server, uri) not in self._upstream or (server, uri) in self._local:
             return
         with self._db.transaction() as cur:
             if repository.resource_subscribers(cur, server_id, uri, self._holder):
@@ -212,9 +258,10 @@ class Subscriptions:
             return  # inactive or removed: its rows stay (or go with it)
         try:
             with self._db.transaction() as cur:
-                uris = repository.held_subscriptions(cur, config.id, self._holder)
+                uris = set(repository.held_subscriptions(cur, config.id, self._holder))
             with self._lock:
-                for uri in uris:
+                uris |= {uri for name, uri in self._local if name == server}
+                for uri in sorted(uris):
                     self._subscribe_upstream(server, uri)
         except (RpcError, DatabaseUnavailable) as e:
             logger.warning("upstream %s: subscribing again failed (%s)", server, type(e).__name__)

@@ -1,4 +1,5 @@
-"""`/mcp` and `/metamcp/{endpoint}/mcp`: Streamable HTTP (MCP 2025-03-26, 2025-06-18, 2025-11-25).
+"""`/mcp` and `/metamcp/{endpoint}/mcp`: Streamable HTTP (MCP 2025-03-26, 2025-06-18, 2025-11-25
+on sessions; 2026-07-28 per request, beside them on the same URLs).
 
 `/mcp` serves every active server to keys not limited to namespaces (admin or client); an
 endpoint serves its namespace, with the endpoint's auth (public, API key, and optionally
@@ -10,6 +11,10 @@ error such as LimitExceeded) and answered by one handler as a JSON-RPC error wit
 status. Requests go to metamcp.mcp.dispatcher; a tools/call is streamed back as SSE (upstream
 notifications first, then the result; metamcp.mcp.streams) with keep-alive comments, and a
 client that goes away closes the upstream call.
+
+A POST without a session that says it speaks 2026-07-28 (metamcp.mcp.inbound.is_modern) takes
+the same checks up to the JSON, then the revision's ladder, and is served with a Session made
+for it and never stored: no session lookup, no database query once the key and lists are warm.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,13 +35,14 @@ from metamcp.api.auth import limited_authentication, request_credential
 from metamcp.endpoints import Endpoint
 from metamcp.errors import Forbidden, McpHttpError, MetaMCPError, NotFound, Unauthorized
 from metamcp.limits import LimitExceeded
-from metamcp.mcp import jsonrpc
+from metamcp.mcp import inbound, jsonrpc
 from metamcp.mcp.capacity import Saturated
 from metamcp.mcp.dispatcher import Dispatcher
 from metamcp.mcp.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.protocol import (
     BATCH_VERSION,
     JSON_TYPE,
+    MODERN_VERSION,
     SESSION_HEADER,
     SSE_HEADERS,
     SSE_TYPE,
@@ -205,14 +212,17 @@ def post(endpoint: str | None = None) -> Response:
         parsed = jsonrpc.parse_body(body)
     except RpcError as e:  # not JSON: no id can be trusted (JSON-RPC answers null)
         raise McpHttpError(400, e.code, e.message) from None
+    modern = inbound.is_modern(request.headers, parsed)
     if isinstance(parsed, list):
+        if modern:
+            raise McpHttpError(400, INVALID_REQUEST, "Invalid Request: 2026-07-28 has no batches")
         return _batch(access, parsed)
     try:
         message = jsonrpc.validate(parsed)
     except RpcError as e:
         raise McpHttpError(400, e.code, e.message, jsonrpc.valid_id(parsed)) from None
     try:
-        return _answer(access, message)
+        return _modern(access, message) if modern else _answer(access, message)
     except McpHttpError as e:
         if e.request_id is None:
             e.request_id = message.id  # every refusal past parsing names the request it answers
@@ -254,6 +264,64 @@ def _answer(access: Access, message: Message) -> Response:
             return Response(events, mimetype=SSE_TYPE, headers=SSE_HEADERS)
         return rpc_response(200, outcome.drain())
     return rpc_response(200, outcome)
+
+
+def _modern(access: Access, message: Message) -> Response:
+    """A 2026-07-28 POST: the ladder (metamcp.mcp.inbound), then the request served with a
+    Session made for it and never stored (no database on its path), answered as JSON, or as SSE
+    for a tools/call (closing the stream cancels the call) and subscriptions/listen."""
+    if message.is_response:
+        raise McpHttpError(400, INVALID_REQUEST, "Invalid Request: a 2026-07-28 client sends no responses")
+    if not message.is_request:  # nothing to act on without a session (cancelling: closing a stream)
+        refused = inbound.unsupported(request.headers.get(VERSION_HEADER, ""))
+        return rpc_response(202, None) if refused is None else _refusal(None, refused)
+    verdict = inbound.classify(message.raw, request.headers)
+    if isinstance(verdict, inbound.Refusal):
+        return _refusal(message.id, verdict)
+    session = Session(id="2026." + secrets.token_urlsafe(12), key_id=access.key_id, protocol_version=MODERN_VERSION,
+                      log_level=verdict.log_level, endpoint_id=access.endpoint_id,
+                      capabilities=client_capabilities(verdict.capabilities))
+    wants_sse = SSE_TYPE in request.headers.get("Accept", "")
+    if message.method == inbound.LISTEN:
+        if not wants_sse:
+            raise McpHttpError(406, INVALID_REQUEST, f"Not Acceptable: subscriptions/listen needs {SSE_TYPE}")
+        try:
+            events = current_app.extensions["metamcp"].streams.open_subscription(
+                message.id, message.params.get("notifications"), access.view, request.environ.get("gunicorn.socket"))
+        except RpcError as e:
+            return _refusal(message.id, inbound.Refusal(400, e.code, e.message))
+        return Response(events, mimetype=SSE_TYPE, headers=SSE_HEADERS)
+    release = None
+    if message.method == "tools/call":
+        arguments = message.params.get("arguments")
+        schema = _dispatcher().input_schema(message.params.get("name"), access.view)
+        refused = inbound.param_refusal(schema, arguments if isinstance(arguments, dict) else {}, request.headers)
+        if refused is not None:
+            return _refusal(message.id, refused)
+        release = admit_call(access, message)
+    try:
+        outcome = _dispatcher().handle(session, message, access.view)
+    except BaseException:
+        if release is not None:
+            release()
+        raise
+    if isinstance(outcome, Streamed):
+        if release is not None:
+            outcome.on_close(release)
+        reply = current_app.extensions["metamcp"].streams.call_reply(outcome) if wants_sse else outcome.drain()
+        if not isinstance(reply, dict):
+            return Response(reply, mimetype=SSE_TYPE, headers=SSE_HEADERS)
+        outcome = reply
+    elif release is not None:
+        release()
+    error = outcome.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    status = inbound.ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
+    return rpc_response(status, outcome)
+
+
+def _refusal(request_id: Any, refusal: inbound.Refusal) -> Response:
+    return rpc_response(refusal.status, jsonrpc.error(request_id, refusal.code, refusal.message, refusal.data))
 
 
 def _initialize(access: Access, message: Message) -> Response:
@@ -311,10 +379,20 @@ def _batch(access: Access, items: list[Any]) -> Response:
     return rpc_response(200, responses) if responses else rpc_response(202, None)
 
 
+def _modern_stream_refused() -> Response | None:
+    """2026-07-28 has no GET stream and no session to DELETE: 405 (spec: Backward Compatibility)."""
+    if not inbound.is_modern(request.headers, None):
+        return None
+    return rpc_response(405, jsonrpc.error(None, INVALID_REQUEST, "Method Not Allowed: 2026-07-28 takes POST only"),
+                        {"Allow": "POST"})
+
+
 @bp.get("/mcp")
 @bp.get("/metamcp/<endpoint>/mcp")
 def get(endpoint: str | None = None) -> Response:
     access = authorize(endpoint)
+    if (refused := _modern_stream_refused()) is not None:
+        return refused
     if SSE_TYPE not in request.headers.get("Accept", ""):
         raise McpHttpError(406, INVALID_REQUEST, f"Not Acceptable: Accept must include {SSE_TYPE}")
     session = _session(access)
@@ -327,6 +405,9 @@ def get(endpoint: str | None = None) -> Response:
 @bp.delete("/mcp")
 @bp.delete("/metamcp/<endpoint>/mcp")
 def delete(endpoint: str | None = None) -> Response:
-    session = _session(authorize(endpoint))
+    access = authorize(endpoint)
+    if (refused := _modern_stream_refused()) is not None:
+        return refused
+    session = _session(access)
     _dispatcher().end_session(session)
     return Response(status=204)
