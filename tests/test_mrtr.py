@@ -1,0 +1,346 @@
+"""Multi round-trip requests without a network: the sealed requestState, parked calls and their
+deadlines, and a call's legs in each era pairing (upstream calls are scripted PendingCalls)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from metamcp.mcp import jsonrpc
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
+from metamcp.mcp.mrtr import Binding, Claims, Mrtr, Parking, Rounds, StateCodec, input_responses
+from metamcp.mcp.protocol import REQUEST_TIMEOUT, UPSTREAM_ERROR
+from metamcp.mcp.relay import Relay
+from metamcp.mcp.sessions import Session, client_capabilities
+from metamcp.mcp.streams import Streamed
+from metamcp.mcp.upstream.call import PendingCall
+
+SECRET = "s" * 40
+ENDPOINT = UUID("00000000-0000-0000-0000-000000000001")
+
+
+def session(capabilities: dict[str, Any], modern: bool = True, key_id: int | None = 1) -> Session:
+    return Session("2026.x" if modern else "s", key_id, "2026-07-28" if modern else "2025-11-25",
+                   capabilities=client_capabilities(capabilities))
+
+
+def binding(**changes: Any) -> Binding:
+    fields = {"session": session({}), "method": "tools/call", "target": "srv__ask", "arguments": {"q": 1}}
+    fields.update(changes)
+    return Binding.of(fields["session"], fields["method"], fields["target"], fields["arguments"])
+
+
+# --- the codec ----------------------------------------------------------------------------
+
+
+def test_a_state_opens_for_the_request_it_was_sealed_for() -> None:
+    codec = StateCodec(SECRET)
+    token = codec.seal(binding(), time.time() + 60, Claims("srv", upstream_state="theirs"))
+    assert token.startswith("mm1.") and token.count(".") == 2
+    assert codec.open(token, binding()) == Claims("srv", upstream_state="theirs")
+    parked = codec.seal(binding(), time.time() + 60, Claims("srv", origin="o.1", parked="7.x"))
+    assert codec.open(parked, binding()) == Claims("srv", origin="o.1", parked="7.x")
+
+
+def _refused(token: Any, bound: Binding, codec: StateCodec | None = None, now: float | None = None) -> str:
+    with pytest.raises(RpcError) as caught:
+        (codec or StateCodec(SECRET)).open(token, bound, now)
+    assert caught.value.code == INVALID_PARAMS
+    assert caught.value.message.startswith("Invalid params: requestState ")
+    return caught.value.message
+
+
+def test_a_tampered_or_foreign_state_is_refused() -> None:
+    token = StateCodec(SECRET).seal(binding(), time.time() + 60, Claims("srv"))
+    prefix, body, mac = token.split(".")
+    other_body = StateCodec(SECRET).seal(binding(target="srv__other"), time.time() + 60, Claims("srv")).split(".")[1]
+    for forged in (f"{prefix}.{other_body}.{mac}", f"{prefix}.{body}.{mac[:-2]}AA", f"mm2.{body}.{mac}",
+                   f"{body}.{mac}", "", None, 42, token + "."):
+        assert "not one this gateway issued" in _refused(forged, binding())
+    assert "not one this gateway issued" in _refused(token, binding(), StateCodec("t" * 40))
+
+
+def test_an_expired_state_is_refused() -> None:
+    token = StateCodec(SECRET).seal(binding(), 1000.0, Claims("srv"))
+    assert "expired" in _refused(token, binding(), now=1000.5)
+    assert StateCodec(SECRET).open(token, binding(), now=999.0).server == "srv"
+
+
+@pytest.mark.parametrize("other", [
+    {"session": session({}, key_id=2)},  # another key
+    {"session": Session("p", None, "2026-07-28", endpoint_id=ENDPOINT)},  # a public endpoint
+    {"method": "prompts/get"},
+    {"target": "srv__other"},
+    {"arguments": {"q": 2}},
+])
+def test_a_state_for_another_principal_or_request_is_refused(other: dict[str, Any]) -> None:
+    token = StateCodec(SECRET).seal(binding(), time.time() + 60, Claims("srv"))
+    assert "another request" in _refused(token, binding(**other))
+
+
+def test_the_principal_is_the_key_or_else_the_public_endpoint() -> None:
+    assert binding().principal == "key:1"
+    public = Binding.of(Session("p", None, "2026-07-28", endpoint_id=ENDPOINT), "tools/call", "t", {})
+    assert public.principal == f"endpoint:{ENDPOINT}" and public.endpoint == str(ENDPOINT)
+    assert binding(arguments={"a": 1, "b": 2}).digest == binding(arguments={"b": 2, "a": 1}).digest
+
+
+def test_input_responses_must_be_an_object_of_results() -> None:
+    assert input_responses({}) == {}
+    assert input_responses({"inputResponses": {"k": {"action": "accept"}}}) == {"k": {"action": "accept"}}
+    for bad in ([], "x", {"k": "accept"}):
+        with pytest.raises(RpcError) as caught:
+            input_responses({"inputResponses": bad})
+        assert caught.value.code == INVALID_PARAMS
+
+
+# --- parking ------------------------------------------------------------------------------
+
+
+class Parked:
+    def __init__(self) -> None:
+        self.expired: list[str] = []
+
+    def expire(self, reason: str) -> None:
+        self.expired.append(reason)
+
+
+def test_a_parked_call_is_taken_once_and_waits_for_its_leg_to_close() -> None:
+    parking = Parking(60.0)
+    parked_id, expiry = parking.reserve()
+    assert expiry > time.time() + 59
+    call = Parked()
+    threading.Timer(0.2, parking.hold, (parked_id, call)).start()
+    assert parking.take(parked_id) is call  # waited for hold()
+    assert parking.take(parked_id, wait=0.1) is None
+    assert parking.take("unknown", wait=0.1) is None
+
+
+def test_a_parked_call_expires_at_its_deadline() -> None:
+    parking = Parking(0.3)
+    parked_id, _ = parking.reserve()
+    call = Parked()
+    assert parking.hold(parked_id, call)
+    time.sleep(0.6)
+    assert call.expired and "no retry within 0.3s" in call.expired[0]
+    assert parking.take(parked_id, wait=0.1) is None
+    assert not parking.hold(parked_id, call)
+
+
+# --- a call's legs ------------------------------------------------------------------------
+
+
+class Upstream:
+    """A scripted upstream call: it yields what the test feeds it; our answers are kept."""
+
+    def __init__(self, modern: bool = False) -> None:
+        self.inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.answers: list[dict[str, Any]] = []
+        self.cancelled: list[str | None] = []
+        self.released = False
+        self.call = PendingCall(1, self._messages(), interrupt=lambda: self.inbox.put(None),
+                                release=self._release, send_cancelled=self.cancelled.append,
+                                respond=self.answers.append)
+        self.call.modern = modern
+
+    def _messages(self) -> Any:
+        while (message := self.inbox.get(timeout=10)) is not None:
+            yield message
+
+    def _release(self, _polite: bool) -> None:
+        self.released = True
+
+    def feed(self, *messages: dict[str, Any]) -> Upstream:
+        for message in messages:
+            self.inbox.put(message)
+        return self
+
+
+ELICIT = {"jsonrpc": "2.0", "id": 5, "method": "elicitation/create",
+          "params": {"message": "Name?", "requestedSchema": {"type": "object"}}}
+DONE = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "done"}], "isError": False}}
+
+
+def mrtr(deadline: float = 60.0) -> Mrtr:
+    return Mrtr(SECRET, None, "here", deadline, 30.0)  # type: ignore[arg-type]  # no hand-over here
+
+
+def streamed(call: Upstream, client: Session, gateway: Mrtr, relay: Relay | None = None,
+             retry: Callable[[dict[str, Any], str | None], PendingCall] | None = None) -> Streamed:
+    def no_retry(_answers: dict[str, Any], _state: str | None) -> PendingCall:
+        raise AssertionError("not retried")
+
+    relay = relay or Relay(None, 60.0, "here")  # type: ignore[arg-type]  # no database needed
+    subject = Streamed(1, client, lambda: None, "srv", relay, Rounds(gateway, binding(session=client), "srv",
+                                                                    retry or no_retry))
+    subject.attach(call.call)
+    return subject
+
+
+def leg(subject: Streamed, stream: bool = True) -> queue.SimpleQueue[dict[str, Any] | None]:
+    out: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+    threading.Thread(target=subject.pump, args=(out.put, stream), daemon=True).start()
+    return out
+
+
+def until_end(out: queue.SimpleQueue[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    messages = []
+    while (message := out.get(timeout=10)) is not None:
+        messages.append(message)
+    return messages
+
+
+def test_a_modern_client_is_asked_by_input_required_and_its_retry_resumes_the_parked_call() -> None:
+    client, gateway = session({"elicitation": {}}), mrtr()
+    upstream = Upstream().feed(ELICIT)
+    subject = streamed(upstream, client, gateway)
+    [first] = until_end(leg(subject))
+    result = first["result"]
+    assert first["id"] == 1 and result["resultType"] == "input_required"
+    [(key, request)] = result["inputRequests"].items()
+    assert request == {"method": "elicitation/create", "params": ELICIT["params"]}
+    subject.close()  # the leg's response closed: the upstream call stays open
+    assert not upstream.released and not upstream.cancelled
+    claims = gateway.codec.open(result["requestState"], binding(session=client))
+    assert claims.origin == "here" and claims.server == "srv"
+    assert gateway.parking.take(str(claims.parked)) is subject
+
+    retry = session({"elicitation": {}})
+    subject.resume(2, retry, {key: {"action": "accept", "content": {"name": "Ada"}}}, lambda: None)
+    assert upstream.answers == [{"jsonrpc": "2.0", "id": 5, "result": {"action": "accept", "content": {"name": "Ada"}}}]
+    progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "t", "progress": 1}}
+    upstream.feed(progress, DONE)
+    assert until_end(leg(subject)) == [progress, {"jsonrpc": "2.0", "id": 2, "result": DONE["result"]}]
+    subject.close()
+    assert upstream.released
+
+
+def test_an_unanswered_request_is_asked_again_in_the_next_leg() -> None:
+    client, gateway = session({"elicitation": {}}), mrtr()
+    subject = streamed(Upstream().feed(ELICIT), client, gateway)
+    [first] = until_end(leg(subject))
+    subject.close()
+    claims = gateway.codec.open(first["result"]["requestState"], binding(session=client))
+    assert gateway.parking.take(str(claims.parked)) is subject
+    subject.resume(2, client, {"unknown": {"action": "accept"}}, lambda: None)
+    [again] = until_end(leg(subject))
+    assert again["id"] == 2 and again["result"]["inputRequests"] == first["result"]["inputRequests"]
+    assert again["result"]["requestState"] != first["result"]["requestState"]
+    subject.close()
+
+
+def test_ping_is_answered_by_the_gateway_and_a_missing_capability_refused_to_the_upstream() -> None:
+    client = session({})  # no elicitation
+    upstream = Upstream().feed({"jsonrpc": "2.0", "id": 3, "method": "ping"}, ELICIT, DONE)
+    subject = streamed(upstream, client, mrtr())
+    assert until_end(leg(subject)) == [{"jsonrpc": "2.0", "id": 1, "result": DONE["result"]}]
+    subject.close()
+    assert upstream.answers[0] == {"jsonrpc": "2.0", "id": 3, "result": {}}
+    assert upstream.answers[1]["id"] == 5 and "elicitation capability" in upstream.answers[1]["error"]["message"]
+
+
+def test_a_request_outside_the_call_ends_the_leg_while_the_reader_waits() -> None:
+    """A stdio upstream's request names no call: it reaches the newest call on that server."""
+    client, gateway = session({"roots": {}}), mrtr()
+    relay = Relay(None, 60.0, "here")  # type: ignore[arg-type]
+    upstream = Upstream()
+    subject = streamed(upstream, client, gateway, relay)
+    out = leg(subject)
+    time.sleep(0.1)  # the reader waits on the upstream
+    answers: list[dict[str, Any]] = []
+    relay.outside("srv", {"jsonrpc": "2.0", "id": 9, "method": "roots/list"}, answers.append)
+    [first] = until_end(out)
+    [key] = first["result"]["inputRequests"]
+    subject.close()
+    claims = gateway.codec.open(first["result"]["requestState"], binding(session=client))
+    assert gateway.parking.take(str(claims.parked)) is subject
+    subject.resume(2, client, {key: {"roots": []}}, lambda: None)
+    assert answers == [{"jsonrpc": "2.0", "id": 9, "result": {"roots": []}}]
+    out = leg(subject)  # served by the reader still waiting
+    upstream.feed(DONE)
+    assert until_end(out) == [{"jsonrpc": "2.0", "id": 2, "result": DONE["result"]}]
+    subject.close()
+
+
+def test_a_parked_call_past_its_deadline_tells_the_upstream_and_ends() -> None:
+    client, gateway = session({"elicitation": {}}), mrtr(deadline=0.3)
+    upstream = Upstream().feed(ELICIT)
+    subject = streamed(upstream, client, gateway)
+    until_end(leg(subject))
+    subject.close()
+    time.sleep(0.7)
+    assert upstream.answers[0]["error"]["code"] == REQUEST_TIMEOUT
+    assert upstream.released and upstream.cancelled == [None]
+
+
+def test_a_modern_upstreams_input_required_passes_to_a_modern_client_under_the_gateways_state() -> None:
+    client, gateway = session({"elicitation": {}}), mrtr()
+    asked = {"resultType": "input_required", "inputRequests": {"who": ELICIT}, "requestState": "theirs"}
+    subject = streamed(Upstream(modern=True).feed({"jsonrpc": "2.0", "id": 1, "result": asked}), client, gateway)
+    [final] = until_end(leg(subject))
+    subject.close()
+    assert final["result"]["inputRequests"] == {"who": ELICIT}
+    assert final["result"]["requestState"] != "theirs"
+    claims = gateway.codec.open(final["result"]["requestState"], binding(session=client))
+    assert claims == Claims("srv", upstream_state="theirs")
+
+
+def test_a_2025_client_is_asked_on_the_stream_and_the_upstream_retried_with_the_answers() -> None:
+    client, gateway = session({"elicitation": {}}, modern=False), mrtr()
+    relay = Relay(None, 60.0, "here")  # type: ignore[arg-type]
+    asked = {"resultType": "input_required", "inputRequests": {"who": ELICIT}, "requestState": "theirs"}
+    second = Upstream(modern=True).feed(DONE)
+    retries: list[tuple[dict[str, Any], str | None]] = []
+
+    def retry(answers: dict[str, Any], state: str | None) -> PendingCall:
+        retries.append((answers, state))
+        return second.call
+
+    first = Upstream(modern=True).feed({"jsonrpc": "2.0", "id": 1, "result": asked})
+    subject = streamed(first, client, gateway, relay, retry)
+    out = leg(subject)
+    request = out.get(timeout=10)
+    assert request is not None and request["method"] == "elicitation/create" and request["id"].startswith("mm.")
+    relay.answer(client, {"jsonrpc": "2.0", "id": request["id"], "result": {"action": "accept"}})
+    assert until_end(out) == [{"jsonrpc": "2.0", "id": 1, "result": DONE["result"]}]
+    subject.close()
+    assert retries == [({"who": {"action": "accept"}}, "theirs")]
+    assert first.released and second.released
+
+
+def test_a_2025_client_without_a_stream_gets_an_error_naming_the_need() -> None:
+    asked = {"resultType": "input_required", "inputRequests": {"who": ELICIT}}
+    upstream = Upstream(modern=True).feed({"jsonrpc": "2.0", "id": 1, "result": asked})
+    final = streamed(upstream, session({"elicitation": {}}, modern=False), mrtr()).drain()
+    assert final["id"] == 1 and final["error"]["code"] == jsonrpc.INVALID_REQUEST
+    assert "needs input from the client" in final["error"]["message"]
+
+
+def test_a_2025_client_refusing_the_input_ends_the_call_with_its_error() -> None:
+    asked = {"resultType": "input_required", "inputRequests": {"who": ELICIT}}
+    upstream = Upstream(modern=True).feed({"jsonrpc": "2.0", "id": 1, "result": asked})
+    subject = streamed(upstream, session({}, modern=False), mrtr())  # no elicitation capability
+    [final] = until_end(leg(subject))
+    subject.close()
+    assert final["error"]["code"] == jsonrpc.METHOD_NOT_FOUND and "elicitation" in final["error"]["message"]
+
+
+def test_an_upstream_asking_without_end_is_stopped_after_ten_rounds() -> None:
+    again = {"jsonrpc": "2.0", "id": 1, "result": {"resultType": "input_required", "requestState": "more"}}
+    calls: list[Upstream] = []
+
+    def retry(_answers: dict[str, Any], _state: str | None) -> PendingCall:
+        calls.append(Upstream(modern=True).feed(again))
+        return calls[-1].call
+
+    subject = streamed(Upstream(modern=True).feed(again), session({}, modern=False), mrtr(), retry=retry)
+    [final] = until_end(leg(subject))
+    subject.close()
+    assert len(calls) == 10 and final["error"]["code"] == UPSTREAM_ERROR
+    assert "more than 10 times" in final["error"]["message"]
