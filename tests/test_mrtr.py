@@ -14,6 +14,7 @@ import pytest
 
 from metamcp.mcp import jsonrpc
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
+from metamcp.mcp.modern import complete
 from metamcp.mcp.mrtr import Binding, Claims, Mrtr, Parking, Rounds, StateCodec, input_responses
 from metamcp.mcp.protocol import REQUEST_TIMEOUT, UPSTREAM_ERROR
 from metamcp.mcp.relay import Relay
@@ -216,7 +217,7 @@ def test_a_modern_client_is_asked_by_input_required_and_its_retry_resumes_the_pa
     assert upstream.answers == [{"jsonrpc": "2.0", "id": 5, "result": {"action": "accept", "content": {"name": "Ada"}}}]
     progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "t", "progress": 1}}
     upstream.feed(progress, DONE)
-    assert until_end(leg(subject)) == [progress, {"jsonrpc": "2.0", "id": 2, "result": DONE["result"]}]
+    assert until_end(leg(subject)) == [progress, {"jsonrpc": "2.0", "id": 2, "result": complete(DONE["result"])}]
     subject.close()
     assert upstream.released
 
@@ -239,7 +240,7 @@ def test_ping_is_answered_by_the_gateway_and_a_missing_capability_refused_to_the
     client = session({})  # no elicitation
     upstream = Upstream().feed({"jsonrpc": "2.0", "id": 3, "method": "ping"}, ELICIT, DONE)
     subject = streamed(upstream, client, mrtr())
-    assert until_end(leg(subject)) == [{"jsonrpc": "2.0", "id": 1, "result": DONE["result"]}]
+    assert until_end(leg(subject)) == [{"jsonrpc": "2.0", "id": 1, "result": complete(DONE["result"])}]
     subject.close()
     assert upstream.answers[0] == {"jsonrpc": "2.0", "id": 3, "result": {}}
     assert upstream.answers[1]["id"] == 5 and "elicitation capability" in upstream.answers[1]["error"]["message"]
@@ -264,7 +265,7 @@ def test_a_request_outside_the_call_ends_the_leg_while_the_reader_waits() -> Non
     assert answers == [{"jsonrpc": "2.0", "id": 9, "result": {"roots": []}}]
     out = leg(subject)  # served by the reader still waiting
     upstream.feed(DONE)
-    assert until_end(out) == [{"jsonrpc": "2.0", "id": 2, "result": DONE["result"]}]
+    assert until_end(out) == [{"jsonrpc": "2.0", "id": 2, "result": complete(DONE["result"])}]
     subject.close()
 
 

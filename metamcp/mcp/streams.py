@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from metamcp.config import Settings
 from metamcp.errors import DatabaseUnavailable
-from metamcp.mcp import jsonrpc, mrtr, protocol, sse
+from metamcp.mcp import jsonrpc, modern, mrtr, protocol, sse
 from metamcp.mcp.capacity import HangupWatch, ThreadBudget
 from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.jsonrpc import RpcError
@@ -89,6 +89,10 @@ class Streamed:
         self._round = 0
         if relay is not None:
             relay.opened(server, self)
+
+    @property
+    def server(self) -> str:
+        return self._server
 
     def attach(self, call: PendingCall) -> None:
         self._call = call
@@ -201,10 +205,13 @@ class Streamed:
             if "error" in message:
                 self._put({"jsonrpc": "2.0", "id": self.request_id, "error": message["error"]})
             else:
-                self._put(jsonrpc.result(self.request_id, message.get("result") or {}))
+                self._put(jsonrpc.result(self.request_id, self._shaped(message.get("result") or {})))
             self._put(None)
             self._put = None
         return False
+
+    def _shaped(self, result: dict[str, Any]) -> dict[str, Any]:
+        return modern.complete(result) if self.session.modern else result
 
     # --- a 2025 client asked what a 2026-07-28 upstream needs -------------------------------
 
@@ -264,8 +271,8 @@ class Streamed:
         self._parked, state = self._rounds.park()
         requests = {key: {"method": request.get("method"), "params": request.get("params") or {}}
                     for key, (request, _) in self._asked.items()}
-        self._put(jsonrpc.result(self.request_id, {"resultType": "input_required", "inputRequests": requests,
-                                                   "requestState": state}))
+        self._put(jsonrpc.result(self.request_id, self._shaped(
+            {"resultType": "input_required", "inputRequests": requests, "requestState": state})))
         self._put(None)
         self._put = None
 
