@@ -26,6 +26,7 @@ from metamcp.mcp.mrtr import (
     with_input,
 )
 from metamcp.mcp.pool import Pool
+from metamcp.mcp.protocol import META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL, META_VERSION
 from metamcp.mcp.relay import Relay
 from metamcp.mcp.router import Router
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore, client_capabilities, client_meta
@@ -43,6 +44,8 @@ INSTRUCTIONS = (
     "Tools and prompts are named '<server>__<name>' unless the endpoint publishes the servers' own "
     "names; resources keep their URIs."
 )
+#: The `_meta` keys a 2026-07-28 request describes its client with.
+ENVELOPE = (META_VERSION, META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL)
 LIST_METHODS = {
     "tools/list": "tools",
     "prompts/list": "prompts",
@@ -167,9 +170,12 @@ class Dispatcher:
     # --- methods -------------------------------------------------------------------------
 
     def _forward_params(self, message: Message, **params: Any) -> dict[str, Any]:
+        """`params` with the client's `_meta` (progressToken, ...), less the 2026-07-28 envelope
+        that speaks for the client: the upstream client sets its own (a 2025 upstream session
+        refuses it)."""
         meta = message.params.get("_meta")
         if isinstance(meta, dict):
-            params["_meta"] = meta
+            params["_meta"] = {key: value for key, value in meta.items() if key not in ENVELOPE}
         return params
 
     @staticmethod

@@ -315,7 +315,12 @@ class Streamed:
         messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         final: dict[str, Any] | None = None
         try:
-            self.pump(messages.put, stream=False)
+            if self.session.modern:  # a request from outside the call may end the leg while
+                # the reader waits on the upstream: the reader must not be this thread
+                threading.Thread(target=self.pump, args=(messages.put, False), daemon=True,
+                                 name="metamcp-leg").start()
+            else:
+                self.pump(messages.put, stream=False)
             while (message := messages.get()) is not None:
                 if "method" not in message:
                     final = message
