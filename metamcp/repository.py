@@ -608,6 +608,13 @@ def take_client_reply(cur: Cursor, reply_id: str) -> Row | None:
 # --- Multi round-trip hand-overs (metamcp.mcp.mrtr) -------------------------------------------
 
 
+def is_listening(cur: Cursor, origin: str) -> bool:
+    """Whether the process `origin` (ChangeBus.origin) listens for changes on this database now."""
+    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s || ' ' || %s"
+                " AND datname = current_database()) AS listening", (LISTENER_NAME, origin))
+    return bool(_returned(cur)["listening"])
+
+
 def insert_handover(cur: Cursor, handover_id: str, seq: int, message: dict[str, Any]) -> None:
     """A retry's answers (seq 0), or the holder's n-th message back (seq n)."""
     cur.execute("INSERT INTO mrtr_handover (id, seq, message) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from metamcp.mcp.jsonrpc import INVALID_PARAMS
+from metamcp.mcp.mrtr import Binding, Claims, StateCodec
 from metamcp.mcp.protocol import (
     META_CAPABILITIES,
     META_CLIENT_INFO,
@@ -28,6 +29,7 @@ from metamcp.mcp.protocol import (
     NAME_HEADER,
     VERSION_HEADER,
 )
+from metamcp.mcp.sessions import Session
 
 from .conftest import (
     ROOT,
@@ -193,3 +195,17 @@ def test_an_upstream_ping_is_answered_by_the_gateway(gateways: Gateways) -> None
     messages = call(gateways.first, gateways.keys["mrtr"], "http__ask_ping", {}, sse=True)
     assert all("method" not in message for message in messages)
     assert text(messages) == "pong"
+
+
+def test_a_state_naming_a_process_that_has_ended_is_refused_at_once(gateways: Gateways) -> None:
+    """Sealed with the replicas' shared secret, so only its origin is wrong: no process hears
+    the hand-over, and the retry is told so instead of waiting for the deadline."""
+    arguments = {"question": "Name?"}
+    client = Session("2026.t", 1, MODERN_VERSION)  # the first key made by fresh_keys
+    state = StateCodec(TEST_JWT_SECRET).seal(Binding.of(client, "tools/call", "http__ask_user", arguments),
+                                             time.time() + 60, Claims("http", origin="gone.1", parked="1.x"))
+    started = time.monotonic()
+    refused = call(gateways.second, gateways.keys["mrtr"], "http__ask_user", arguments,
+                   retry=accept("elicitation-1", state, "Ada"))
+    assert refused[-1]["error"]["code"] == INVALID_PARAMS and "ended" in refused[-1]["error"]["message"]
+    assert time.monotonic() - started < 2

@@ -275,11 +275,7 @@ class Dispatcher:
             return result
         if not session.modern:
             raise input_unavailable(binding.method)
-        return Rounds(self._mrtr, binding, server, self._no_retry).relabel(result)
-
-    @staticmethod
-    def _no_retry(_answers: dict[str, Any], _state: str | None) -> PendingCall:
-        raise AssertionError("a request outside a call is never retried by the gateway")
+        return self._mrtr.relabel(binding, server, result)
 
     def _subscribe(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         return self._subscriptions.subscribe(session, _uri(message), view)

@@ -262,6 +262,8 @@ class Handover:
                    "capabilities": sorted(session.capabilities)}
         try:
             with self._db.transaction() as cur:
+                if not repository.is_listening(cur, claims.origin):  # it would not hear of them
+                    raise invalid_state("names a call of a process that has ended")
                 repository.purge_handovers(cur, HANDOVER_MAX_AGE)
                 repository.insert_handover(cur, handover_id, 0, answers)
                 repository.notify_change(cur, Topic.HANDOVER, to=claims.origin, id=handover_id,
@@ -388,6 +390,13 @@ class Mrtr:
         self.parking = Parking(deadline)
         self.handover = Handover(db, origin, self.parking, read_timeout)
 
+    def relabel(self, binding: Binding, server: str, result: dict[str, Any]) -> dict[str, Any]:
+        """A 2026-07-28 upstream's `input_required`, its state sealed inside the gateway's."""
+        upstream = result.get("requestState")
+        claims = Claims(server, upstream_state=upstream if isinstance(upstream, str) else None)
+        state = self.codec.seal(binding, time.time() + self.parking.deadline, claims)
+        return {**result, "requestState": state}
+
 
 @dataclass
 class Rounds:
@@ -406,11 +415,7 @@ class Rounds:
         return parked_id, self.mrtr.codec.seal(self.binding, expiry, claims)
 
     def relabel(self, result: dict[str, Any]) -> dict[str, Any]:
-        """A 2026-07-28 upstream's `input_required`, its state sealed inside the gateway's."""
-        upstream = result.get("requestState")
-        claims = Claims(self.server, upstream_state=upstream if isinstance(upstream, str) else None)
-        state = self.mrtr.codec.seal(self.binding, time.time() + self.mrtr.parking.deadline, claims)
-        return {**result, "requestState": state}
+        return self.mrtr.relabel(self.binding, self.server, result)
 
 
 def input_responses(params: dict[str, Any]) -> dict[str, Any]:
