@@ -13,11 +13,13 @@ from uuid import UUID
 import pytest
 
 from metamcp.mcp import jsonrpc
-from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
+from metamcp.mcp.dispatcher import Dispatcher
+from metamcp.mcp.jsonrpc import INVALID_PARAMS, Message, RpcError
 from metamcp.mcp.modern import complete
 from metamcp.mcp.mrtr import Binding, Claims, Mrtr, Parking, Rounds, StateCodec, input_responses
 from metamcp.mcp.protocol import REQUEST_TIMEOUT, UPSTREAM_ERROR
 from metamcp.mcp.relay import Relay
+from metamcp.mcp.router import Route
 from metamcp.mcp.sessions import Session, client_capabilities
 from metamcp.mcp.streams import Streamed
 from metamcp.mcp.upstream.call import PendingCall
@@ -345,3 +347,105 @@ def test_an_upstream_asking_without_end_is_stopped_after_ten_rounds() -> None:
     subject.close()
     assert len(calls) == 10 and final["error"]["code"] == UPSTREAM_ERROR
     assert "more than 10 times" in final["error"]["message"]
+
+
+# --- the handlers: retries routed by their state --------------------------------------------
+
+
+class Router:
+    def route(self, _kind: str, exposed: str, _view: Any = None) -> Route:
+        server, _, name = exposed.partition("__")
+        return Route(server, name)
+
+    def route_resource(self, _uri: str, _view: Any = None) -> str:
+        return "srv"
+
+
+class Pool:
+    """What the handlers asked upstream, answered from a script."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.asked: list[tuple[str, str, dict[str, Any], Any]] = []
+        self._answers = list(answers)
+
+    def call(self, server: str, method: str, params: dict[str, Any], client: Any = None) -> PendingCall:
+        self.asked.append((server, method, params, client))
+        upstream: Upstream = self._answers.pop(0)
+        return upstream.call
+
+    def request(self, server: str, method: str, params: dict[str, Any], client: Any = None) -> dict[str, Any]:
+        self.asked.append((server, method, params, client))
+        result: dict[str, Any] = self._answers.pop(0)
+        return result
+
+
+def dispatcher(pool: Pool, gateway: Mrtr) -> Dispatcher:
+    relay = Relay(None, 60.0, "here")  # type: ignore[arg-type]
+    return Dispatcher(Router(), None, pool, None, "0", lambda *_: None, relay, None, gateway)  # type: ignore[arg-type]
+
+
+def request(method: str, request_id: int = 1, **params: Any) -> Message:
+    return jsonrpc.validate({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+
+
+ASKED = {"resultType": "input_required", "inputRequests": {"who": ELICIT}, "requestState": "theirs"}
+
+
+def test_a_modern_retry_goes_to_the_server_that_asked_with_its_own_state() -> None:
+    client, gateway = session({"elicitation": {}}), mrtr()
+    pool = Pool(Upstream(modern=True).feed({"jsonrpc": "2.0", "id": 1, "result": ASKED}),
+                Upstream(modern=True).feed(DONE))
+    subject = dispatcher(pool, gateway)
+    first = subject.handle(client, request("tools/call", name="srv__ask", arguments={"q": 1}))
+    assert isinstance(first, Streamed)
+    state = first.drain()["result"]["requestState"]
+    answers = {"who": {"action": "accept", "content": {"name": "Ada"}}}
+    retried = subject.handle(client, request("tools/call", 2, name="srv__ask", arguments={"q": 1},
+                                             inputResponses=answers, requestState=state))
+    assert isinstance(retried, Streamed)
+    assert retried.drain() == {"jsonrpc": "2.0", "id": 2, "result": complete(DONE["result"])}
+    server, method, params, meta = pool.asked[1]
+    assert (server, method) == ("srv", "tools/call") and meta.modern
+    assert params == {"name": "ask", "arguments": {"q": 1}, "inputResponses": answers, "requestState": "theirs"}
+
+
+def test_a_retry_whose_state_fails_reaches_no_upstream() -> None:
+    client, gateway = session({"elicitation": {}}), mrtr()
+    pool = Pool()
+    subject = dispatcher(pool, gateway)
+    elsewhere = gateway.codec.seal(binding(session=client), time.time() + 60, Claims("other", upstream_state="x"))
+    good = gateway.codec.seal(binding(session=client), time.time() + 60, Claims("srv", upstream_state="x"))
+    for state, responses, why in ((elsewhere, {}, "another server"), ("mm1.x.y", {}, "not one"),
+                                  (good, {"who": "yes"}, "inputResponses")):
+        refused = subject.handle(client, request("tools/call", name="srv__ask", arguments={"q": 1},
+                                                 inputResponses=responses, requestState=state))
+        assert isinstance(refused, dict) and refused["error"]["code"] == INVALID_PARAMS
+        assert why in refused["error"]["message"]
+    assert pool.asked == []
+
+
+def test_a_prompt_needing_input_passes_to_a_modern_client_and_is_refused_to_a_2025_one() -> None:
+    gateway = mrtr()
+    subject = dispatcher(Pool(ASKED, ASKED), gateway)
+    modern = subject.handle(session({}), request("prompts/get", name="srv__greet"))
+    assert isinstance(modern, dict) and modern["result"]["inputRequests"] == {"who": ELICIT}
+    claims = gateway.codec.open(modern["result"]["requestState"],
+                                Binding.of(session({}), "prompts/get", "srv__greet", {}))
+    assert claims == Claims("srv", upstream_state="theirs")
+    legacy = subject.handle(session({}, modern=False), request("prompts/get", name="srv__greet"))
+    assert isinstance(legacy, dict) and legacy["error"]["code"] == jsonrpc.INVALID_REQUEST
+    assert "prompts/get" in legacy["error"]["message"]
+
+
+def test_a_resource_retry_carries_the_answers_and_a_parked_state_is_no_resource_state() -> None:
+    client, gateway = session({}), mrtr()
+    pool = Pool({"contents": []})
+    subject = dispatcher(pool, gateway)
+    bound = Binding.of(client, "resources/read", "test://x", {})
+    state = gateway.codec.seal(bound, time.time() + 60, Claims("srv", upstream_state="theirs"))
+    read = subject.handle(client, request("resources/read", uri="test://x", inputResponses={"k": {}}, requestState=state))
+    assert isinstance(read, dict) and read["result"] == {"contents": []}
+    assert pool.asked[0][2] == {"uri": "test://x", "inputResponses": {"k": {}}, "requestState": "theirs"}
+    parked = gateway.codec.seal(bound, time.time() + 60, Claims("srv", origin="here", parked="1.x"))
+    refused = subject.handle(client, request("resources/read", uri="test://x", requestState=parked))
+    assert isinstance(refused, dict) and refused["error"]["code"] == INVALID_PARAMS
