@@ -19,7 +19,6 @@ import pytest
 import requests
 
 from metamcp.mcp.jsonrpc import INVALID_PARAMS
-from metamcp.mcp.mrtr import Binding, Claims, StateCodec
 from metamcp.mcp.protocol import (
     META_CAPABILITIES,
     META_CLIENT_INFO,
@@ -29,6 +28,7 @@ from metamcp.mcp.protocol import (
     NAME_HEADER,
     VERSION_HEADER,
 )
+from metamcp.mcp.request_state import Binding, Claims, StateCodec
 from metamcp.mcp.sessions import Session
 
 from .conftest import (

@@ -15,19 +15,17 @@ from metamcp.mcp import jsonrpc
 from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
 from metamcp.mcp.mrtr import (
-    Binding,
-    Claims,
     Mrtr,
     Rounds,
     input_responses,
     input_unavailable,
-    invalid_state,
     needs_input,
     with_input,
 )
 from metamcp.mcp.pool import Pool
 from metamcp.mcp.protocol import META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL, META_VERSION
 from metamcp.mcp.relay import Relay
+from metamcp.mcp.request_state import Binding, Claims, invalid_state
 from metamcp.mcp.router import Router
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore, client_capabilities, client_meta
 from metamcp.mcp.streams import Streamed
