@@ -156,6 +156,7 @@ class Handover:
         self._parking = parking
         self._read_timeout = read_timeout
         self._lock = threading.Lock()
+        self._collecting = threading.Lock()
         self._inboxes: dict[str, queue.SimpleQueue[dict[str, Any] | None]] = {}  # retries served here
         self._serving: dict[str, Parkable] = {}  # calls held here, resumed for another process
 
@@ -221,13 +222,16 @@ class Handover:
             inbox = self._inboxes.get(handover_id)
         if inbox is None:
             return
-        try:
-            with self._db.transaction() as cur:
-                rows = repository.take_handover_replies(cur, handover_id)
-        except DatabaseUnavailable:
-            return  # the retry runs into its deadline
-        for row in sorted(rows, key=lambda r: r["seq"]):
-            inbox.put(row["message"])
+        # One take at a time: each takes every row committed so far, so the messages keep the
+        # holder's order even when their NOTIFYs wake several threads.
+        with self._collecting:
+            try:
+                with self._db.transaction() as cur:
+                    rows = repository.take_handover_replies(cur, handover_id)
+            except DatabaseUnavailable:
+                return  # the retry runs into its deadline
+            for row in sorted(rows, key=lambda r: r["seq"]):
+                inbox.put(row["message"])
 
     # --- the holder's side --------------------------------------------------------------
 

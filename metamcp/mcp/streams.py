@@ -246,8 +246,16 @@ class Streamed:
             time.sleep(0.05)  # state only: the upstream asks to be retried, not at once in a loop
         state = result.get("requestState")
         retried = self._rounds.retry(responses, state if isinstance(state, str) else None)
-        old, self._call, self._messages = self._call, retried, None
-        old.close()
+        with self._lock:
+            ended = self._ended
+            if not ended:
+                old, old_messages, self._call, self._messages = self._call, self._messages, retried, None
+        if ended:  # the client left meanwhile
+            retried.close()
+            raise RpcError(protocol.UPSTREAM_ERROR, "The call has ended")
+        old.close()  # answered: released politely (its connection is reused)
+        if old_messages is not None:
+            old_messages.close()
         return True
 
     # --- a 2026-07-28 client asked what a 2025 upstream requests ----------------------------
@@ -355,13 +363,13 @@ class Streamed:
             if self._ended:
                 return
             self._ended = True
-            reading, messages, asked = self._reading, self._messages, list(self._asked.values())
+            call, reading, messages, asked = self._call, self._reading, self._messages, list(self._asked.values())
             self._asked = {}
         for request, respond in asked:
             respond(fallback_answer(request))
         try:
-            if self._call is not None:
-                self._call.close()
+            if call is not None:
+                call.close()
             if messages is not None and not reading:
                 messages.close()  # suspended while parked: its end releases the call
         finally:
