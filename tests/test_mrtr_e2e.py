@@ -209,3 +209,20 @@ def test_a_state_naming_a_process_that_has_ended_is_refused_at_once(gateways: Ga
                    retry=accept("elicitation-1", state, "Ada"))
     assert refused[-1]["error"]["code"] == INVALID_PARAMS and "ended" in refused[-1]["error"]["message"]
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(("tool", "capability", "method", "response", "expected"), [
+    ("http__ask_model", "sampling", "sampling/createMessage",
+     {"role": "assistant", "model": "m", "content": {"type": "text", "text": "HELLO"}}, "HELLO"),
+    # An SDK server asks for roots on its standing stream, outside the call.
+    ("http__ask_roots", "roots", "roots/list", {"roots": [{"uri": "file:///work"}]}, "file:///work"),
+])
+def test_sampling_and_roots_are_asked_the_same_way(gateways: Gateways, tool: str, capability: str, method: str,
+                                                   response: dict[str, Any], expected: str) -> None:
+    key, arguments = gateways.keys["mrtr"], ({"prompt": "hello"} if "model" in tool else {})
+    first = call(gateways.first, key, tool, arguments, capabilities={capability: {}}, sse=True)
+    input_key, request, state = asked(first)
+    assert request["method"] == method
+    retry = {"inputResponses": {input_key: response}, "requestState": state}
+    final = call(gateways.second, key, tool, arguments, request_id=2, capabilities={capability: {}}, retry=retry)
+    assert text(final) == expected
