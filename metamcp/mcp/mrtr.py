@@ -28,6 +28,7 @@ from metamcp.db import Database
 from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp import jsonrpc
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
+from metamcp.mcp.protocol import MODERN_VERSION
 from metamcp.mcp.request_state import Binding, Claims, StateCodec, invalid_state
 from metamcp.mcp.sessions import Session
 from metamcp.mcp.upstream.call import PendingCall, UpstreamTimeout, is_response
@@ -292,7 +293,7 @@ def _session_of(answers: dict[str, Any]) -> Session:
 
 
 #: Stands for a retry's client in the holding process (its binding was verified by the sender).
-_HANDOVER_SESSION = Session(id="2026.handover", key_id=None, protocol_version="2026-07-28")
+_HANDOVER_SESSION = Session(id="2026.handover", key_id=None, protocol_version=MODERN_VERSION)
 
 
 class Mrtr:
