@@ -35,6 +35,7 @@ from metamcp.mcp.dispatcher import Dispatcher
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_REQUEST
 from metamcp.mcp.mailbox import Mailbox
+from metamcp.mcp.mrtr import Mrtr
 from metamcp.mcp.protocol import JSON_TYPE
 from metamcp.mcp.relay import Relay
 from metamcp.mcp.sessions import SessionPurger, SessionStore
@@ -211,8 +212,9 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     mailbox = Mailbox(db)
     resource_subscriptions = Subscriptions(db, gateway.pool, gateway.router, mailbox, gateway.executor)
     gateway.hear(resource_subscriptions.on_notification, resource_subscriptions.on_drop)
+    mrtr = Mrtr(settings.jwt_secret, db, db.bus.origin, relay.deadline, settings.upstream_timeout)
     dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, package_version(), publish,
-                            relay, resource_subscriptions)
+                            relay, resource_subscriptions, mrtr)
     streams = Streams(settings, sessions, gateway.catalog, relay, mailbox, resource_subscriptions)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
@@ -228,6 +230,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         Topic.CANCEL: [dispatcher.on_cancel],
         Topic.MAILBOX: [mailbox.on_notify],
         Topic.REPLY: [relay.on_reply],
+        Topic.HANDOVER: [mrtr.handover.on_change],
     }
     for topic, callbacks in subscriptions.items():
         for callback in callbacks:

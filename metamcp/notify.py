@@ -54,6 +54,7 @@ class Topic(StrEnum):
     CANCEL = "cancel"  #: a client cancelled a call that may run in another worker
     MAILBOX = "mailbox"  #: messages were stored for a session's stream (metamcp.mcp.mailbox)
     REPLY = "reply"  #: a client's answer to a relayed request was stored for another process
+    HANDOVER = "handover"  #: a retry's answers for the process holding its call, or that process's output
 
 
 class ChangeBus:

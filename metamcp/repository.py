@@ -603,3 +603,35 @@ def insert_client_reply(cur: Cursor, reply_id: str, session_id: str, message: di
 def take_client_reply(cur: Cursor, reply_id: str) -> Row | None:
     cur.execute("DELETE FROM client_replies WHERE id = %s RETURNING session_id, message", (reply_id,))
     return _one(cur)
+
+
+# --- Multi round-trip hand-overs (metamcp.mcp.mrtr) -------------------------------------------
+
+
+def is_listening(cur: Cursor, origin: str) -> bool:
+    """Whether the process `origin` (ChangeBus.origin) listens for changes on this database now."""
+    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s || ' ' || %s"
+                " AND datname = current_database()) AS listening", (LISTENER_NAME, origin))
+    return bool(_returned(cur)["listening"])
+
+
+def insert_handover(cur: Cursor, handover_id: str, seq: int, message: dict[str, Any]) -> None:
+    """A retry's answers (seq 0), or the holder's n-th message back (seq n)."""
+    cur.execute("INSERT INTO mrtr_handover (id, seq, message) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (handover_id, seq, Json(message)))
+
+
+def take_handover_answers(cur: Cursor, handover_id: str) -> Row | None:
+    cur.execute("DELETE FROM mrtr_handover WHERE id = %s AND seq = 0 RETURNING message", (handover_id,))
+    return _one(cur)
+
+
+def take_handover_replies(cur: Cursor, handover_id: str) -> list[Row]:
+    cur.execute("DELETE FROM mrtr_handover WHERE id = %s AND seq > 0 RETURNING seq, message", (handover_id,))
+    return [dict(row) for row in cur.fetchall()]
+
+
+def purge_handovers(cur: Cursor, max_age_seconds: int) -> None:
+    """Rows nobody took (their process died)."""
+    cur.execute("DELETE FROM mrtr_handover WHERE created_at < now() - make_interval(secs => %s)",
+                (max_age_seconds,))

@@ -15,6 +15,14 @@ from metamcp.mcp import jsonrpc, modern
 from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.inbound import DISCOVER, REMOVED
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, Message, RpcError
+from metamcp.mcp.mrtr import (
+    Mrtr,
+    Rounds,
+    input_responses,
+    input_unavailable,
+    needs_input,
+    with_input,
+)
 from metamcp.mcp.pool import Pool
 from metamcp.mcp.protocol import (
     ALL_VERSIONS,
@@ -24,11 +32,12 @@ from metamcp.mcp.protocol import (
     META_VERSION,
 )
 from metamcp.mcp.relay import Relay
+from metamcp.mcp.request_state import Binding, Claims, invalid_state
 from metamcp.mcp.router import Router
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore, client_capabilities, client_meta
 from metamcp.mcp.streams import Streamed
 from metamcp.mcp.subscriptions import Subscriptions
-from metamcp.mcp.upstream.call import UpstreamError
+from metamcp.mcp.upstream.call import PendingCall, UpstreamError
 from metamcp.namespaces import NamespaceView
 from metamcp.notify import Topic
 
@@ -63,8 +72,9 @@ class Dispatcher:
 
     def __init__(self, router: Router, catalog: Catalog, pool: Pool, sessions: SessionStore, version: str,
                  publish: Callable[[Topic, dict[str, Any]], None], relay: Relay,
-                 subscriptions: Subscriptions) -> None:
+                 subscriptions: Subscriptions, mrtr: Mrtr) -> None:
         self._router = router
+        self._mrtr = mrtr
         self._relay = relay
         self._catalog = catalog
         self._pool = pool
@@ -238,35 +248,92 @@ class Dispatcher:
 
     def _call_tool(self, session: Session, message: Message, view: NamespaceView | None) -> Streamed:
         name, arguments = self._name_and_arguments(message)
-        route = self._router.route("tools", name, view)
-        params = self._forward_params(message, name=route.name, arguments=arguments)
+        binding = Binding.of(session, "tools/call", name, arguments)
+        claims, responses = self._retried(session, message, binding)
         key = (session.id, json.dumps(message.id))
 
         def forget() -> None:
             with self._lock:
                 self._inflight.pop(key, None)
 
-        streamed = Streamed(message.id, session, forget, route.server, self._relay)
-        try:
-            streamed.attach(self._pool.call(route.server, "tools/call", params, client=client_meta(session)))
-        except BaseException:
-            streamed.close()
-            raise
+        if claims is not None and claims.parked is not None:  # a 2025 upstream's call, parked
+            streamed = self._resume(claims, message.id, session, responses, forget)
+        else:
+            route = self._router.route("tools", name, view)
+            params = self._forward_params(message, name=route.name, arguments=arguments)
+            meta = client_meta(session)
+
+            def call(answers: dict[str, Any], state: str | None) -> PendingCall:
+                return self._pool.call(route.server, "tools/call", with_input(params, answers, state), client=meta)
+
+            rounds = Rounds(self._mrtr, binding, route.server, call)
+            streamed = Streamed(message.id, session, forget, route.server, self._relay, rounds)
+            try:
+                if claims is None:
+                    streamed.attach(self._pool.call(route.server, "tools/call", params, client=meta))
+                else:
+                    _same_server(claims, route.server)
+                    streamed.attach(call(responses, claims.upstream_state))
+            except BaseException:
+                streamed.close()
+                raise
         with self._lock:
             self._inflight[key] = streamed
         return streamed
 
+    def _retried(self, session: Session, message: Message, binding: Binding
+                 ) -> tuple[Claims | None, dict[str, Any]]:
+        """A 2026-07-28 retry's verified state and answers (None: not a retry); -32602 for a
+        state this gateway did not seal for this very request, or malformed answers."""
+        state = message.params.get("requestState")
+        if not session.modern or state is None:
+            return None, {}
+        claims = self._mrtr.codec.open(state, binding)
+        return claims, input_responses(message.params)
+
+    def _resume(self, claims: Claims, request_id: Any, session: Session, responses: dict[str, Any],
+                forget: Callable[[], None]) -> Streamed:
+        """The parked call a retry names: here, or handed over to the process holding it."""
+        if claims.origin == self._mrtr.origin:
+            parked = self._mrtr.parking.take(str(claims.parked))
+            if parked is None:
+                raise invalid_state("has expired or was used already")
+            assert isinstance(parked, Streamed)
+            parked.resume(request_id, session, responses, forget)
+            return parked
+        streamed = Streamed(request_id, session, forget, claims.server, None)
+        streamed.attach(self._mrtr.handover.forward(claims, responses, session))
+        return streamed
+
     def _get_prompt(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         name, arguments = self._name_and_arguments(message)
+        binding = Binding.of(session, "prompts/get", name, arguments)
         route = self._router.route("prompts", name, view)
         params = self._forward_params(message, name=route.name, arguments=arguments)
-        return self._pool.request(route.server, "prompts/get", params, client=client_meta(session))
+        return self._request(session, message, binding, route.server, params)
 
     def _read_resource(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         uri = _uri(message)
+        binding = Binding.of(session, "resources/read", uri, {})
         server = self._router.route_resource(uri, view)
-        return self._pool.request(server, "resources/read", self._forward_params(message, uri=uri),
-                                  client=client_meta(session))
+        return self._request(session, message, binding, server, self._forward_params(message, uri=uri))
+
+    def _request(self, session: Session, message: Message, binding: Binding, server: str,
+                 params: dict[str, Any]) -> dict[str, Any]:
+        """prompts/get and resources/read: a 2026-07-28 upstream's `input_required` passes to a
+        2026-07-28 client with the gateway's state; a 2025 client cannot be asked (no stream)."""
+        claims, responses = self._retried(session, message, binding)
+        if claims is not None:
+            if claims.parked is not None:
+                raise invalid_state("belongs to another request")
+            _same_server(claims, server)
+            params = with_input(params, responses, claims.upstream_state)
+        result = self._pool.request(server, binding.method, params, client=client_meta(session))
+        if not needs_input(result):
+            return result
+        if not session.modern:
+            raise input_unavailable(binding.method)
+        return self._mrtr.relabel(binding, server, result)
 
     def _subscribe(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
         return self._subscriptions.subscribe(session, _uri(message), view)
@@ -296,6 +363,12 @@ class Dispatcher:
             raise RpcError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
         self._sessions.set_log_level(session, level)
         return {}
+
+
+def _same_server(claims: Claims, server: str) -> None:
+    """A 2026-07-28 upstream's state goes back to the server that issued it, or nowhere."""
+    if claims.server != server:
+        raise invalid_state("belongs to another server")
 
 
 def _uri(message: Message) -> str:

@@ -9,7 +9,8 @@ a session that sees the upstream. The client sees a gateway id
 that relayed the request answers the upstream at once; another one stores the answer
 (client_replies) and names it on the change bus. A client without the capability the request
 needs, no stream to carry it, the call ending or the deadline passing: the upstream gets an
-error, never a hang.
+error, never a hang. A 2026-07-28 client takes no requests: it is asked through its call
+(Channel.need_input), and a ping is answered here.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class Channel(Protocol):
 
     def send(self, message: dict[str, Any]) -> bool:
         """Put `message` on the call's stream; False when it has none (any more)."""
+
+    def need_input(self, message: dict[str, Any], respond: Respond) -> None:
+        """Ask a 2026-07-28 client `message` the only way it can be asked: by ending its response
+        with an `input_required` result (metamcp.mcp.mrtr); `respond` gets its answer."""
 
 
 @dataclass
@@ -130,6 +135,12 @@ class Relay:
         refusal = _refusal(channel.session, str(method), message.get("params"))
         if refusal is not None:
             respond(jsonrpc.error(message.get("id"), jsonrpc.METHOD_NOT_FOUND, refusal))
+            return
+        if channel.session.modern:
+            if method == "ping":
+                respond(jsonrpc.result(message.get("id"), {}))
+            else:
+                channel.need_input(message, respond)
             return
         key = f"{self._prefix}{next(self._ids)}"
         waiting = _Waiting(channel.session.id, message.get("id"), respond,
