@@ -75,20 +75,22 @@ class RoundRobinProxy:
                  traceback: TracebackType | None) -> None:
         self.close()
 
-    def counts(self) -> list[int]:
-        """Connections piped to each backend (refused ones not counted)."""
+    def recorded(self, since: int = 0) -> list[Connection]:
+        """The connections accepted so far, from the `since`-th (a copy of the list)."""
         with self._lock:
-            piped = [c for c in self.connections if c.error is None]
+            return self.connections[since:]
+
+    def counts(self, since: int = 0) -> list[int]:
+        """Connections piped to each backend (refused ones not counted), from the `since`-th."""
+        piped = [c for c in self.recorded(since) if c.error is None]
         return [sum(1 for c in piped if c.backend == index) for index in range(len(self.backends))]
 
-    def errors(self) -> list[Connection]:
-        with self._lock:
-            return [c for c in self.connections if c.error is not None]
+    def errors(self, since: int = 0) -> list[Connection]:
+        return [c for c in self.recorded(since) if c.error is not None]
 
-    def sent_to(self, needle: bytes) -> list[int]:
-        """The backends of the connections, in order, whose head contains `needle`."""
-        with self._lock:
-            return [c.backend for c in self.connections if needle in c.head]
+    def sent_to(self, *needles: bytes, since: int = 0) -> list[int]:
+        """The backends, in order, of the connections whose first bytes contain every needle."""
+        return [c.backend for c in self.recorded(since) if all(needle in c.head for needle in needles)]
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, close every open connection, and join every thread (bounded)."""
