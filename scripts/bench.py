@@ -3,6 +3,12 @@
 through an endpoint (a namespace with a renamed tool), as REST, and warm aggregated
 tools/lists over many upstreams. Prints tables.
 
+Each tools/call is measured in both protocol eras: a 2025-06-18 client on its session
+(initialize first, `Mcp-Session-Id` on every call) and a 2026-07-28 stateless client (no
+session: `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers and `_meta` version and
+capabilities on every request), direct and through /mcp; the gateway-added p50 of each era is
+printed side by side. Exits 1 when the gateway refuses the stateless call (its row says why).
+
     .venv/bin/python scripts/bench.py [--calls 2000] [--upstreams 10] [--tools 50]
     .venv/bin/python scripts/bench.py --isolation [--slow-calls 500] [--streams 1000]
 
@@ -31,7 +37,7 @@ from typing import Any
 
 import bench_isolation
 import requests
-from bench_harness import ROOT, McpSession, free_port, pct, stop_all, wait_for
+from bench_harness import ROOT, McpSession, StatelessClient, free_port, pct, stop_all, wait_for
 
 from metamcp.mcp.upstream.stdio import StdioUpstream
 from metamcp.servers import ServerConfig
@@ -62,9 +68,9 @@ def measure(sessions: Sequence[Any], total: int, call: Callable[[Any], Any]) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000, help="calls per measurement")
-    parser.add_argument("--upstreams", type=int, default=10)
+    parser.add_argument("--upstreams", type=int, default=10, help="upstreams for the list test")
     parser.add_argument("--tools", type=int, default=50, help="tools per upstream for the list test")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
     parser.add_argument("--isolation", action="store_true", help="run the slow-call isolation section")
@@ -124,14 +130,22 @@ def main() -> int:
         direct_url = f"http://127.0.0.1:{ports[0]}/mcp"
         echo = {"name": "echo", "arguments": {"message": "bench"}}
         echo_via = {"name": "up0__echo", "arguments": {"message": "bench"}}
-        rows = []
+        rows: list[tuple[str, float, float, float, float, float]] = []
+        modern_rows: list[tuple[str, float, float, float, float, float]] = []
+        unserved = None  # why the gateway did not serve a stateless 2026-07-28 call
         echo_renamed = {"name": "say", "arguments": {"message": "bench"}}
-        for label, url, headers, params in (("direct", direct_url, {}, echo),
-                                            ("gateway", base + "/mcp", auth, echo_via),
-                                            ("endpoint", endpoint + "/mcp", auth, echo_renamed)):
-            sessions = [McpSession(url, headers) for _ in range(32)]
+        for label, client, url, headers, params, table in (
+                ("direct", McpSession, direct_url, {}, echo, rows),
+                ("gateway", McpSession, base + "/mcp", auth, echo_via, rows),
+                ("endpoint", McpSession, endpoint + "/mcp", auth, echo_renamed, rows),
+                ("direct", StatelessClient, direct_url, {}, echo, modern_rows),
+                ("gateway", StatelessClient, base + "/mcp", auth, echo_via, modern_rows)):
+            sessions = [client(url, headers) for _ in range(32)]
             check = sessions[0].rpc("tools/call", params)  # warm-up, and a check
-            assert "result" in check, check
+            if "result" not in check and client is StatelessClient and label == "gateway":
+                unserved = check.get("error", check)
+                continue
+            assert "result" in check, (label, client.__name__, check)
 
             def call(session: McpSession, params: dict[str, Any] = params) -> Any:
                 return session.rpc("tools/call", params)
@@ -140,7 +154,7 @@ def main() -> int:
             latencies, rate1 = measure(sessions[:1], args.calls, call)
             _, rate8 = measure(sessions[:8], args.calls, call)
             _, rate32 = measure(sessions, args.calls, call)
-            rows.append((label, pct(latencies, 50), pct(latencies, 99), rate1, rate8, rate32))
+            table.append((label, pct(latencies, 50), pct(latencies, 99), rate1, rate8, rate32))
 
         lister = McpSession(base + "/mcp", auth)
         first = lister.rpc("tools/list", {})
@@ -196,6 +210,22 @@ def main() -> int:
         print(f"{'REST':<10}{pct(rest_latencies, 50):>9.2f}{pct(rest_latencies, 99):>9.2f}"
               f"{rest_rate1:>13.0f}{rest_rate8:>9.0f}   (POST /metamcp/bench/api/say)")
         print()
+        print("the same tools/call at 2026-07-28: stateless (no session; version, method and name in "
+              "headers and _meta)")
+        print(f"{'path':<10}{'p50 ms':>9}{'p99 ms':>9}{'calls/s c=1':>13}{'c=8':>9}{'c=32':>9}")
+        for label, p50, p99, r1, r8, r32 in modern_rows:
+            print(f"{label:<10}{p50:>9.2f}{p99:>9.2f}{r1:>13.0f}{r8:>9.0f}{r32:>9.0f}")
+        if unserved is None:
+            added_2025, added_2026 = rows[1][1] - rows[0][1], modern_rows[1][1] - modern_rows[0][1]
+            print(f"{'added':<10}{added_2026:>9.2f}{modern_rows[1][2] - modern_rows[0][2]:>9.2f}"
+                  "   (gateway /mcp over direct)")
+            verdict = "no higher" if added_2026 <= added_2025 else "HIGHER"
+            print(f"gateway-added p50: 2025-06-18 session {added_2025:.2f} ms, 2026-07-28 stateless "
+                  f"{added_2026:.2f} ms (stateless {verdict})")
+        else:
+            print(f"{'gateway':<10} not served: the gateway refused a stateless 2026-07-28 tools/call: "
+                  f"{json.dumps(unserved)}")
+        print()
         print("stdio tools/call echo (scripts/example_server.py as a child)")
         for label, p50, p99, r1, r8, r32 in stdio_rows:
             print(f"{label:<10}{p50:>9.2f}{p99:>9.2f}{r1:>13.0f}{r8:>9.0f}{r32:>9.0f}")
@@ -206,7 +236,7 @@ def main() -> int:
               f"p50 {pct(list_latencies, 50):.2f} ms, p99 {pct(list_latencies, 99):.2f} ms")
         print(f"the same through the endpoint (namespace, one override): "
               f"p50 {pct(endpoint_list_latencies, 50):.2f} ms, p99 {pct(endpoint_list_latencies, 99):.2f} ms")
-        return 0
+        return 0 if unserved is None else 1
     finally:
         stop_all(processes, 20)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,5 +1,5 @@
-"""What the benchmarks share: free ports, waiting for a server, a minimal MCP client session,
-percentiles, and stopping the processes they started (by PID)."""
+"""What the benchmarks share: free ports, waiting for a server, minimal MCP clients (a 2025 session,
+a 2026-07-28 stateless client), percentiles, and stopping the processes they started (by PID)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCEPT = "application/json, text/event-stream"
+MODERN_VERSION = "2026-07-28"
 
 
 def free_port() -> int:
@@ -54,14 +55,44 @@ class McpSession:
     def rpc(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         response = self.http.post(self.url, headers=self.headers, timeout=30,
                                   json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-        if response.headers.get("Content-Type", "").startswith("text/event-stream"):
-            for line in response.iter_lines(decode_unicode=True):
-                if line and line.startswith("data:"):
-                    message = json.loads(line[5:])
-                    if "method" not in message:
-                        return message
-            raise RuntimeError("stream ended without a response")
-        return response.json()
+        return read_response(response)
+
+
+class StatelessClient:
+    """A minimal 2026-07-28 client: no initialize, no session; every request carries the
+    revision's headers (version, method, name) and its `_meta` (version, capabilities)."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.http = requests.Session()
+        self.headers = {"Accept": ACCEPT, "Content-Type": "application/json",
+                        "MCP-Protocol-Version": MODERN_VERSION, **(headers or {})}
+
+    def rpc(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        meta = {"io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+                "io.modelcontextprotocol/clientCapabilities": {}}
+        headers = {**self.headers, "Mcp-Method": method}
+        name = params.get("name", params.get("uri"))
+        if isinstance(name, str):
+            headers["Mcp-Name"] = name
+        response = self.http.post(self.url, headers=headers, timeout=30, json={
+            "jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}})
+        return read_response(response)
+
+
+def read_response(response: requests.Response) -> dict[str, Any]:
+    """The JSON-RPC response of a POST: its JSON body, or the first response on its SSE stream."""
+    if response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        for line in response.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                message = json.loads(line[5:])
+                if "method" not in message:
+                    return dict(message)
+        raise RuntimeError("stream ended without a response")
+    try:
+        return dict(response.json())
+    except ValueError:
+        return {"error": {"code": None, "message": f"HTTP {response.status_code}: {response.text[:200]}"}}
 
 
 def pct(values: list[float], q: float) -> float:
