@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +29,6 @@ from metamcp.mcp.request_state import Binding, Claims, StateCodec
 from metamcp.mcp.sessions import Session
 
 from .conftest import (
-    ROOT,
     TEST_ENCRYPTION_KEY,
     TEST_JWT_SECRET,
     Gunicorn,
@@ -46,18 +42,6 @@ UPSTREAM_TIMEOUT = 4.0  # a parked call waits 90% of it for the retry
 ELICITATION = {"elicitation": {}}
 
 
-class ShimGunicorn(Gunicorn):
-    """gunicorn on tests.modern_shim (the transport's 2026-07-28 branch is built elsewhere)."""
-
-    def __init__(self, env: dict[str, str], port: int) -> None:  # as Gunicorn's, with another app
-        self.port, self.env, self.url = port, env, f"http://127.0.0.1:{port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:metamcp.gunicorn_conf",
-             "tests.modern_shim:create()"],
-            cwd=ROOT, env={**env, "METAMCP_PORT": str(port)}, stdout=self.log, stderr=subprocess.STDOUT)
-
-
 class Gateways:
     def __init__(self, first: Gunicorn, second: Gunicorn, keys: dict[str, str]) -> None:
         self.first, self.second, self.keys = first, second, keys
@@ -66,9 +50,9 @@ class Gateways:
 @pytest.fixture(scope="module")
 def gateways(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
     """Two gateway processes (one worker each, one JWT secret as replicas share it) on one
-    database, in front of a 2025 upstream over Streamable HTTP and one over stdio."""
+    database, in front of a 2025-only upstream over Streamable HTTP and one over stdio."""
     keys = fresh_keys(database_url, mrtr="admin", other="admin")
-    upstream = UpstreamProcess(name="http")
+    upstream = UpstreamProcess(name="http", extra_args=("--legacy-only",))
     env = child_env(DATABASE_URL=database_url, METAMCP_WORKERS="1", JWT_SECRET=TEST_JWT_SECRET,
                     ENCRYPTION_KEY=base64.urlsafe_b64encode(TEST_ENCRYPTION_KEY).decode(),
                     METAMCP_UPSTREAM_TIMEOUT=str(UPSTREAM_TIMEOUT), METAMCP_KEEPALIVE_SECONDS="0.5")
@@ -77,12 +61,12 @@ def gateways(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         upstream.start()
         for _ in range(2):
             data = str(tmp_path_factory.mktemp("data"))
-            started.append(ShimGunicorn({**env, "METAMCP_DATA_DIR": data}, free_port()))
+            started.append(Gunicorn({**env, "METAMCP_DATA_DIR": data}, free_port()))
         for gateway in started:
             gateway.wait_ready()
         for server in ({"name": "http", "transport": "streamable_http", "url": upstream.url},
                        {"name": "stdio", "transport": "stdio", "command": sys.executable,
-                        "args": [str(SERVER), "--transport", "stdio", "--name", "stdio"]}):
+                        "args": [str(SERVER), "--transport", "stdio", "--name", "stdio", "--legacy-only"]}):
             response = requests.post(f"{started[0].url}/api/v1/mcp/servers", json=server,
                                      headers={"X-API-Key": keys["mrtr"]}, timeout=30)
             assert response.status_code == 201, response.text
