@@ -270,7 +270,9 @@ class Dispatcher:
             streamed = Streamed(message.id, session, forget, route.server, self._relay, rounds)
             try:
                 if claims is None:
-                    streamed.attach(self._pool.call(route.server, "tools/call", params, client=meta))
+                    streamed.attach(self._pool.call(route.server, "tools/call",
+                                                    with_input(params, responses, None) if responses else params,
+                                                    client=meta))
                 else:
                     _same_server(claims, route.server)
                     streamed.attach(call(responses, claims.upstream_state))
@@ -283,12 +285,14 @@ class Dispatcher:
 
     def _retried(self, session: Session, message: Message, binding: Binding
                  ) -> tuple[Claims | None, dict[str, Any]]:
-        """A 2026-07-28 retry's verified state and answers (None: not a retry); -32602 for a
+        """A 2026-07-28 retry's verified state (None: none given) and answers; -32602 for a
         state this gateway did not seal for this very request, or malformed answers."""
-        state = message.params.get("requestState")
-        if not session.modern or state is None:
+        if not session.modern:
             return None, {}
-        claims = self._mrtr.codec.open(state, binding)
+        state = message.params.get("requestState")
+        # Answers without a state are the client's too (a server that gave no state gets none
+        # back): they go to the server the name routes to.
+        claims = None if state is None else self._mrtr.codec.open(state, binding)
         return claims, input_responses(message.params)
 
     def _resume(self, claims: Claims, request_id: Any, session: Session, responses: dict[str, Any],
@@ -328,6 +332,8 @@ class Dispatcher:
                 raise invalid_state("belongs to another request")
             _same_server(claims, server)
             params = with_input(params, responses, claims.upstream_state)
+        elif responses:
+            params = with_input(params, responses, None)
         result = self._pool.request(server, binding.method, params, client=client_meta(session))
         if not needs_input(result):
             return result
