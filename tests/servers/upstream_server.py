@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
+import uvicorn
 from mcp import types
 from mcp.server.context import CallNext, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
@@ -472,13 +473,11 @@ def main() -> None:
         options: dict[str, Any] = {"json_response": args.json_response}
         if args.resumable:
             options.update(event_store=MemoryEventStore(), retry_interval=100)
+        app = server.streamable_http_app(**options)
         if args.legacy_only or args.modern_only:
-            import uvicorn
-
-            app = one_era(server.streamable_http_app(**options), legacy=args.legacy_only)
-            uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
-        else:
-            server.run("streamable-http", host="127.0.0.1", port=args.port, **options)
+            app = one_era(app, legacy=args.legacy_only)
+        # A gateway's subscriptions/listen stream stays open: SIGTERM must not wait on it long.
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=1)
 
 
 async def serve_legacy_stdio(server: MCPServer) -> None:
