@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from metamcp.mcp import inbound
+from metamcp.mcp.headers import decode
 from metamcp.mcp.inbound import Modern, Refusal
 from metamcp.mcp.protocol import META_CAPABILITIES, META_CLIENT_INFO, META_LOG_LEVEL, META_VERSION
 
@@ -77,9 +78,9 @@ def test_mcp_name_may_come_base64_wrapped() -> None:
     wrapped = "=?base64?" + base64.b64encode(name.encode()).decode() + "?="
     call = body("prompts/get", name=name)
     assert isinstance(inbound.classify(call, headers("prompts/get", **{"Mcp-Name": wrapped})), Modern)
-    assert inbound.decode_name("=?base64?not base64?=") is None
-    assert inbound.decode_name("=?base64?aGk=?=") == "hi"
-    assert inbound.decode_name("=?base64?aGl=?=") is None  # not canonical
+    assert decode("=?base64?not base64?=") is None
+    assert decode("=?base64?aGk=?=") == "hi"
+    assert decode("=?base64?aGl=?=") is None  # not canonical
     assert refused(inbound.classify(call, headers("prompts/get", **{"Mcp-Name": "=?base64?!!?="}))) == (400, -32020)
 
 

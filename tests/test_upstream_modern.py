@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from metamcp.mcp.headers import encode, header_map, request_headers
 from metamcp.mcp.protocol import (
     META_CAPABILITIES,
     META_CLIENT_INFO,
@@ -23,7 +24,6 @@ from metamcp.mcp.protocol import (
 )
 from metamcp.mcp.upstream.call import UpstreamError
 from metamcp.mcp.upstream.factory import create_upstream
-from metamcp.mcp.upstream.headers import encode, header_map, request_headers
 from metamcp.mcp.upstream.interface import ClientMeta, Upstream
 from metamcp.mcp.upstream.stdio import StdioUpstream
 from metamcp.mcp.upstream.streamable import StreamableHttpUpstream

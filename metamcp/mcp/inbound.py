@@ -11,12 +11,10 @@ carries its HTTP status.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from metamcp.mcp import headers as mirrored
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR
 from metamcp.mcp.protocol import (
     HEADER_MISMATCH,
@@ -45,13 +43,6 @@ METHODS = frozenset({
 })
 #: Requests of the session revisions that 2026-07-28 removed (answered as unknown, 404).
 REMOVED = frozenset({"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
-#: Methods whose name (or URI) the client mirrors in Mcp-Name, and the param it mirrors.
-NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-#: An Mcp-Name value that would not survive as a header travels base64 in this wrapper.
-_BASE64 = re.compile(r"^=\?base64\?(?P<payload>.*)\?=$")
-#: The schema annotation naming the header (Mcp-Param-<token>) an argument is mirrored in.
-X_MCP_HEADER = "x-mcp-header"
-_DECIMAL = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 #: Session revisions (and the HTTP+SSE one) whose header keeps a request on the 2025 path.
 _SESSION_ERA = frozenset(SUPPORTED_VERSIONS) | {"2024-11-05"}
 
@@ -105,24 +96,6 @@ def is_modern(headers: Headers, body: Any) -> bool:
     return isinstance(meta, dict) and META_VERSION in meta
 
 
-def decode_name(value: str | None) -> str | None:
-    """An Mcp-Name header's value: as sent, or decoded from its base64 wrapper (None when the
-    wrapper is malformed, so it never matches the body by accident)."""
-    if value is None:
-        return None
-    wrapped = _BASE64.fullmatch(value)
-    if wrapped is None:
-        return value
-    payload = wrapped.group("payload")
-    try:
-        decoded = base64.b64decode(payload, validate=True)
-        if base64.b64encode(decoded).decode("ascii") != payload:
-            return None  # not canonical: no client encodes so
-        return decoded.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
 def unsupported(requested: str) -> Refusal | None:
     """-32022 naming the revisions we speak, unless `requested` is one."""
     if requested in MODERN_VERSIONS:
@@ -151,8 +124,9 @@ def classify(body: dict[str, Any], headers: Headers) -> Modern | Refusal:
     method = body.get("method")
     if headers.get(METHOD_HEADER) != method:
         return Refusal(400, HEADER_MISMATCH, f"Header mismatch: {METHOD_HEADER} does not match the method")
-    named = NAMED.get(method) if isinstance(method, str) else None
-    if named is not None and params.get(named) is not None and decode_name(headers.get(NAME_HEADER)) != params[named]:
+    named = mirrored.NAMED.get(method) if isinstance(method, str) else None
+    if (named is not None and params.get(named) is not None
+            and mirrored.decode(headers.get(NAME_HEADER)) != params[named]):
         return Refusal(400, HEADER_MISMATCH, f"Header mismatch: {NAME_HEADER} does not match params.{named}")
     if not isinstance(version, str):
         return Refusal(400, INVALID_PARAMS, "Invalid params: the _meta protocol version must be a string")
@@ -168,57 +142,29 @@ def classify(body: dict[str, Any], headers: Headers) -> Modern | Refusal:
     return Modern(version, meta[META_CAPABILITIES], meta.get(META_CLIENT_INFO), level)
 
 
-def _annotated(schema: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str, Any]]:
-    """The properties of a tool's inputSchema that the client mirrors in Mcp-Param-<token>
-    headers (`x-mcp-header`), reached from the root through `properties` only, with their type."""
-    found: list[tuple[tuple[str, ...], str, Any]] = []
-    properties = schema.get("properties") if isinstance(schema, dict) else None
-    if not isinstance(properties, dict):
-        return found
-    for name, sub in properties.items():
-        if not isinstance(sub, dict):
-            continue
-        token = sub.get(X_MCP_HEADER)
-        if isinstance(token, str) and token:
-            found.append(((*path, name), token, sub.get("type")))
-        found.extend(_annotated(sub, (*path, name)))
-    return found
-
-
-def _rendered(value: Any) -> str | None:
-    """A body value as a client mirrors it in a header (None: it cannot be)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value) if isinstance(value, str | int | float) else None
-
-
-def _agrees(kind: Any, value: Any, rendered: str, header: str) -> bool:
-    """An integer property compares as a number (`42` and `42.0`), anything else as text."""
-    if kind == "integer" and not isinstance(value, bool) and isinstance(value, int | float) \
-            and _DECIMAL.fullmatch(header):
-        whole, _, fraction = header.partition(".")
-        return not fraction.strip("0") and int(whole) == value
-    return header == rendered
-
-
 def param_refusal(input_schema: Any, arguments: dict[str, Any], headers: Headers) -> Refusal | None:
     """-32020 when a tools/call's Mcp-Param-* headers disagree with its arguments (the tool's
     `x-mcp-header` properties): a header without its argument, an argument without its header,
     a malformed base64 wrapper or another value."""
-    for path, token, kind in _annotated(input_schema):
+    for path, token in (mirrored.header_map(input_schema) or {}).items():
         name = f"{PARAM_HEADER_PREFIX}{token}"
-        value: Any = arguments
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
+        value = mirrored.value_at(arguments, path)
         header = headers.get(name)
-        rendered = None if value is None else _rendered(value)
-        if rendered is None:
+        if mirrored.rendered(value) is None:
             if header is not None:
                 return Refusal(400, HEADER_MISMATCH, f"Header mismatch: {name} without its argument")
             continue
         if header is None:
             return Refusal(400, HEADER_MISMATCH, f"Header mismatch: {name} missing for argument {'.'.join(path)}")
-        decoded = decode_name(header)
-        if decoded is None or not _agrees(kind, value, rendered, decoded):
+        decoded = mirrored.decode(header)
+        if decoded is None or not mirrored.agrees(_property_type(input_schema, path), value, decoded):
             return Refusal(400, HEADER_MISMATCH, f"Header mismatch: {name} does not match argument {'.'.join(path)}")
     return None
+
+
+def _property_type(schema: Any, path: tuple[str, ...]) -> Any:
+    """The declared type of the property at `path` of an inputSchema."""
+    for key in path:
+        properties = schema.get("properties") if isinstance(schema, dict) else None
+        schema = properties.get(key) if isinstance(properties, dict) else None
+    return schema.get("type") if isinstance(schema, dict) else None

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from metamcp.mcp import jsonrpc, sse
+from metamcp.mcp.headers import HeaderMap, header_map, request_headers
 from metamcp.mcp.protocol import (
     ACCEPT_BOTH,
     HEADER_MISMATCH,
@@ -41,7 +42,6 @@ from metamcp.mcp.upstream.call import (
 )
 from metamcp.mcp.upstream.era import Era
 from metamcp.mcp.upstream.guard import watching
-from metamcp.mcp.upstream.headers import HeaderMap, header_map, request_headers
 from metamcp.mcp.upstream.http import (
     DRAIN_SECONDS,
     LISTEN_BACKOFF_MAX,

@@ -1,12 +1,14 @@
-"""The 2026-07-28 request headers a Streamable HTTP client mirrors from the body: the Value
-Encoding of `Mcp-Name` and `Mcp-Param-*` values, and the `x-mcp-header` map of a tool.
+"""The 2026-07-28 request headers mirrored from the body: the Value Encoding of `Mcp-Name` and
+`Mcp-Param-*` values (both ways), and the `x-mcp-header` annotations of a tool.
 
-Pure functions: streamable.py builds each modern request's headers with them.
+Pure functions, for both sides: the upstream client builds each modern request's headers with
+them (upstream/stateless.py), the inbound ladder checks a client's against its body (inbound.py).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +27,8 @@ _DATA_KEYS = frozenset({"default", "examples", "const", "enum"})
 #: Methods whose `Mcp-Name` header mirrors params.name (else params.uri).
 NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
+_DECIMAL = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
+
 #: A tool's header map: the property path of each mirrored argument -> the header's name part.
 HeaderMap = dict[tuple[str, ...], str]
 
@@ -36,6 +40,31 @@ def encode(value: str) -> str:
             and not (value.startswith(SENTINEL_PREFIX) and value.endswith(SENTINEL_SUFFIX))):
         return value
     return SENTINEL_PREFIX + base64.b64encode(value.encode()).decode("ascii") + SENTINEL_SUFFIX
+
+
+def decode(value: str | None) -> str | None:
+    """A header value as sent, or decoded from its base64 wrapper (None when the wrapper is
+    malformed or not canonical, so it never matches a body value by accident)."""
+    if value is None or not (value.startswith(SENTINEL_PREFIX) and value.endswith(SENTINEL_SUFFIX)):
+        return value
+    payload = value[len(SENTINEL_PREFIX):-len(SENTINEL_SUFFIX)]
+    try:
+        decoded = base64.b64decode(payload, validate=True)
+        if base64.b64encode(decoded).decode("ascii") != payload:
+            return None  # not canonical: no client encodes so
+        return decoded.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def agrees(kind: Any, value: Any, header: str) -> bool:
+    """A decoded header value against the body value it mirrors: an integer property compares
+    as a number (`42` and `42.0`), anything else as its rendered text."""
+    if kind == "integer" and not isinstance(value, bool) and isinstance(value, int | float) \
+            and _DECIMAL.fullmatch(header):
+        whole, _, fraction = header.partition(".")
+        return not fraction.strip("0") and int(whole) == value
+    return header == rendered(value)
 
 
 def header_map(input_schema: Any) -> HeaderMap | None:
@@ -68,9 +97,9 @@ def request_headers(method: str, params: dict[str, Any] | None,
     arguments = params.get("arguments")
     if mirrored and isinstance(arguments, dict):
         for path, name in mirrored.items():
-            rendered = _rendered(_value_at(arguments, path))
-            if rendered is not None:
-                headers[PARAM_HEADER_PREFIX + name] = encode(rendered)
+            text = rendered(value_at(arguments, path))
+            if text is not None:
+                headers[PARAM_HEADER_PREFIX + name] = encode(text)
     return headers
 
 
@@ -96,7 +125,8 @@ def _positions(node: Any, path: tuple[str, ...] | None) -> Iterator[tuple[tuple[
                 stack.append((None, sub, depth + 1))
 
 
-def _value_at(arguments: dict[str, Any], path: tuple[str, ...]) -> Any:
+def value_at(arguments: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The argument at a property path (None when absent)."""
     value: Any = arguments
     for key in path:
         if not isinstance(value, dict):
@@ -105,9 +135,11 @@ def _value_at(arguments: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _rendered(value: Any) -> str | None:
+def rendered(value: Any) -> str | None:
+    """An argument as its header carries it (strings as they are, integers in decimal, booleans
+    in lower case); None for what no header carries (absent, null, objects, arrays)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | str):
+    if isinstance(value, int | float | str):
         return str(value)
     return None
