@@ -247,17 +247,7 @@ def _answer(access: Access, message: Message) -> Response:
         _dispatcher().receive(session, message, access.view)
         return rpc_response(202, None)
     release = admit_call(access, message) if message.method == "tools/call" else None
-    try:
-        outcome = _dispatcher().handle(session, message, access.view)
-    except BaseException:
-        if release is not None:
-            release()
-        raise
-    if release is not None:
-        if isinstance(outcome, Streamed):
-            outcome.on_close(release)  # the call holds its place until its stream closes
-        else:
-            release()
+    outcome = _handled(access, session, message, release)
     if isinstance(outcome, Streamed):
         if SSE_TYPE in request.headers.get("Accept", ""):
             events = current_app.extensions["metamcp"].streams.call_body(outcome)
@@ -299,21 +289,12 @@ def _modern(access: Access, message: Message) -> Response:
         if refused is not None:
             return _refusal(message.id, refused)
         release = admit_call(access, message)
-    try:
-        outcome = _dispatcher().handle(session, message, access.view)
-    except BaseException:
-        if release is not None:
-            release()
-        raise
+    outcome = _handled(access, session, message, release)
     if isinstance(outcome, Streamed):
-        if release is not None:
-            outcome.on_close(release)
         reply = current_app.extensions["metamcp"].streams.call_reply(outcome) if wants_sse else outcome.drain()
         if not isinstance(reply, dict):
             return Response(reply, mimetype=SSE_TYPE, headers=SSE_HEADERS)
         outcome = reply
-    elif release is not None:
-        release()
     error = outcome.get("error")
     code = error.get("code") if isinstance(error, dict) else None
     status = inbound.ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
@@ -322,6 +303,24 @@ def _modern(access: Access, message: Message) -> Response:
 
 def _refusal(request_id: Any, refusal: inbound.Refusal) -> Response:
     return rpc_response(refusal.status, jsonrpc.error(request_id, refusal.code, refusal.message, refusal.data))
+
+
+def _handled(access: Access, session: Session, message: Message,
+             release: Callable[[], None] | None) -> dict[str, Any] | Streamed:
+    """The dispatcher's answer; an admitted call (`release`) holds its place until its stream
+    closes, or until now when it is answered at once."""
+    try:
+        outcome = _dispatcher().handle(session, message, access.view)
+    except BaseException:
+        if release is not None:
+            release()
+        raise
+    if release is not None:
+        if isinstance(outcome, Streamed):
+            outcome.on_close(release)
+        else:
+            release()
+    return outcome
 
 
 def _initialize(access: Access, message: Message) -> Response:
