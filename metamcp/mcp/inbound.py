@@ -146,7 +146,7 @@ def param_refusal(input_schema: Any, arguments: dict[str, Any], headers: Headers
     """-32020 when a tools/call's Mcp-Param-* headers disagree with its arguments (the tool's
     `x-mcp-header` properties): a header without its argument, an argument without its header,
     a malformed base64 wrapper or another value."""
-    for path, token in (mirrored.header_map(input_schema) or {}).items():
+    for path, token in (_header_map(input_schema) or {}).items():
         name = f"{PARAM_HEADER_PREFIX}{token}"
         value = mirrored.value_at(arguments, path)
         header = headers.get(name)
@@ -160,6 +160,23 @@ def param_refusal(input_schema: Any, arguments: dict[str, Any], headers: Headers
         if decoded is None or not mirrored.agrees(_property_type(input_schema, path), value, decoded):
             return Refusal(400, HEADER_MISMATCH, f"Header mismatch: {name} does not match argument {'.'.join(path)}")
     return None
+
+
+#: Header maps of the tool schemas seen, by the schema object (it is kept, so its id stays
+#: its own): a warm call does not walk its tool's schema again. Bounded; cleared when full.
+_MAPS: dict[int, tuple[Any, mirrored.HeaderMap | None]] = {}
+_MAPS_MAX = 4096
+
+
+def _header_map(input_schema: Any) -> mirrored.HeaderMap | None:
+    entry = _MAPS.get(id(input_schema))
+    if entry is not None and entry[0] is input_schema:
+        return entry[1]
+    found = mirrored.header_map(input_schema)
+    if len(_MAPS) >= _MAPS_MAX:
+        _MAPS.clear()
+    _MAPS[id(input_schema)] = (input_schema, found)
+    return found
 
 
 def _property_type(schema: Any, path: tuple[str, ...]) -> Any:
