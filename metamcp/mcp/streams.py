@@ -444,15 +444,15 @@ class Streams:
 
     def call_reply(self, outcome: Streamed) -> dict[str, Any] | StreamBody:
         """A 2026-07-28 call's answer: its response alone when it comes before any other message
-        and within a keep-alive period (so an error is answered as JSON with its HTTP status),
-        else the SSE body of the call from its first message on."""
+        and within a keep-alive period (so an error is answered as JSON with its HTTP status;
+        the caller closes the call once that answer is sent), else the SSE body of the call from
+        its first message on."""
         messages = self._pump(outcome)
         try:
             first = messages.get(timeout=self._keepalive)
         except queue.Empty:
             first = None
         if first is not None and "method" not in first:
-            outcome.close()
             return first
         return StreamBody(self._call_events(messages, first), outcome.close)
 

@@ -290,15 +290,19 @@ def _modern(access: Access, message: Message) -> Response:
             return _refusal(message.id, refused)
         release = admit_call(access, message)
     outcome = _handled(access, session, message, release)
+    streamed = None
     if isinstance(outcome, Streamed):
+        streamed = outcome
         reply = current_app.extensions["metamcp"].streams.call_reply(outcome) if wants_sse else outcome.drain()
         if not isinstance(reply, dict):
             return Response(reply, mimetype=SSE_TYPE, headers=SSE_HEADERS)
         outcome = reply
     error = outcome.get("error")
     code = error.get("code") if isinstance(error, dict) else None
-    status = inbound.ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
-    return rpc_response(status, outcome)
+    response = rpc_response(inbound.ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200, outcome)
+    if streamed is not None and wants_sse:
+        response.call_on_close(streamed.close)  # after the answer is sent, not before
+    return response
 
 
 def _refusal(request_id: Any, refusal: inbound.Refusal) -> Response:
