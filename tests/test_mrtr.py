@@ -22,7 +22,7 @@ from metamcp.mcp.relay import Relay
 from metamcp.mcp.request_state import Binding, Claims
 from metamcp.mcp.router import Route
 from metamcp.mcp.sessions import Session, client_capabilities
-from metamcp.mcp.streams import Streamed
+from metamcp.mcp.streamed import Streamed
 from metamcp.mcp.upstream.call import PendingCall
 
 SECRET = "s" * 40

@@ -35,7 +35,7 @@ from metamcp.mcp.relay import Relay
 from metamcp.mcp.request_state import Binding, Claims, invalid_state
 from metamcp.mcp.router import Router
 from metamcp.mcp.sessions import LOG_LEVELS, Session, SessionStore, client_capabilities, client_meta
-from metamcp.mcp.streams import Streamed
+from metamcp.mcp.streamed import Streamed
 from metamcp.mcp.subscriptions import Subscriptions
 from metamcp.mcp.upstream.call import PendingCall, UpstreamError
 from metamcp.namespaces import NamespaceView

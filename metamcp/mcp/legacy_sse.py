@@ -32,7 +32,8 @@ from metamcp.mcp.protocol import (
     SUPPORTED_VERSIONS,
 )
 from metamcp.mcp.sessions import Session
-from metamcp.mcp.streams import StreamBody, Streamed, Streams
+from metamcp.mcp.streamed import Streamed
+from metamcp.mcp.streams import StreamBody, Streams
 from metamcp.mcp.transport import admit_call, authorize, mcp_error, owned_session
 from metamcp.namespaces import NamespaceView
 from metamcp.request_body import read_body

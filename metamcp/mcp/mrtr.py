@@ -46,7 +46,7 @@ HANDOVER_MAX_AGE = 3600
 
 
 class Parkable(Protocol):
-    """A call parked while its client is asked for input (metamcp.mcp.streams.Streamed)."""
+    """A call parked while its client is asked for input (metamcp.mcp.streamed.Streamed)."""
 
     def resume(self, request_id: Any, session: Session, responses: dict[str, Any],
                on_close: Callable[[], None]) -> None: ...

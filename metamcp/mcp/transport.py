@@ -50,7 +50,7 @@ from metamcp.mcp.protocol import (
     VERSION_HEADER,
 )
 from metamcp.mcp.sessions import Session, client_capabilities
-from metamcp.mcp.streams import Streamed
+from metamcp.mcp.streamed import Streamed
 from metamcp.namespaces import NamespaceView
 from metamcp.request_body import read_body
 
