@@ -5,8 +5,9 @@ tools/lists over many upstreams. Prints tables.
 
 Each tools/call is measured in both protocol eras: a 2025-06-18 client on its session
 (initialize first, `Mcp-Session-Id` on every call) and a 2026-07-28 stateless client (no
-session: `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers and `_meta` version and
-capabilities on every request), direct and through /mcp; the gateway-added p50 of each era is
+session: `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers and `_meta` version,
+clientInfo and capabilities on every request, as the official client sends them), direct and
+through /mcp; the gateway-added p50 of each era is
 printed side by side. Exits 1 when the gateway refuses the stateless call (its row says why).
 
     .venv/bin/python scripts/bench.py [--calls 2000] [--upstreams 10] [--tools 50]

@@ -60,7 +60,8 @@ class McpSession:
 
 class StatelessClient:
     """A minimal 2026-07-28 client: no initialize, no session; every request carries the
-    revision's headers (version, method, name) and its `_meta` (version, capabilities)."""
+    revision's headers (version, method, name) and its `_meta` (version, clientInfo and
+    capabilities, as the official client sends them)."""
 
     def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
         self.url = url
@@ -69,7 +70,9 @@ class StatelessClient:
                         "MCP-Protocol-Version": MODERN_VERSION, **(headers or {})}
 
     def rpc(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        # What the official client stamps on every request: version, clientInfo, capabilities.
         meta = {"io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+                "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
                 "io.modelcontextprotocol/clientCapabilities": {}}
         headers = {**self.headers, "Mcp-Method": method}
         name = params.get("name", params.get("uri"))
