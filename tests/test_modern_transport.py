@@ -117,6 +117,22 @@ def error(reply: TestResponse) -> tuple[int, int, Any]:
     return reply.status_code, body["error"]["code"], body["id"]
 
 
+def test_a_2026_request_takes_the_same_key_and_role_checks(client: FlaskClient, gateway: dict[str, Any]) -> None:
+    """No session is no shortcut past authorization: client keys are served on /mcp (and refused
+    by the admin API), a key limited to namespaces is refused on /mcp, no or a bad key is 401."""
+    admin = {"X-API-Key": gateway["key"]}
+    plain = client.post("/api/v1/keys", headers=admin, json={"name": "agent", "role": "client"}).json["key"]
+    scoped = client.post("/api/v1/keys", headers=admin,
+                         json={"name": "bot", "role": "client", "namespaces": ["pubns"]}).json["key"]
+    assert Modern(client, "/mcp", None).post("tools/list").status_code == 401
+    assert Modern(client, "/mcp", "mcp_not-a-key").post("tools/list").status_code == 401
+    served = Modern(client, "/mcp", plain).post("tools/list")
+    assert served.status_code == 200 and served.json["result"]["resultType"] == "complete"
+    assert client.get("/api/v1/mcp/servers", headers={"X-API-Key": plain}).status_code == 403
+    refused = Modern(client, "/mcp", scoped).post("tools/list")
+    assert refused.status_code == 403 and "namespaces" in refused.json["error"]["message"]
+
+
 def test_discover_says_what_is_spoken(mcp: Modern, public: Modern) -> None:
     reply = mcp.post("server/discover")
     assert reply.status_code == 200 and "Mcp-Session-Id" not in reply.headers
