@@ -213,7 +213,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     resource_subscriptions = Subscriptions(db, gateway.pool, gateway.router, mailbox, gateway.executor)
     gateway.hear(resource_subscriptions.on_notification, resource_subscriptions.on_drop)
     mrtr = Mrtr(settings.jwt_secret, db, db.bus.origin, relay.deadline, settings.upstream_timeout)
-    dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, package_version(), publish,
+    dispatcher = Dispatcher(gateway.router, gateway.catalog, gateway.pool, sessions, publish,
                             relay, resource_subscriptions, mrtr)
     streams = Streams(settings, sessions, gateway.catalog, relay, mailbox, resource_subscriptions)
     # Shared with the other workers when gunicorn's master made the tables before forking.

@@ -329,7 +329,7 @@ class Pool:
 
 def dispatcher(pool: Pool, gateway: Mrtr) -> Dispatcher:
     relay = Relay(None, 60.0, "here")  # type: ignore[arg-type]
-    return Dispatcher(Router(), None, pool, None, "0", lambda *_: None, relay, None, gateway)  # type: ignore[arg-type]
+    return Dispatcher(Router(), None, pool, None, lambda *_: None, relay, None, gateway)  # type: ignore[arg-type]
 
 
 def request(method: str, request_id: int = 1, **params: Any) -> Message:

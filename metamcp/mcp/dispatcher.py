@@ -43,7 +43,6 @@ from metamcp.notify import Topic
 
 logger = logging.getLogger(__name__)
 
-SERVER_NAME = "metamcp"
 INSTRUCTIONS = (
     "MetaMCP gateway: the tools, prompts and resources of several MCP servers behind one endpoint. "
     "Tools and prompts are named '<server>__<name>' unless the endpoint publishes the servers' own "
@@ -70,7 +69,7 @@ MODERN_CAPABILITIES = {
 class Dispatcher:
     """The JSON-RPC methods of a downstream session, a handler per method."""
 
-    def __init__(self, router: Router, catalog: Catalog, pool: Pool, sessions: SessionStore, version: str,
+    def __init__(self, router: Router, catalog: Catalog, pool: Pool, sessions: SessionStore,
                  publish: Callable[[Topic, dict[str, Any]], None], relay: Relay,
                  subscriptions: Subscriptions, mrtr: Mrtr) -> None:
         self._router = router
@@ -79,7 +78,6 @@ class Dispatcher:
         self._catalog = catalog
         self._pool = pool
         self._sessions = sessions
-        self._version = version
         self._publish = publish
         self._inflight: dict[tuple[str, str], Streamed] = {}
         self._lock = threading.Lock()
@@ -106,7 +104,7 @@ class Dispatcher:
                 "completions": {},
                 "logging": {},
             },
-            "serverInfo": {"name": SERVER_NAME, "title": "MetaMCP", "version": self._version},
+            "serverInfo": modern.server_info(),
             "instructions": INSTRUCTIONS,
         }
 
