@@ -8,18 +8,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from metamcp import json_depth, repository
+from metamcp import json_depth, observe, repository
 from metamcp.api import auth as auth_api
 from metamcp.api import endpoints as endpoints_api
 from metamcp.api import health as health_api
 from metamcp.api import keys as keys_api
 from metamcp.api import namespaces as namespaces_api
 from metamcp.api import servers as servers_api
+from metamcp.api.auth import client_address
 from metamcp.api.errors import http_exception_response, register_error_handlers
 from metamcp.api.schemas import ErrorSchema
 from metamcp.authn import Authenticator
@@ -74,6 +75,7 @@ class Services:
     readiness: Readiness
     limits: Limits
     admission: Admission
+    observers: observe.Observers
     purger: SessionPurger | None = None
     subscriptions: Subscriptions | None = None
 
@@ -148,6 +150,54 @@ def _holds_nul(value: Any) -> bool:
         elif isinstance(item, list):
             todo.extend(item)
     return False
+
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def begin_observation() -> None:
+    """The request's record (metamcp.observe), current for the views below."""
+    observe.begin(observe.Observation(
+        observe.request_id(request.headers.get(REQUEST_ID_HEADER)), request.method,
+        request.url_rule.rule if request.url_rule is not None else "unmatched", request.path,
+        client_address()))
+
+
+def end_observation(response: Response) -> Response:
+    """Echo the request's id; hand its record to the sinks once the response is sent in full
+    (for a stream, when it ends), counting the bytes sent."""
+    observation = observe.current()
+    observe.begin(None)
+    if observation is None:
+        return response
+    observation.status = response.status_code
+    response.headers[REQUEST_ID_HEADER] = observation.request_id
+    if response.is_streamed:
+        response.response = CountedBody(response.response, observation)
+    else:
+        observation.bytes_out = response.content_length or 0
+    services: Services = current_app.extensions["metamcp"]
+    response.call_on_close(lambda: services.observers.finish(observation))
+    return response
+
+
+class CountedBody:
+    """A streamed body that counts the bytes it yields into the request's record; close()
+    reaches the body's own (which ends an upstream call, a standing stream)."""
+
+    def __init__(self, body: Any, observation: observe.Observation) -> None:
+        self._body = body
+        self._observation = observation
+
+    def __iter__(self) -> Any:
+        for chunk in self._body:
+            self._observation.bytes_out += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
 
 
 def serve() -> Flask:
@@ -245,7 +295,8 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     app.extensions["metamcp"] = Services(
         settings, db, authenticator, registry, sessions, gateway, dispatcher, streams, namespaces,
         endpoints, sse_hub, mailbox, listener, Readiness(settings.database_url), limits,
-        Admission(limits, streams.budget), purger, resource_subscriptions if listen else None,
+        Admission(limits, streams.budget), observe.Observers(), purger,
+        resource_subscriptions if listen else None,
     )
 
     register_error_handlers(app)
@@ -262,11 +313,14 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         api.register_blueprint(blueprint)
     for mcp_blueprint in (transport.bp, legacy_sse.bp, tool_api.bp):
         app.register_blueprint(mcp_blueprint)
+    app.before_request(begin_observation)  # first: a refusal by a later check is observed too
     app.before_request(check_json_body)
 
     @app.after_request
     def _no_sniff(response: Response) -> Response:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
+
+    app.after_request(end_observation)
 
     return app

@@ -9,6 +9,7 @@ from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from metamcp import observe
 from metamcp.api.schemas import ErrorSchema, TokenRequestSchema, TokenResponseSchema
 from metamcp.authn import Authenticator, Principal
 from metamcp.errors import Forbidden, Unauthorized
@@ -59,8 +60,16 @@ def limited_authentication(credential: str) -> Principal:
     except Unauthorized:
         limits.auth_failed(address)
         raise
+    _observed(principal)
     limits.check_key(principal)
     return principal
+
+
+def _observed(principal: Principal) -> None:
+    """The request's record names its caller (the key's id and name, never the key)."""
+    observation = observe.current()
+    if observation is not None:
+        observation.key_id, observation.key_name, observation.role = principal.key_id, principal.key_name, principal.role
 
 
 def authenticate_request() -> None:
@@ -116,5 +125,6 @@ class Token(MethodView):
         except Unauthorized:
             limits.auth_failed(address)
             raise
+        _observed(principal)
         limits.check_key(principal)
         return {"access_token": token, "token_type": "Bearer", "expires_in": auth.jwt_lifetime}

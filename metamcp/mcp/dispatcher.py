@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from metamcp import observe
 from metamcp.mcp import jsonrpc, modern
 from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.inbound import DISCOVER, REMOVED
@@ -81,9 +82,9 @@ class Dispatcher:
         self._publish = publish
         self._inflight: dict[tuple[str, str], Streamed] = {}
         self._lock = threading.Lock()
-        self._handlers: dict[str, Callable[[Session, Message, NamespaceView | None],
+        self._handlers: dict[str, Callable[[Session, Message, NamespaceView | None, observe.Operation],
                                            dict[str, Any] | Streamed]] = {
-            "ping": lambda _s, _m, _v: {},
+            "ping": lambda _s, _m, _v, _o: {},
             "tools/call": self._call_tool,
             "prompts/get": self._get_prompt,
             "resources/read": self._read_resource,
@@ -131,11 +132,20 @@ class Dispatcher:
     def handle(self, session: Session, message: Message,
                view: NamespaceView | None = None) -> dict[str, Any] | Streamed:
         """Answer one request: a response dict, or a Streamed call. `view`: the namespace of
-        an endpoint's session (None: every active server)."""
+        an endpoint's session (None: every active server). The request's Operation is recorded
+        (metamcp.observe): here for an answer, by the Streamed for a call."""
+        op = observe.operation(message.method or "", _named(message.params))
+        outcome = self._answer(session, message, view, op)
+        if not isinstance(outcome, Streamed):
+            op.answered(outcome)
+        return outcome
+
+    def _answer(self, session: Session, message: Message, view: NamespaceView | None,
+                op: observe.Operation) -> dict[str, Any] | Streamed:
         method = message.method or ""
         try:
             if session.modern:
-                return self._handle_modern(session, message, view)
+                return self._handle_modern(session, message, view, op)
             if method in LIST_METHODS:
                 cursor = message.params.get("cursor")
                 page = self._catalog.list_page(LIST_METHODS[method], cursor, view)
@@ -143,7 +153,7 @@ class Dispatcher:
             handler = self._handlers.get(method)
             if handler is None:
                 raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
-            outcome = handler(session, message, view)
+            outcome = handler(session, message, view, op)
             return outcome if isinstance(outcome, Streamed) else jsonrpc.result(message.id, outcome)
         except RpcError as e:  # the gateway's, or the upstream's own answer passed on as is
             data = e.data
@@ -153,8 +163,8 @@ class Dispatcher:
                 data = {"uri": uri}  # 2026-07-28: a resource not found names its URI
             return jsonrpc.error(message.id, e.code, e.message, data)
 
-    def _handle_modern(self, session: Session, message: Message,
-                       view: NamespaceView | None) -> dict[str, Any] | Streamed:
+    def _handle_modern(self, session: Session, message: Message, view: NamespaceView | None,
+                       op: observe.Operation) -> dict[str, Any] | Streamed:
         """A 2026-07-28 request: results complete, with caching hints on lists and reads."""
         method = message.method or ""
         # Only an anonymous caller of a public endpoint sees nothing of its own in a list.
@@ -168,7 +178,7 @@ class Dispatcher:
         handler = self._handlers.get(method)
         if handler is None or method in REMOVED:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
-        outcome = handler(session, message, view)
+        outcome = handler(session, message, view, op)
         if isinstance(outcome, Streamed):
             return outcome
         if method == "resources/read":
@@ -244,7 +254,8 @@ class Dispatcher:
             raise RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object")
         return name, arguments
 
-    def _call_tool(self, session: Session, message: Message, view: NamespaceView | None) -> Streamed:
+    def _call_tool(self, session: Session, message: Message, view: NamespaceView | None,
+                   op: observe.Operation) -> Streamed:
         name, arguments = self._name_and_arguments(message)
         binding = Binding.of(session, "tools/call", name, arguments)
         claims, responses = self._retried(session, message, binding)
@@ -256,8 +267,12 @@ class Dispatcher:
 
         if claims is not None and claims.parked is not None:  # a 2025 upstream's call, parked
             streamed = self._resume(claims, message.id, session, responses, forget)
+            op.routed(claims.server, name)
+            op.upstream_started()
+            streamed.operation = op
         else:
             route = self._router.route("tools", name, view)
+            op.routed(route.server, route.name)
             params = self._forward_params(message, name=route.name, arguments=arguments)
             meta = client_meta(session)
 
@@ -266,6 +281,8 @@ class Dispatcher:
 
             rounds = Rounds(self._mrtr, binding, route.server, call)
             streamed = Streamed(message.id, session, forget, route.server, self._relay, rounds)
+            streamed.operation = op
+            op.upstream_started()
             try:
                 if claims is None:
                     streamed.attach(self._pool.call(route.server, "tools/call",
@@ -307,21 +324,25 @@ class Dispatcher:
         streamed.attach(self._mrtr.handover.forward(claims, responses, session))
         return streamed
 
-    def _get_prompt(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+    def _get_prompt(self, session: Session, message: Message, view: NamespaceView | None,
+                    op: observe.Operation) -> dict[str, Any]:
         name, arguments = self._name_and_arguments(message)
         binding = Binding.of(session, "prompts/get", name, arguments)
         route = self._router.route("prompts", name, view)
+        op.routed(route.server, route.name)
         params = self._forward_params(message, name=route.name, arguments=arguments)
-        return self._request(session, message, binding, route.server, params)
+        return self._request(session, message, binding, route.server, params, op)
 
-    def _read_resource(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+    def _read_resource(self, session: Session, message: Message, view: NamespaceView | None,
+                       op: observe.Operation) -> dict[str, Any]:
         uri = _uri(message)
         binding = Binding.of(session, "resources/read", uri, {})
         server = self._router.route_resource(uri, view)
-        return self._request(session, message, binding, server, self._forward_params(message, uri=uri))
+        op.routed(server, uri)
+        return self._request(session, message, binding, server, self._forward_params(message, uri=uri), op)
 
     def _request(self, session: Session, message: Message, binding: Binding, server: str,
-                 params: dict[str, Any]) -> dict[str, Any]:
+                 params: dict[str, Any], op: observe.Operation) -> dict[str, Any]:
         """prompts/get and resources/read: a 2026-07-28 upstream's `input_required` passes to a
         2026-07-28 client with the gateway's state; a 2025 client cannot be asked (no stream)."""
         claims, responses = self._retried(session, message, binding)
@@ -332,20 +353,32 @@ class Dispatcher:
             params = with_input(params, responses, claims.upstream_state)
         elif responses:
             params = with_input(params, responses, None)
-        result = self._pool.request(server, binding.method, params, client=client_meta(session))
+        result = self._upstream(op, server, binding.method, params, session)
         if not needs_input(result):
             return result
         if not session.modern:
             raise input_unavailable(binding.method)
         return self._mrtr.relabel(binding, server, result)
 
-    def _subscribe(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+    def _upstream(self, op: observe.Operation, server: str, method: str, params: dict[str, Any],
+                  session: Session) -> dict[str, Any]:
+        """A request answered at once by `server`, its time counted as the upstream's."""
+        op.upstream_started()
+        try:
+            return self._pool.request(server, method, params, client=client_meta(session))
+        finally:
+            op.upstream_ended()
+
+    def _subscribe(self, session: Session, message: Message, view: NamespaceView | None,
+                   _op: observe.Operation) -> dict[str, Any]:
         return self._subscriptions.subscribe(session, _uri(message), view)
 
-    def _unsubscribe(self, session: Session, message: Message, _view: NamespaceView | None) -> dict[str, Any]:
+    def _unsubscribe(self, session: Session, message: Message, _view: NamespaceView | None,
+                     _op: observe.Operation) -> dict[str, Any]:
         return self._subscriptions.unsubscribe(session, _uri(message))
 
-    def _complete(self, session: Session, message: Message, view: NamespaceView | None) -> dict[str, Any]:
+    def _complete(self, session: Session, message: Message, view: NamespaceView | None,
+                  op: observe.Operation) -> dict[str, Any]:
         ref = message.params.get("ref")
         argument = message.params.get("argument")
         if not isinstance(ref, dict) or not isinstance(argument, dict):
@@ -359,9 +392,11 @@ class Dispatcher:
             params["ref"] = ref
         else:
             raise RpcError(INVALID_PARAMS, "Invalid params: ref must be a ref/prompt or ref/resource")
-        return self._pool.request(server, "completion/complete", params, client=client_meta(session))
+        op.routed(server, params["ref"].get("name") or params["ref"]["uri"])
+        return self._upstream(op, server, "completion/complete", params, session)
 
-    def _set_level(self, session: Session, message: Message, _view: NamespaceView | None) -> dict[str, Any]:
+    def _set_level(self, session: Session, message: Message, _view: NamespaceView | None,
+                   _op: observe.Operation) -> dict[str, Any]:
         level = message.params.get("level")
         if level not in LOG_LEVELS:
             raise RpcError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
@@ -373,6 +408,12 @@ def _same_server(claims: Claims, server: str) -> None:
     """A 2026-07-28 upstream's state goes back to the server that issued it, or nowhere."""
     if claims.server != server:
         raise invalid_state("belongs to another server")
+
+
+def _named(params: dict[str, Any]) -> str | None:
+    """What a request names, for its record: a tool or prompt, or a resource's URI."""
+    named = params.get("name", params.get("uri"))
+    return named[:500] if isinstance(named, str) else None
 
 
 def _uri(message: Message) -> str:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, cast
 
+from metamcp import observe
 from metamcp.mcp import jsonrpc, modern, mrtr, protocol
 from metamcp.mcp.jsonrpc import RpcError
 from metamcp.mcp.mrtr import Rounds
@@ -60,6 +61,8 @@ class Streamed:
         self._parked: str | None = None  # the parking id while parked
         self._ended = False  # the upstream call is closed for good
         self._round = 0
+        #: The record of the client request the current leg answers (metamcp.observe).
+        self.operation: observe.Operation | None = None
         if relay is not None:
             relay.opened(server, self)
 
@@ -86,8 +89,7 @@ class Streamed:
                 self._relay.refuse(request["id"])
         with self._lock:
             if self._ended:
-                put(jsonrpc.error(self.request_id, protocol.UPSTREAM_ERROR, "The call has ended"))
-                put(None)
+                self._end_leg(jsonrpc.error(self.request_id, protocol.UPSTREAM_ERROR, "The call has ended"))
                 return
             if self._asked:  # asked before this leg, or not answered by the retry
                 self._park_leg()
@@ -176,12 +178,20 @@ class Streamed:
                 self._held.append(message)
                 return False
             if "error" in message:
-                self._put({"jsonrpc": "2.0", "id": self.request_id, "error": message["error"]})
+                self._end_leg({"jsonrpc": "2.0", "id": self.request_id, "error": message["error"]})
             else:
-                self._put(jsonrpc.result(self.request_id, self._shaped(message.get("result") or {})))
-            self._put(None)
-            self._put = None
+                self._end_leg(jsonrpc.result(self.request_id, self._shaped(message.get("result") or {})))
         return False
+
+    def _end_leg(self, response: dict[str, Any]) -> None:
+        """Send the leg's response and end it, recording how it ended (under the lock)."""
+        assert self._put is not None
+        if self.operation is not None:
+            self.operation.upstream_ended()
+            self.operation.answered(response)
+        self._put(response)
+        self._put(None)
+        self._put = None
 
     def _shaped(self, result: dict[str, Any]) -> dict[str, Any]:
         return modern.complete(result) if self.session.modern else result
@@ -252,10 +262,8 @@ class Streamed:
         self._parked, state = self._rounds.park()
         requests = {key: {"method": request.get("method"), "params": request.get("params") or {}}
                     for key, (request, _) in self._asked.items()}
-        self._put(jsonrpc.result(self.request_id, self._shaped(
+        self._end_leg(jsonrpc.result(self.request_id, self._shaped(
             {"resultType": "input_required", "inputRequests": requests, "requestState": state})))
-        self._put(None)
-        self._put = None
 
     def resume(self, request_id: Any, session: Session, responses: dict[str, Any],
                on_close: Callable[[], None]) -> None:

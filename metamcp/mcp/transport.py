@@ -31,6 +31,7 @@ from uuid import UUID
 
 from flask import Blueprint, Response, current_app, request
 
+from metamcp import observe
 from metamcp.api.auth import limited_authentication, request_credential
 from metamcp.endpoints import Endpoint
 from metamcp.errors import Forbidden, McpHttpError, MetaMCPError, NotFound, Unauthorized
@@ -142,6 +143,9 @@ def authorize(endpoint_name: str | None = None) -> Access:
         raise Forbidden("Origin not allowed")
     services = current_app.extensions["metamcp"]
     endpoint = view = None
+    observation = observe.current()
+    if observation is not None:
+        observation.endpoint = endpoint_name
     if endpoint_name is not None:
         endpoint = services.endpoints.by_name(endpoint_name)
         view = None if endpoint is None else services.namespaces.view(endpoint.namespace_id)
@@ -182,7 +186,14 @@ def owned_session(access: Access, session_id: str | None, missing: str) -> Sessi
     session = current_app.extensions["metamcp"].sessions.get(session_id)
     if session is None or not access.owns(session):
         raise McpHttpError(404, INVALID_REQUEST, "Session not found")
+    _observed_session(session.id)
     return session
+
+
+def _observed_session(session_id: str) -> None:
+    observation = observe.current()
+    if observation is not None:
+        observation.session = session_id
 
 
 def _session(access: Access) -> Session:
@@ -221,6 +232,9 @@ def post(endpoint: str | None = None) -> Response:
         message = jsonrpc.validate(parsed)
     except RpcError as e:
         raise McpHttpError(400, e.code, e.message, jsonrpc.valid_id(parsed)) from None
+    observation = observe.current()
+    if observation is not None:
+        observation.mcp_method = message.method
     try:
         return _modern(access, message) if modern else _answer(access, message)
     except McpHttpError as e:
@@ -337,6 +351,7 @@ def _initialize(access: Access, message: Message) -> Response:
     client_info = _client_info(params.get("clientInfo"))
     session = current_app.extensions["metamcp"].sessions.create(
         access.key_id, version, client_info, access.endpoint_id, client_capabilities(params.get("capabilities")))
+    _observed_session(session.id)
     result = _dispatcher().initialize_result(version)
     return rpc_response(200, jsonrpc.result(message.id, result), {SESSION_HEADER: session.id})
 
