@@ -21,6 +21,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 import psycopg2
@@ -175,7 +176,8 @@ class EmbeddedPostgres:
         self.started_here = False
 
     def _url(self, database: str) -> str:
-        return f"postgresql://postgres@/{database}?host={self._socket_dir}&port={PORT}"
+        # Percent-encoded: libpq and yoyo both decode it, and yoyo reads `+` as a space.
+        return f"postgresql://postgres@/{database}?host={quote(str(self._socket_dir), safe='/')}&port={PORT}"
 
     def _initdb(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():

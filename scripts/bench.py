@@ -12,9 +12,12 @@ printed side by side. Exits 1 when the gateway refuses the stateless call (its r
 
     .venv/bin/python scripts/bench.py [--calls 2000] [--upstreams 10] [--tools 50]
     .venv/bin/python scripts/bench.py --isolation [--slow-calls 500] [--streams 1000]
+    .venv/bin/python scripts/bench.py --ops [--rounds 2000]
 
 `--isolation` runs the slow-call isolation section instead (scripts/bench_isolation.py): long
 tool calls and open GET streams from two keys while a third key's short tools/call is timed.
+`--ops` runs the operating-cost section instead (scripts/bench_ops.py): gateways with metrics,
+audit and access log off and on, measured interleaved.
 
 Starts everything it measures on 127.0.0.1 (example upstreams, an embedded PostgreSQL and the
 gateway under gunicorn, as `make run` does) in a temporary directory, and stops it by PID.
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_isolation
+import bench_ops
 import requests
 from bench_harness import ROOT, McpSession, StatelessClient, free_port, pct, stop_all, wait_for
 
@@ -79,9 +83,15 @@ def main() -> int:
     parser.add_argument("--slow-seconds", type=float, default=20, help="isolation: length of a long call")
     parser.add_argument("--streams", type=int, default=1000, help="isolation: open GET streams")
     parser.add_argument("--threads", type=int, default=None, help="isolation: METAMCP_THREADS")
+    parser.add_argument("--ops", action="store_true",
+                        help="run the operating-cost section (metrics, audit, access log off and on)")
+    parser.add_argument("--rounds", type=int, default=2000, help="ops: interleaved rounds at c=1")
+    parser.add_argument("--bursts", type=int, default=5, help="ops: alternating bursts at c=32 per gateway")
     args = parser.parse_args()
     if args.isolation:
         return bench_isolation.run(args.workers, args.slow_calls, args.streams, args.slow_seconds, args.threads)
+    if args.ops:
+        return bench_ops.run(args.workers, args.rounds, args.calls, args.bursts)
 
     workdir = Path(tempfile.mkdtemp(prefix="mmb", dir="/tmp"))
     processes: list[subprocess.Popen[bytes]] = []

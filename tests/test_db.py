@@ -169,3 +169,18 @@ def test_rest_and_mcp_answer_503_with_retry_after(settings: Settings, tmp_path: 
         assert client.get("/health").status_code == 200
     finally:
         app.extensions["metamcp"].close()
+
+
+def test_embedded_urls_survive_unusual_data_directories(tmp_path: Path) -> None:
+    """Regression: a data directory with `+` (bench's `on+log`) or a space reached yoyo as
+    another path (its URL parser reads `+` as a space), so migrations could not connect."""
+    from yoyo.connections import parse_uri
+
+    from metamcp.embedded import EmbeddedPostgres
+
+    for name in ("on+log", "a b", "x%2By"):
+        server = EmbeddedPostgres(tmp_path / name / "postgres")
+        server._socket_dir = tmp_path / name / "postgres"
+        url = server._url("metamcp")
+        assert psycopg2.extensions.parse_dsn(url)["host"] == str(server._socket_dir)
+        assert parse_uri(url).args["host"] == str(server._socket_dir)
