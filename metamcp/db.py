@@ -49,16 +49,61 @@ def check_connection(url: str) -> None:
         raise ConfigError("DATABASE_URL", f"cannot connect: {first_line}") from e
 
 
+#: The PostgreSQL advisory lock every gateway process holds while it migrates ("mmcp").
+MIGRATION_LOCK_KEY = 0x6D6D6370
+#: Seconds a process waits for another one's migrations before it gives up.
+MIGRATION_WAIT = 120.0
+
+
 def migrate(url: str) -> int:
-    """Apply pending yoyo migrations under yoyo's lock; returns how many were applied."""
+    """Apply pending yoyo migrations; returns how many were applied.
+
+    Processes starting together (replicas, each gunicorn master) take turns on a PostgreSQL
+    advisory lock, which belongs to a connection: unlike yoyo's lock (a row in yoyo_lock), it
+    goes away with a process killed mid-migration. So, holding it, a yoyo lock row can only be
+    left by such a process, and it is removed instead of failing every later start with
+    "Process N has locked this database". yoyo's own lock is still taken inside, for yoyo's
+    command line run by hand.
+    """
     from yoyo import get_backend, read_migrations
 
-    backend = get_backend(_yoyo_url(url))
     migrations = read_migrations(str(MIGRATIONS_DIR))
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
+    with _migration_turn(url):
+        backend = get_backend(_yoyo_url(url))
+        try:
+            stale = backend.execute("SELECT pid FROM yoyo_lock").fetchall()  # yoyo's lock table
+            if stale:
+                logger.warning("removing the migration lock left by process %s (it ended while "
+                               "migrating)", ", ".join(str(row[0]) for row in stale))
+                backend.break_lock()
+            with backend.lock():
+                pending = backend.to_apply(migrations)
+                backend.apply_migrations(pending)
+        finally:
+            backend.connection.close()
     return len(pending)
+
+
+@contextmanager
+def _migration_turn(url: str) -> Iterator[None]:
+    """Hold MIGRATION_LOCK_KEY for the block, waiting at most MIGRATION_WAIT seconds for it."""
+    conn = psycopg2.connect(url, connect_timeout=5)
+    try:
+        conn.autocommit = True
+        deadline = time.monotonic() + MIGRATION_WAIT
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+                row = cur.fetchone()
+                if row is not None and row[0]:
+                    break
+                if time.monotonic() > deadline:
+                    raise ConfigError("DATABASE_URL", f"another process has been migrating this "
+                                                      f"database for over {MIGRATION_WAIT:g} s")
+                time.sleep(0.2)
+        yield  # closing the connection below releases the lock
+    finally:
+        conn.close()
 
 
 @functools.cache
