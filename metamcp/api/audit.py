@@ -130,7 +130,7 @@ def _filters(query: dict[str, Any]) -> Filters:
 @blp.route("/audit")
 class Audit(MethodView):
     @documented(blp, ERRORS, 422)
-    @blp.arguments(AuditQuerySchema, location="query")
+    @blp.arguments(AuditQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, AuditPageSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """The audit log, newest first
@@ -147,7 +147,7 @@ class Audit(MethodView):
 @blp.route("/usage")
 class Usage(MethodView):
     @documented(blp, ERRORS, 422)
-    @blp.arguments(UsageQuerySchema, location="query")
+    @blp.arguments(UsageQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, UsageSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """Calls, errors and p50/p95 duration per key, server or tool
