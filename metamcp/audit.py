@@ -70,6 +70,8 @@ class AuditLog:
         #: Records written (this process).
         self.written = 0
         self._host = socket.gethostname()
+        self._pid = os.getpid()  # made in the worker (create_app runs after the fork)
+        self._drop_lock = threading.Lock()
         self._conn: Any = None
         self._down_since: float | None = None
         self._stopping = threading.Event()
@@ -88,11 +90,11 @@ class AuditLog:
                   observation.key_name, observation.request_id, observation.session, observation.endpoint)
         tail = (observation.status, observation.duration * 1000.0)
         records = [(*common, op.method, op.server, op.name, op.upstream_name, op.outcome, op.error_code,
-                    *tail, op.upstream_seconds * 1000.0, observation.bytes_out, self._host, os.getpid())
+                    *tail, op.upstream_seconds * 1000.0, observation.bytes_out, self._host, self._pid)
                    for op in observation.operations if op.method in AUDITED]
         if not records and not observation.operations and observation.mcp_method in AUDITED:
             records = [(*common, observation.mcp_method, None, None, None, ERROR, None, *tail, 0.0,
-                        observation.bytes_out, self._host, os.getpid())]
+                        observation.bytes_out, self._host, self._pid)]
         for record in records:
             try:
                 self._queue.put_nowait(record)
@@ -100,7 +102,8 @@ class AuditLog:
                 self._drop(1)
 
     def _drop(self, n: int) -> None:
-        self.dropped += n
+        with self._drop_lock:  # request threads overflow at once; += alone could lose counts
+            self.dropped += n
         report_dropped(n)
 
     # --- the writer thread -------------------------------------------------------------------

@@ -286,3 +286,28 @@ def test_usage_percentiles_match_known_durations(client: FlaskClient, api_key: s
     assert (server["server"], server["calls"], server["errors"]) == ("aud", 12, 1)
     later = get(client, api_key, "/api/v1/usage", by="server", since="2999-01-01T00:00:00Z").get_json()
     assert later["groups"] == []
+
+
+def test_a_full_queue_never_delays_a_call(app: Flask, client: FlaskClient, api_key: str, db: Database,
+                                          upstream: UpstreamProcess) -> None:
+    """A burst of calls with a queue of two records and no writer to empty it: every record
+    beyond two is dropped and counted, and the calls take as long as without the audit sink."""
+    register(client, api_key, upstream)
+    mcp = Mcp(client, api_key).initialize()
+    echo = {"name": "aud__echo", "arguments": {"message": "x"}}
+
+    def timed(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            assert "aud: x" in mcp.post("tools/call", echo)
+            times.append(time.perf_counter() - started)
+        return sorted(times)
+
+    baseline = timed(15)
+    tiny = AuditLog("postgresql://unused", queue_size=2)  # never started: nothing is written
+    app.extensions["metamcp"].observers.add(tiny.sink)
+    burst = timed(30)
+    assert tiny.dropped == 28
+    assert burst[15] < baseline[7] * 2 + 0.02, (baseline[7], burst[15])  # medians
+    assert burst[-1] < 1.0
