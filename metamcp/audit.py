@@ -51,7 +51,7 @@ class AuditLog:
     #: Longest pause between retries of a batch while the database is away.
     MAX_RETRY_PAUSE = 5.0
     #: stop() writes what is queued for at most this long (a graceful stop ends within 3 s).
-    STOP_SECONDS = 1.5
+    STOP_SECONDS = 1.0
     #: Seconds between retention purges, and rows one purge deletes per transaction / at most.
     PURGE_INTERVAL = 3600.0
     PURGE_BATCH = 5000
@@ -120,7 +120,7 @@ class AuditLog:
         except queue.Full:
             pass
         if self._thread is not None:
-            self._thread.join(self.STOP_SECONDS + 0.5)
+            self._thread.join(self.STOP_SECONDS + 0.25)
         self._close()
 
     def _run(self) -> None:
