@@ -14,6 +14,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from metamcp import json_depth, observe, repository
+from metamcp.api import audit as audit_api
 from metamcp.api import auth as auth_api
 from metamcp.api import endpoints as endpoints_api
 from metamcp.api import health as health_api
@@ -23,6 +24,7 @@ from metamcp.api import servers as servers_api
 from metamcp.api.auth import client_address
 from metamcp.api.errors import http_exception_response, register_error_handlers
 from metamcp.api.schemas import ErrorSchema
+from metamcp.audit import AuditLog
 from metamcp.authn import Authenticator
 from metamcp.config import ConfigError, Settings, ensure_secrets, load_settings, package_version
 from metamcp.crypto import SecretBox
@@ -78,9 +80,12 @@ class Services:
     observers: observe.Observers
     purger: SessionPurger | None = None
     subscriptions: Subscriptions | None = None
+    audit: AuditLog | None = None
 
     def close(self) -> None:
         """Release what this process holds: the listener, upstream sessions, connections."""
+        if self.audit is not None:
+            self.audit.stop()  # writes what is queued (bounded)
         if self.purger is not None:
             self.purger.stop()
         if self.subscriptions is not None:
@@ -298,6 +303,14 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         Admission(limits, streams.budget), observe.Observers(), purger,
         resource_subscriptions if listen else None,
     )
+    # The audit log: calls recorded once answered (off the request path), admin changes in
+    # their transaction as this process's actor when outside a request.
+    db.audit_actor = "system" if settings.audit else None
+    if settings.audit:
+        audit_log = AuditLog(settings.database_url, settings.audit_retention_days)
+        audit_log.start()
+        app.extensions["metamcp"].audit = audit_log
+        app.extensions["metamcp"].observers.add(audit_log.sink)
 
     register_error_handlers(app)
     api = MetaMCPApi(app)
@@ -309,7 +322,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         "apiKeyHeader", {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     )
     for blueprint in (health_api.blp, health_api.admin_blp, auth_api.blp, keys_api.blp,
-                      servers_api.blp, namespaces_api.blp, endpoints_api.blp):
+                      servers_api.blp, namespaces_api.blp, endpoints_api.blp, audit_api.blp):
         api.register_blueprint(blueprint)
     for mcp_blueprint in (transport.bp, legacy_sse.bp, tool_api.bp):
         app.register_blueprint(mcp_blueprint)

@@ -105,6 +105,10 @@ class Settings:
     #: Seconds between checks that resource subscriptions are still held upstream (a worker
     #: gone, an upstream restarted).
     subscription_check_seconds: float = 30.0
+    #: The audit log of calls and admin changes (METAMCP_AUDIT), and the days its rows are
+    #: kept (METAMCP_AUDIT_RETENTION_DAYS; 0: forever).
+    audit: bool = True
+    audit_retention_days: int = 30
 
     @property
     def embedded(self) -> bool:
@@ -381,4 +385,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         auth_failure_limit=_int(values, "METAMCP_AUTH_FAILURE_LIMIT", 30, 0, 1_000_000),
         forwarded_hops=_int(values, "METAMCP_FORWARDED_HOPS", 0, 0, 10),
         subscription_check_seconds=_seconds(values, "METAMCP_SUBSCRIPTION_CHECK_SECONDS", 30.0, 0.1, 3600),
+        audit=_switch(values, "METAMCP_AUDIT", True),
+        audit_retention_days=_int(values, "METAMCP_AUDIT_RETENTION_DAYS", 30, 0, 36500),
     )

@@ -312,6 +312,8 @@ class Cursor(psycopg2.extras.RealDictCursor):
         self.published: list[dict[str, Any]] = []
         #: The publishing process, stamped on each NOTIFY (see ChangeBus.origin).
         self.origin = ""
+        #: Who admin changes outside a request are recorded as (metamcp.audit_changes); None: off.
+        self.audit_actor: str | None = "system"
 
 
 class Database:
@@ -330,6 +332,9 @@ class Database:
         self.bus = bus or ChangeBus()
         self._pool = _Pool(url, max_connections)
         self.availability = Availability(on_down=self._pool.reset)
+        #: Who admin changes made outside a request are recorded as (metamcp.audit_changes):
+        #: "system", "cli" for the admin scripts; None when METAMCP_AUDIT is off.
+        self.audit_actor: str | None = "system"
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
@@ -345,6 +350,7 @@ class Database:
             with conn:  # commits or rolls back
                 with conn.cursor(cursor_factory=Cursor) as cur:
                     cur.origin, published = self.bus.origin, cur.published
+                    cur.audit_actor = self.audit_actor
                     yield cur
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
             if not is_connection_failure(e, conn):
@@ -400,6 +406,7 @@ def open_database() -> Iterator[tuple[Database, Settings]]:
     settings = load_settings()
     url, embedded = prepare_database(settings)
     db = Database(url, 2)
+    db.audit_actor = "cli" if settings.audit else None
     try:
         yield db, settings
     finally:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from metamcp import repository
+from metamcp import audit_changes, repository
 from metamcp.db import Database
 from metamcp.errors import DatabaseUnavailable, NotFound, ValidationFailed
 from metamcp.notify import Topic
@@ -55,6 +55,7 @@ class EndpointRegistry:
         with self._db.transaction() as cur:
             endpoint_id = self._write(cur, values, lambda: repository.insert_endpoint(cur, values))
             row = self._existing(cur, endpoint_id)
+            audit_changes.record(cur, "endpoint.create", endpoint_id, None, row)
         return _public(row)
 
     def update(self, endpoint_id: UUID, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,13 +65,16 @@ class EndpointRegistry:
             values.update(self._columns(fields))
             self._write(cur, values, lambda: repository.update_endpoint(cur, endpoint_id, values))
             row = self._existing(cur, endpoint_id)
+            audit_changes.record(cur, "endpoint.update", endpoint_id, current, row)
         return _public(row)
 
     def delete(self, endpoint_id: UUID) -> None:
         with self._db.transaction() as cur:
+            row = self._existing(cur, endpoint_id)
             if not repository.delete_endpoint(cur, endpoint_id):
                 raise NotFound(f"No endpoint with id {endpoint_id}.")
             repository.notify_change(cur, Topic.NAMESPACES, endpoint=endpoint_id)
+            audit_changes.record(cur, "endpoint.delete", endpoint_id, row, None)
 
     def by_name(self, name: str) -> Endpoint | None:
         """The endpoint serving /metamcp/{name}/...; cached, None when there is none."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from metamcp import crypto, repository
+from metamcp import audit_changes, crypto, repository
 from metamcp.authn import ADMIN, CLIENT, ROLES
 from metamcp.errors import NotFound, ValidationFailed
 from metamcp.notify import Topic
@@ -65,7 +65,9 @@ def create(cur: Any, name: str, role: str, namespaces: list[str] | None = None,
     if namespaces is not None:
         repository.set_key_access(cur, row["id"], role, namespace_ids(cur, namespaces))
     repository.notify_change(cur, Topic.KEYS)
-    return existing(cur, row["id"]), new.plain
+    created = existing(cur, row["id"])
+    audit_changes.record(cur, "key.create", created["id"], None, created)
+    return created, new.plain
 
 
 def change(cur: Any, key_id: int, fields: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +77,7 @@ def change(cur: Any, key_id: int, fields: dict[str, Any]) -> dict[str, Any]:
     makes it a client key (as it always meant); making a key admin without naming namespaces
     lifts its limit (admin keys reach everything).
     """
-    row = existing(cur, key_id)
+    row = before = existing(cur, key_id)
     current_scope = row["namespaces"] if row["scoped"] else None
     role = fields.get("role", row["role"])
     scope = fields.get("namespaces", current_scope)
@@ -90,7 +92,28 @@ def change(cur: Any, key_id: int, fields: dict[str, Any]) -> dict[str, Any]:
     if role != row["role"] or "namespaces" in fields or scope != current_scope:
         repository.set_key_access(cur, key_id, role, namespace_ids(cur, scope))
     repository.notify_change(cur, Topic.KEYS)
-    return existing(cur, key_id)
+    after = existing(cur, key_id)
+    audit_changes.record(cur, "key.update", key_id, before, after)
+    return after
+
+
+def set_active(cur: Any, key_id: int, active: bool) -> dict[str, Any]:
+    """(In)activate a key (its JWTs stop working while it is inactive)."""
+    before = existing(cur, key_id)
+    repository.set_key_active(cur, key_id, active)
+    repository.notify_change(cur, Topic.KEYS)
+    after = existing(cur, key_id)
+    audit_changes.record(cur, "key.update", key_id, before, after)
+    return after
+
+
+def delete(cur: Any, key_id: int) -> dict[str, Any]:
+    """Delete a key for good; returns the row it had."""
+    row = existing(cur, key_id)
+    repository.delete_key(cur, key_id)
+    repository.notify_change(cur, Topic.KEYS)
+    audit_changes.record(cur, "key.delete", key_id, row, None)
+    return row
 
 
 def existing(cur: Any, key_id: int) -> dict[str, Any]:

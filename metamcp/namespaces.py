@@ -18,13 +18,13 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from uuid import UUID
 
 import psycopg2.errors
 
-from metamcp import repository
+from metamcp import audit_changes, repository
 from metamcp.db import Database
 from metamcp.errors import Conflict, DatabaseUnavailable, NotFound
 from metamcp.mcp import naming
@@ -206,6 +206,7 @@ class NamespaceRegistry:
                                                   fields.get("naming", "prefixed"))
             self._notify(cur, row["id"])
             public = self._public(cur, row)
+            audit_changes.record(cur, "namespace.create", row["id"], None, public)
         return public
 
     def update(self, namespace_id: UUID, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,6 +214,7 @@ class NamespaceRegistry:
         give two tools or prompts one name)."""
         with self._db.transaction() as cur:
             current = self._existing(cur, namespace_id, lock=True)
+            before = self._public(cur, current)
             merged = {**current, **fields}
             with repository.conflict_as(cur, _taken(merged["name"])):
                 repository.update_namespace(cur, namespace_id, merged["name"], merged["description"],
@@ -221,39 +223,46 @@ class NamespaceRegistry:
                 self._check_names(cur, namespace_id, merged["naming"], lambda _kind, _row: True)
             self._notify(cur, namespace_id)
             public = self._public(cur, self._existing(cur, namespace_id))
+            audit_changes.record(cur, "namespace.update", namespace_id, before, public)
         return public
 
     def delete(self, namespace_id: UUID) -> None:
         with self._db.transaction() as cur:
-            self._existing(cur, namespace_id)
+            before = self._public(cur, self._existing(cur, namespace_id))
             # PostgreSQL reports an ON DELETE RESTRICT as either, depending on the version.
             with repository.conflict_as(cur, "Endpoints still publish this namespace; delete them first.",
                                         psycopg2.errors.RestrictViolation, psycopg2.errors.ForeignKeyViolation):
                 repository.delete_namespace(cur, namespace_id)
             self._notify(cur, namespace_id)
             repository.notify_change(cur, Topic.KEYS)  # keys scoped to it now reach less
+            audit_changes.record(cur, "namespace.delete", namespace_id, before, None)
 
     def attach(self, namespace_id: UUID, server_id: UUID, status: str) -> dict[str, Any]:
         """Attach a server (after those attached before) or change its status there; 409 when its
         tools or prompts would take a name another server's hold."""
         with self._db.transaction() as cur:
             namespace = self._existing(cur, namespace_id, lock=True)
-            if repository.get_server(cur, server_id) is None:
+            server = repository.get_server(cur, server_id)
+            if server is None:
                 raise NotFound(f"No server with id {server_id}.")
+            before = self._public(cur, namespace)
             repository.attach_server(cur, namespace_id, server_id, status)
             if status == "active":
                 self._check_names(cur, namespace_id, namespace["naming"],
                                   lambda _kind, row: row["server_id"] == server_id)
             self._notify(cur, namespace_id)
             public = self._public(cur, namespace)
+            audit_changes.record(cur, "namespace.attach", namespace_id, before, public, server=server["name"])
         return public
 
     def detach(self, namespace_id: UUID, server_id: UUID) -> None:
         with self._db.transaction() as cur:
-            self._existing(cur, namespace_id)
+            before = self._public(cur, self._existing(cur, namespace_id))
             if not repository.detach_server(cur, namespace_id, server_id):
                 raise NotFound(f"Server {server_id} is not attached to this namespace.")
             self._notify(cur, namespace_id)
+            audit_changes.record(cur, "namespace.detach", namespace_id, before,
+                                 self._public(cur, self._existing(cur, namespace_id)))
 
     # --- tools and prompts ---------------------------------------------------------------
 
@@ -281,6 +290,10 @@ class NamespaceRegistry:
             for item_id, settings in pending.items():
                 _UPSERT[kind](cur, namespace_id, item_id, settings)
             self._notify(cur, namespace_id)
+            audit_changes.record(
+                cur, f"namespace.{kind}", namespace_id,
+                {str(i): {"original_name": rows[i]["original_name"], **asdict(_settings(rows[i]))} for i in pending},
+                {str(i): {"original_name": rows[i]["original_name"], **settings} for i, settings in pending.items()})
             public = [_public_item(kind, row, namespace["naming"]) for row in _ROWS[kind](cur, namespace_id)]
         return public
 

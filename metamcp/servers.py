@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from metamcp import repository
+from metamcp import audit_changes, repository
 from metamcp.addresses import AddressPolicy, AddressRefused, resolve
 from metamcp.crypto import CryptoError, SecretBox, mask_secret
 from metamcp.db import Database
@@ -162,9 +162,11 @@ class ServerRegistry:
 
     def delete(self, server_id: UUID) -> None:
         with self._db.transaction() as cur:
+            row = self._existing(cur, server_id)
             if not repository.delete_server(cur, server_id):
                 raise NotFound(f"No server with id {server_id}.")
             repository.notify_change(cur, Topic.SERVERS, id=server_id)
+            audit_changes.record(cur, "server.delete", server_id, row, None, server=row["name"])
 
     def config(self, server_id: UUID) -> ServerConfig:
         """One server's decrypted definition, active or not."""
@@ -185,7 +187,7 @@ class ServerRegistry:
             check_address(merged, self.policy)
             if merged["is_active"] or not set(fields) <= SWITCH_OFF_FIELDS:
                 self._check_stdio(merged)
-            row = self._write(cur, server_id, merged)
+            row = self._write(cur, server_id, merged, current)
         return self._public(row)
 
     def check_stdio(self, fields: Mapping[str, Any]) -> None:
@@ -203,7 +205,8 @@ class ServerRegistry:
             env = {}  # sealed under another key: the start checks again with what it can decrypt
         self.check_stdio({**merged, "env": env})
 
-    def _write(self, cur: Any, server_id: UUID | None, fields: dict[str, Any]) -> dict[str, Any]:
+    def _write(self, cur: Any, server_id: UUID | None, fields: dict[str, Any],
+               before: Mapping[str, Any] | None = None) -> dict[str, Any]:
         taken = f"A server named {fields['name']!r} already exists; choose another name."
         with repository.conflict_as(cur, taken):
             if server_id is None:
@@ -214,6 +217,9 @@ class ServerRegistry:
                     raise NotFound(f"No server with id {server_id}.")
                 row = updated
         repository.notify_change(cur, Topic.SERVERS, id=row["id"])
+        # Rows as stored (secrets sealed): audit_changes masks them all the same.
+        audit_changes.record(cur, "server.create" if server_id is None else "server.update", row["id"],
+                             before, row, server=row["name"])
         return row
 
     @staticmethod

@@ -20,7 +20,6 @@ from metamcp.authn import ADMIN, CLIENT, ROLES
 from metamcp.config import ConfigError
 from metamcp.db import Database, open_database
 from metamcp.errors import MetaMCPError
-from metamcp.notify import Topic
 
 
 class CliError(Exception):
@@ -127,8 +126,8 @@ def cmd_show(args: argparse.Namespace, db: Database) -> None:
 def _set_active(active: bool) -> Callable[[argparse.Namespace, Database], None]:
     def command(args: argparse.Namespace, db: Database) -> None:
         with db.transaction() as cur:
-            row = _require(repository.set_key_active(cur, args.id, active), args.id)
-            repository.notify_change(cur, Topic.KEYS)
+            _require(repository.get_key(cur, args.id), args.id)
+            row = keys.set_active(cur, args.id, active)
         emit(args, [row])
 
     return command
@@ -136,9 +135,8 @@ def _set_active(active: bool) -> Callable[[argparse.Namespace, Database], None]:
 
 def cmd_delete(args: argparse.Namespace, db: Database) -> None:
     with db.transaction() as cur:
-        row = _require(repository.get_key(cur, args.id), args.id)
-        repository.delete_key(cur, args.id)
-        repository.notify_change(cur, Topic.KEYS)
+        _require(repository.get_key(cur, args.id), args.id)
+        row = keys.delete(cur, args.id)
     if args.json:
         print(json.dumps({"deleted": row["id"]}))
     else:
@@ -148,7 +146,7 @@ def cmd_delete(args: argparse.Namespace, db: Database) -> None:
 def cmd_rotate(args: argparse.Namespace, db: Database) -> None:
     with db.transaction() as cur:
         old = _require(repository.get_key(cur, args.id), args.id)
-        repository.set_key_active(cur, args.id, False)
+        keys.set_active(cur, args.id, False)
         row, plain = keys.create(cur, old["name"], old["role"], old["namespaces"] if old["scoped"] else None,
                                  old["rate_limit"])
     if not args.json:

@@ -14,7 +14,9 @@ gateway does not answer `server/discover`.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -46,8 +48,8 @@ CALLS = 6
 
 
 class Cluster:
-    def __init__(self, proxy: RoundRobinProxy, key: str, db: Database) -> None:
-        self.proxy, self.key, self.db = proxy, key, db
+    def __init__(self, proxy: RoundRobinProxy, key: str, db: Database, gateways: list[Gunicorn]) -> None:
+        self.proxy, self.key, self.db, self.gateways = proxy, key, db, gateways
         self.url = f"{proxy.url}/metamcp/scale/mcp"
 
     def client(self, mode: str, body: Callable[[Client], Awaitable[T]], **options: Any) -> T:
@@ -102,7 +104,7 @@ def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             rest("PUT", f"/namespaces/{namespace}/servers/{server}", {"status": "active"})
         rest("POST", "/endpoints", {"name": "scale", "namespace_id": namespace, "auth": {"api_key": True}})
         proxy = RoundRobinProxy([("127.0.0.1", g.port) for g in gateways])
-        yield Cluster(proxy, key, db)
+        yield Cluster(proxy, key, db, gateways)
     finally:
         if proxy is not None:
             proxy.close()
@@ -183,3 +185,87 @@ def test_a_2025_client_is_served_by_alternating_processes(cluster: Cluster) -> N
         [call] = cluster.proxy.sent_to(f'"{name}__ask_user"'.encode(), since=before)
         answers = cluster.proxy.sent_to(f"Grace for {name}?".encode(), since=before)
         assert answers == [1 - call], f"{name}: the answer reached the process holding the call"
+    # The session was made by one process and served by both.
+    [made] = cluster.proxy.sent_to(b'"initialize"', since=before)
+    assert 1 - made in cluster.proxy.sent_to(b'"tools/call"', since=before)
+
+
+class Direct:
+    """A 2025-11-25 session on one gateway process, without the proxy (requests, raw JSON-RPC)."""
+
+    def __init__(self, gateway: Gunicorn, key: str) -> None:
+        self.url = f"{gateway.url}/metamcp/scale/mcp"
+        self.headers = {"X-API-Key": key, "Accept": "application/json, text/event-stream",
+                        "MCP-Protocol-Version": "2025-11-25"}
+        reply = self.post("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                         "clientInfo": {"name": "direct", "version": "1"}})
+        self.headers["Mcp-Session-Id"] = reply.headers["Mcp-Session-Id"]
+
+    def post(self, method: str, params: dict[str, Any]) -> requests.Response:
+        reply = requests.post(self.url, headers=self.headers, timeout=30,
+                              json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        assert reply.status_code == 200, reply.text
+        return reply
+
+
+def test_a_registry_change_on_one_process_is_served_by_the_other_within_a_second(cluster: Cluster) -> None:
+    """A server registered and attached through process A is in the tools process B lists
+    within 1 s (B's catalog was warm: the change reaches it by NOTIFY, not by a cold cache)."""
+    first, second = cluster.gateways
+    other = Direct(second, cluster.key)
+    assert "dual__add" in other.post("tools/list", {}).text  # B's catalog is filled and cached
+
+    def rest(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        reply = requests.request(method, f"{first.url}/api/v1{path}", json=body,
+                                 headers={"X-API-Key": cluster.key}, timeout=30)
+        assert reply.status_code in (200, 201, 204), reply.text
+        return reply.json() if reply.content else None
+
+    namespace = next(n for n in rest("GET", "/namespaces")["namespaces"] if n["name"] == "scale")
+    dual = next(s for s in rest("GET", "/mcp/servers")["servers"] if s["name"] == "dual")
+    server = rest("POST", "/mcp/servers", {"name": "extra", "transport": "streamable_http", "url": dual["url"]})
+    try:
+        rest("PUT", f"/namespaces/{namespace['id']}/servers/{server['id']}", {"status": "active"})
+        changed = time.monotonic()
+        seen = None
+        while time.monotonic() - changed < 3:  # bounded; the figure asserted is 1 s
+            if "extra__add" in other.post("tools/list", {}).text:
+                seen = time.monotonic() - changed
+                break
+            time.sleep(0.02)
+        assert seen is not None and seen < 1.0, f"process B saw the change after {seen} s"
+        print(f"registry change seen by the other process after {seen * 1000:.0f} ms")
+    finally:
+        rest("DELETE", f"/mcp/servers/{server['id']}")
+
+
+def _parent(pid: int) -> int:
+    # /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ")".
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_the_audit_log_holds_the_calls_of_both_processes(cluster: Cluster) -> None:
+    """One 2025 session's calls through the proxy reach both processes; each process writes
+    its own audit rows (one session, two worker pids, one under each gateway's master)."""
+    started = time.time()  # rows of earlier tests may still be arriving: these arrived later
+
+    async def calls(client: Client) -> None:
+        for n in range(4):
+            assert text(await client.call_tool("dual__add", {"a": n, "b": 100})) == str(n + 100)
+
+    cluster.client("legacy", calls)
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 5  # each process writes its batch within about 0.5 s
+    while len(rows) < 4 and time.monotonic() < deadline:
+        with cluster.db.transaction() as cur:
+            cur.execute("SELECT session_id, pid, outcome, key_name, duration_ms FROM audit_log"
+                        " WHERE at >= to_timestamp(%s) AND kind = 'call' AND target = 'dual__add' ORDER BY id",
+                        (started,))
+            rows = [dict(r) for r in cur.fetchall()]
+        time.sleep(0.05)
+    assert len(rows) == 4, rows
+    assert {(r["outcome"], r["key_name"]) for r in rows} == {("ok", "scale")}
+    assert len({r["session_id"] for r in rows}) == 1 and rows[0]["session_id"]
+    pids = {r["pid"] for r in rows}
+    assert len(pids) == 2, rows
+    assert {_parent(pid) for pid in pids} == {g.proc.pid for g in cluster.gateways}

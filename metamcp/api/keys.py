@@ -19,8 +19,6 @@ from metamcp.api.key_schemas import (
     NewKeySchema,
 )
 from metamcp.db import Database
-from metamcp.errors import NotFound
-from metamcp.notify import Topic
 
 blp = Blueprint("keys", __name__, url_prefix="/api/v1/keys",
                 description="API keys: only hashes are stored; admin keys manage, client keys use MCP "
@@ -79,6 +77,4 @@ class KeyById(MethodView):
     def delete(self, key_id: int) -> None:
         """Delete an API key (its JWTs stop working)"""
         with _db().transaction() as cur:
-            if not repository.delete_key(cur, key_id):
-                raise NotFound(f"No API key with id {key_id}.")
-            repository.notify_change(cur, Topic.KEYS)
+            keys.delete(cur, key_id)
