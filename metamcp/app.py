@@ -195,11 +195,16 @@ class CountedBody:
         self._observation = observation
 
     def __iter__(self) -> Any:
-        for chunk in self._body:
-            self._observation.bytes_out += len(chunk)
-            yield chunk
+        logs.streaming(self._observation.request_id)  # what is logged meanwhile carries the id
+        try:
+            for chunk in self._body:
+                self._observation.bytes_out += len(chunk)
+                yield chunk
+        finally:
+            logs.streaming(None)
 
     def close(self) -> None:
+        logs.streaming(None)
         close = getattr(self._body, "close", None)
         if close is not None:
             close()

@@ -20,6 +20,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
 from typing import Any
 
 from metamcp import observe
@@ -134,13 +135,23 @@ class Redactor(logging.Filter):
         return True
 
 
+#: The request whose streamed answer this thread is sending: observe.current() is reset once
+#: the view has returned, yet what is logged while the stream runs belongs to that request.
+_streaming: ContextVar[str | None] = ContextVar("metamcp_streaming_request", default=None)
+
+
+def streaming(request_id: str | None) -> None:
+    """Records this thread writes from now on carry `request_id` (None: no longer)."""
+    _streaming.set(request_id)
+
+
 class RequestContext(logging.Filter):
     """Gives a record the id of the request its thread serves (metamcp.observe), if any."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             observation = observe.current()
-            record.request_id = observation.request_id if observation is not None else None
+            record.request_id = observation.request_id if observation is not None else _streaming.get()
         return True
 
 

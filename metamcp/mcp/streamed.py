@@ -5,6 +5,7 @@ requests of its client relayed, and input needed across eras, in one leg per cli
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import queue
@@ -306,8 +307,8 @@ class Streamed:
         try:
             if self.session.modern:  # a request from outside the call may end the leg while
                 # the reader waits on the upstream: the reader must not be this thread
-                threading.Thread(target=self.pump, args=(messages.put, False), daemon=True,
-                                 name="metamcp-leg").start()
+                threading.Thread(target=contextvars.copy_context().run, args=(self.pump, messages.put, False),
+                                 daemon=True, name="metamcp-leg").start()  # logged with the request's id
             else:
                 self.pump(messages.put, stream=False)
             while (message := messages.get()) is not None:

@@ -6,6 +6,7 @@ No web framework here: the views wrap these bodies in their responses.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import queue
@@ -131,8 +132,9 @@ class Streams:
                 self._catalog.on_notification(outcome.server, message)
             messages.put(message)
 
-        # The pump runs on a pool thread, so this one can send keep-alives meanwhile.
-        self._pumps.submit(outcome.pump, put)
+        # The pump runs on a pool thread, so this one can send keep-alives meanwhile; in this
+        # thread's context, so what it logs carries the request's id (metamcp.logs).
+        self._pumps.submit(contextvars.copy_context().run, outcome.pump, put)
         return messages
 
     def _call_events(self, messages: queue.SimpleQueue[dict[str, Any] | None],
