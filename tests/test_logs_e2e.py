@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import secrets
-import signal
 import sys
 import time
 from pathlib import Path
@@ -175,7 +174,7 @@ def test_no_secret_in_any_log_line_and_an_access_line_per_request(database_url: 
         assert len(request_ids) == len(client.sent)
         wait_for_lines(gateway, request_ids)
     finally:
-        gateway.stop(signal.SIGTERM)
+        gateway.stop()
         upstream.stop()
     output = gateway.output()
     os.unlink(gateway.log.name)
