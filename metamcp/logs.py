@@ -118,7 +118,10 @@ class Redactor(logging.Filter):
     """Replaces secrets in a record's message, exception text and access fields; never drops it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad log call: the handler reports it, as without us
+            return True
         clean = redact(message)
         if clean is not message:
             record.msg, record.args = clean, None

@@ -237,6 +237,13 @@ def test_secrets_are_redacted_from_messages_arguments_exceptions_and_access_fiel
     assert records[-1]["tool"] == "[redacted]" and records[-1]["key_name"] == "named [redacted]"
 
 
+def test_a_bad_log_call_does_not_raise_into_the_caller(as_json: Captured, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # as in production: reported, not raised
+    as_json.logger.info("%s and %s", "one")
+    as_json.logger.info("next")
+    assert [r["message"] for r in as_json.records()] == ["next"]
+
+
 def test_what_is_not_a_secret_is_left_alone(as_json: Captured) -> None:
     plain = ["tool mcp_github_create_pull_request called", "key mcp_AbCd1234 (prefix shown by the API)",
              "Send 'Authorization: Bearer <token or API key>'", "a bearer credential", "http://127.0.0.1:8080/mcp",
