@@ -77,8 +77,17 @@ class Services:
     purger: SessionPurger | None = None
     subscriptions: Subscriptions | None = None
 
-    def close(self) -> None:
-        """Release what this process holds: the listener, upstream sessions, connections."""
+    def stop(self, grace: float = 0.0) -> None:
+        """Begin to stop (the worker got SIGTERM or SIGINT), so the requests in flight end:
+        upstream calls still in flight after `grace` seconds (at once when none is) are answered
+        that the gateway is stopping, then the standing streams end. Idempotent."""
+        self.gateway.pool.stop(grace)
+        self.streams.stop()
+
+    def close(self, wait: float = 10.0) -> None:
+        """Release what this process holds: the listener, upstream sessions, connections.
+        Upstream clients get at most `wait` seconds to close (see Pool.close)."""
+        self.stop()
         if self.purger is not None:
             self.purger.stop()
         if self.subscriptions is not None:
@@ -86,7 +95,7 @@ class Services:
         if self.listener is not None:
             self.listener.stop()
         self.sse.close()
-        self.gateway.close()
+        self.gateway.close(wait)
         self.db.close()
 
 
