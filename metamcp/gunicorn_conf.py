@@ -127,12 +127,14 @@ def worker_int(worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Close this worker's upstream sessions and connections; then the process ends within
-    EXIT_WAIT seconds even if a thread is stuck in I/O nothing can interrupt."""
+    """Close this worker's upstream sessions and connections; the process ends within EXIT_WAIT
+    seconds of this even if a thread is stuck in I/O that nothing interrupts."""
+    if os.getpid() != worker.pid:
+        return  # the master also calls this, for a worker found dead when it signalled it
+    exit_within(EXIT_WAIT)
     services = _services(worker)
     if services is not None:
-        services.close(wait=EXIT_WAIT)
-    exit_within(EXIT_WAIT)
+        services.close(wait=EXIT_WAIT / 2)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -6,7 +6,8 @@ answers used to hold the worker until gunicorn's graceful_timeout and its SIGKIL
 the worker gives calls in flight a short grace, then answers those still waiting that the
 gateway is stopping and ends its standing streams (Services.stop); on SIGINT (Ctrl-C) it does so
 at once. A thread blocked in what cannot be interrupted (an upstream's handshake, the database)
-no longer holds the exit: after the exit hook, the process ends within EXIT_WAIT seconds.
+no longer holds the exit: from its exit hook on, a worker waits at most EXIT_WAIT seconds for
+its closing and its threads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 #: Seconds the calls in flight at SIGTERM get to finish before they are answered "stopping".
 CALL_GRACE = 0.5
-#: Seconds the process may spend ending its threads after the exit hook.
+#: Seconds a worker may spend from its exit hook on: closing what it holds, joining its threads.
 EXIT_WAIT = 1.0
 
 
@@ -56,13 +57,14 @@ class WorkerStop:
 
 
 def exit_within(seconds: float = EXIT_WAIT) -> None:
-    """End this process `seconds` from now if it has not ended by then (a daemon thread: it
-    dies with the process). For the end of a worker: what still runs then is stuck in I/O
-    nothing interrupts, and would otherwise hold the process until the master's SIGKILL."""
+    """End this process `seconds` from now if it is still closing or joining its threads then
+    (a daemon thread: it dies with the process). For the end of a worker: what still runs then
+    is stuck in I/O that nothing interrupts, and would hold the process until the master's
+    SIGKILL. Its stdio children go with it (see metamcp.mcp.children)."""
 
     def watch() -> None:
         threading.Event().wait(seconds)
-        stuck = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+        stuck = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
         logger.warning("worker %s: %s threads still busy %ss after its exit hook (%s); exiting anyway",
                        os.getpid(), len(stuck), seconds, ", ".join(sorted(stuck)[:10]))
         for stream in (sys.stdout, sys.stderr):

@@ -24,10 +24,12 @@ import pytest
 import requests
 
 from metamcp import crypto, repository
-from metamcp.db import Database
+from metamcp.config import Settings
+from metamcp.db import Database, prepare_database
 from metamcp.mcp.protocol import META_CAPABILITIES, META_VERSION
+from metamcp.notify import Topic
 
-from .conftest import RESET, Gunicorn, child_env, free_port
+from .conftest import RESET, TEST_ENCRYPTION_KEY, TEST_JWT_SECRET, Gunicorn, child_env, free_port
 from .test_children import alive
 from .upstreams import SERVER, UpstreamProcess
 
@@ -94,6 +96,8 @@ class Outcome:
     returncode: int
     workers_left: list[int]
     children_left: list[int]
+    #: The embedded PostgreSQL's postmaster still runs.
+    postmaster_left: bool
     readers: dict[str, Reader]
     log: str
 
@@ -161,27 +165,42 @@ def _wait_for(condition: Any, seconds: float) -> bool:
     return bool(condition())
 
 
-def stop_under_load(database_url: str, data_dir: Path, upstream_url: str, sig: int,
-                    marker: str = MARKER) -> Outcome:
-    """Start a 2-worker gunicorn, load it (see the module docstring), send `sig` to the master
-    and time its exit. Every process it starts is stopped by PID whatever happens."""
+def _registered(database_url: str, upstream_url: str, marker: str) -> str:
+    """Empty tables, an admin key (returned), the hanging upstream and a stdio one."""
     db = Database(database_url, 1)
-    with db.transaction() as cur:
-        cur.execute(RESET)
-        new = crypto.generate_api_key()
-        repository.insert_key(cur, "stop", new.hash, new.prefix, "admin")
-        repository.insert_server(cur, {"name": "hang", "transport": "streamable_http", "url": upstream_url})
-        repository.insert_server(cur, {"name": "kid", "transport": "stdio", "command": sys.executable,
-                                       "args": [str(SERVER), "--transport", "stdio", "--name", marker]})
-    db.close()
-    key = new.plain
+    try:
+        with db.transaction() as cur:
+            cur.execute(RESET)
+            new = crypto.generate_api_key()
+            repository.insert_key(cur, "stop", new.hash, new.prefix, "admin")
+            repository.insert_server(cur, {"name": "hang", "transport": "streamable_http", "url": upstream_url})
+            repository.insert_server(cur, {"name": "kid", "transport": "stdio", "command": sys.executable,
+                                           "args": [str(SERVER), "--transport", "stdio", "--name", marker]})
+            repository.notify_change(cur, Topic.SERVERS)
+    finally:
+        db.close()
+    return new.plain
+
+
+def stop_under_load(database_url: str | None, data_dir: Path, upstream_url: str, sig: int,
+                    marker: str = MARKER) -> Outcome:
+    """Start a 2-worker gunicorn (on the embedded PostgreSQL in `data_dir` when `database_url`
+    is None), load it (see the module docstring), send `sig` to the master and time its exit.
+    Every process it starts is stopped by PID whatever happens."""
     env = child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(data_dir), METAMCP_WORKERS="2",
                     METAMCP_KEEPALIVE_SECONDS="0.5", METAMCP_RATE_LIMIT="0")
     server = Gunicorn(env, free_port())
     readers: dict[str, Reader] = {}
     kept = requests.Session()  # a client that keeps its connection alive between requests
+    postmaster = None
     try:
-        server.wait_ready()
+        server.wait_ready(timeout=120)
+        if database_url is None:  # attach to the embedded server the master started
+            settings = Settings(data_dir=data_dir, database_url=None, jwt_secret=TEST_JWT_SECRET,
+                                encryption_key=TEST_ENCRYPTION_KEY)
+            database_url = prepare_database(settings)[0]
+            postmaster = int((settings.pgdata / "postmaster.pid").read_text().split()[0])
+        key = _registered(database_url, upstream_url, marker)
         url = server.url
         auth = {"X-API-Key": key}
         namespace = kept.post(url + "/api/v1/namespaces", json={"name": "stop"}, headers=auth, timeout=30)
@@ -236,7 +255,7 @@ def stop_under_load(database_url: str, data_dir: Path, upstream_url: str, sig: i
         for reader in readers.values():
             reader.thread.join(timeout=5)
         return Outcome(seconds, sent, server.proc.returncode, sorted(p for p in workers if alive(p)),
-                       _marked(marker), readers, server.output())
+                       _marked(marker), postmaster is not None and alive(postmaster), readers, server.output())
     finally:
         kept.close()
         for reader in readers.values():
@@ -246,6 +265,8 @@ def stop_under_load(database_url: str, data_dir: Path, upstream_url: str, sig: i
             server.proc.wait(timeout=10)
         for pid in _marked(marker):  # only when the gateway left one (then the test fails)
             os.kill(pid, signal.SIGKILL)
+        if postmaster is not None and alive(postmaster):
+            os.kill(postmaster, signal.SIGQUIT)
         os.unlink(server.log.name)
 
 
@@ -266,7 +287,7 @@ def test_stop_under_load_is_quick_and_complete(sig: int, database_url: str, tmp_
     assert outcome.seconds < STOP_BUDGET, outcome.log[-3000:]
     assert outcome.returncode == 0, outcome.log[-3000:]
     assert outcome.workers_left == [] and "SIGKILL" not in outcome.log, outcome.log[-3000:]
-    assert outcome.children_left == []
+    assert outcome.children_left == [] and not outcome.postmaster_left
     readers = outcome.readers
     # Every stream ended (no reader still waiting), none torn.
     assert {name: (r.ended_at is not None, r.failure) for name, r in readers.items()} == {
