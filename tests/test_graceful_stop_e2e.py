@@ -1,10 +1,12 @@
 """A live 2-worker gunicorn stopped under load (SIGTERM, and SIGINT as Ctrl-C sends it): while
 tools/call hang on an upstream that never answers, streams are open (GET /mcp, legacy SSE,
 2026-07-28 subscriptions/listen) and a stdio child runs, the master and its workers exit within
-STOP_BUDGET seconds, no worker is SIGKILLed, no stdio child is left, a hanging call is answered
-"the gateway is stopping" and a short call in flight still gets its result.
+STOP_BUDGET seconds, no worker is SIGKILLed, no stdio child (nor embedded PostgreSQL) is left, a
+hanging call is answered "the gateway is stopping", and a short call in flight at SIGTERM still
+gets its result (Ctrl-C gives it none).
 
-`stop_under_load` is also what scripts measure the stop with (six tries per signal).
+`stop_under_load` also serves to measure the stop by hand (several tries per signal, or on the
+embedded PostgreSQL with `database_url=None`); the test runs it once per signal.
 """
 
 from __future__ import annotations
