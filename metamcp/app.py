@@ -82,8 +82,17 @@ class Services:
     subscriptions: Subscriptions | None = None
     audit: AuditLog | None = None
 
-    def close(self) -> None:
-        """Release what this process holds: the listener, upstream sessions, connections."""
+    def stop(self, grace: float = 0.0) -> None:
+        """Begin to stop (the worker got SIGTERM or SIGINT), so the requests in flight end:
+        upstream calls still in flight after `grace` seconds (at once when none is) are answered
+        that the gateway is stopping, then the standing streams end. Idempotent."""
+        self.gateway.pool.stop(grace)
+        self.streams.stop()
+
+    def close(self, wait: float = 10.0) -> None:
+        """Release what this process holds: the listener, upstream sessions, connections.
+        Upstream clients get at most `wait` seconds to close (see Pool.close)."""
+        self.stop()
         if self.audit is not None:
             self.audit.stop()  # writes what is queued (bounded)
         if self.purger is not None:
@@ -93,7 +102,7 @@ class Services:
         if self.listener is not None:
             self.listener.stop()
         self.sse.close()
-        self.gateway.close()
+        self.gateway.close(wait)
         self.db.close()
 
 

@@ -15,10 +15,13 @@ import signal
 import sys
 from typing import Any
 
+from gunicorn.workers import gthread
+
 from metamcp import limits, logs
 from metamcp.config import ConfigError, ensure_secrets, load_settings
 from metamcp.db import EmbeddedPostgres, prepare_database
 from metamcp.mcp.children import forget_dead_workers, reap_worker, run_dir
+from metamcp.stopping import EXIT_WAIT, WorkerStop, exit_within
 
 
 def _fail(error: Exception) -> None:
@@ -43,7 +46,15 @@ worker_connections = max(1000, 2 * _settings.threads)
 # MCP calls may legitimately run for minutes; a stuck worker is still noticed through the
 # heartbeat, which gthread workers send from their main loop independently of requests.
 timeout = 120
-graceful_timeout = 20
+# A bound, rarely reached: a worker answers its calls in flight and ends its streams within a
+# second or two of SIGTERM (metamcp.stopping); past this, the master SIGKILLs it.
+graceful_timeout = 5
+# A stopping gthread worker keeps idle kept-alive connections open a while, so that a request a
+# client is sending on one right then gets "Connection: close" rather than a reset. gunicorn
+# keeps them 2 s, most of a 3 s stop; requests already on the wire arrive well within this.
+STOP_KEEPALIVE_LINGER = 0.5
+if hasattr(gthread, "STOP_KEEPALIVE_LINGER"):  # a module constant its worker reads at each use
+    gthread.STOP_KEEPALIVE_LINGER = min(gthread.STOP_KEEPALIVE_LINGER, STOP_KEEPALIVE_LINGER)
 keepalive = 75
 wsgi_app = "metamcp.app:create_app()"
 loglevel = _settings.log_level.lower()
@@ -83,14 +94,21 @@ def on_starting(server: Any) -> None:
     server.log.info("database ready (%s); serving on http://%s:%s", where, _settings.host, _settings.port)
 
 
+def _services(worker: Any) -> Any:
+    return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("metamcp")
+
+
 def post_worker_init(worker: Any) -> None:
-    """On SIGTERM, end the standing SSE streams first, so the graceful stop is quick."""
-    services = getattr(worker.wsgi, "extensions", {}).get("metamcp")
+    """On SIGTERM (a graceful stop), the calls in flight get a short grace, then every request
+    still open ends (metamcp.stopping), so gthread's wait for open connections is short."""
+    services = _services(worker)
+    if services is None:
+        return
+    worker.metamcp_stop = WorkerStop(services)
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: Any) -> None:
-        if services is not None:
-            services.streams.stopping.set()
+        worker.metamcp_stop.ask()
         if callable(previous):
             previous(signum, frame)
 
@@ -98,18 +116,27 @@ def post_worker_init(worker: Any) -> None:
 
 
 def worker_int(worker: Any) -> None:
-    """Ctrl-C (SIGINT) or SIGQUIT: the worker exits now; end its standing streams first."""
-    services = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("metamcp")
-    if services is not None:
-        services.streams.stopping.set()
+    """Ctrl-C (SIGINT) or SIGQUIT: the worker exits now (gunicorn calls sys.exit after this).
+    Its calls and streams end at once, so their threads finish and the process can end."""
+    # Ctrl-C reaches the worker twice (from the terminal, then from the master): a second
+    # SystemExit raised inside worker_exit would cut its cleanup short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    stop = getattr(worker, "metamcp_stop", None)
+    if stop is not None:
+        stop.ask(grace=0.0)
+        stop.done.wait(1.0)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Close this worker's upstream sessions and connections."""
-    app = getattr(worker, "wsgi", None)
-    services = getattr(app, "extensions", {}).get("metamcp")
+    """Close this worker's upstream sessions and connections; the process ends within EXIT_WAIT
+    seconds of this even if a thread is stuck in I/O that nothing interrupts."""
+    if os.getpid() != worker.pid:
+        return  # the master also calls this, for a worker found dead when it signalled it
+    exit_within(EXIT_WAIT)
+    services = _services(worker)
     if services is not None:
-        services.close()
+        services.close(wait=EXIT_WAIT / 2)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from metamcp.mcp.jsonrpc import RpcError
-from metamcp.mcp.upstream.call import UpstreamError, UpstreamTimeout
+from metamcp.mcp.upstream.call import GatewayStopping, UpstreamError, UpstreamTimeout
 from metamcp.mcp.upstream.factory import create_upstream
 from metamcp.mcp.upstream.interface import Upstream
 
@@ -245,6 +245,49 @@ def test_cancel_from_another_thread_stops_the_call(kind: str, servers: Any, conn
     call.close()
     assert log.lines().count(f"received notifications/cancelled {call.request_id}") == 1
     assert text(call_tool(upstream, "echo", message="next")) == "alpha: next"
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_abort_calls_ends_every_call_in_flight_and_later_ones(kind: str, servers: Any, connect: Connect) -> None:
+    """What a stopping worker does (Pool.stop): readers blocked on a silent upstream raise the
+    failure at once, the upstream hears the cancellations, calls made afterwards fail at once."""
+    process, log = servers[kind]
+    upstream = connect(process)
+    upstream.request("ping")
+    log.mark()
+    calls = [upstream.call("tools/call", {"name": "slow", "arguments": {"seconds": 10}}) for _ in range(2)]
+    failures: list[BaseException] = []
+
+    def read(call: Any) -> None:
+        try:
+            list(call)
+        except UpstreamError as e:
+            failures.append(e)
+
+    readers = [threading.Thread(target=read, args=(call,)) for call in calls]
+    for reader in readers:
+        reader.start()
+    assert _wait(lambda: sum(line.startswith("slow start") for line in log.lines()) == 2)
+    assert upstream.calls_in_flight == 2
+    start = time.monotonic()
+    upstream.abort_calls(GatewayStopping("the gateway is stopping"))
+    for reader in readers:
+        reader.join(timeout=2)
+    assert time.monotonic() - start < 1.0 and not any(reader.is_alive() for reader in readers)
+    assert [type(e) for e in failures] == [GatewayStopping, GatewayStopping]
+    for call in calls:
+        assert log.wait_for(f"received notifications/cancelled {call.request_id}")
+        call.close()
+    assert upstream.calls_in_flight == 0
+    with pytest.raises(GatewayStopping):
+        call_tool(upstream, "echo", message="too late")
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
 
 
 @pytest.mark.parametrize("kind", ["sse-replies", "legacy"])

@@ -52,6 +52,6 @@ class Gateway:
         for _, on_drop in self._hearers:
             on_drop(server)
 
-    def close(self) -> None:
-        self.pool.close()
+    def close(self, wait: float = 10.0) -> None:
+        self.pool.close(wait)
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp.children import ChildRecords, run_dir
 from metamcp.mcp.health import Health
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
-from metamcp.mcp.protocol import REQUEST_TIMEOUT, UPSTREAM_ERROR
-from metamcp.mcp.upstream.call import PendingCall, UpstreamError, UpstreamTimeout
+from metamcp.mcp.protocol import REQUEST_TIMEOUT, SERVER_BUSY, UPSTREAM_ERROR
+from metamcp.mcp.upstream.call import GatewayStopping, PendingCall, UpstreamError, UpstreamTimeout
 from metamcp.mcp.upstream.factory import create_upstream
 from metamcp.mcp.upstream.interface import AskClient, ClientMeta, Respond, Upstream, fallback_answer
 from metamcp.servers import ServerConfig, ServerRegistry
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a request waits for another thread's registry reload before using the last one.
 RELOAD_WAIT = 1.0
+#: What the client of a call in flight when the process stops is told (it may retry elsewhere).
+STOPPING = "The gateway is stopping; retry the request"
 
 
 def client_error(server: str, error: UpstreamError | None = None) -> RpcError:
@@ -41,6 +44,8 @@ def client_error(server: str, error: UpstreamError | None = None) -> RpcError:
     """
     if isinstance(error, UpstreamTimeout):
         return RpcError(REQUEST_TIMEOUT, f"Upstream server {server!r} timed out")
+    if isinstance(error, GatewayStopping):
+        return RpcError(SERVER_BUSY, STOPPING)
     return RpcError(UPSTREAM_ERROR, f"Upstream server {server!r} is unavailable")
 
 
@@ -76,6 +81,8 @@ class Pool:
         #: Stdio children this process may run at once.
         self._children = threading.BoundedSemaphore(settings.stdio_max_children)
         self._child_records = ChildRecords(run_dir(settings.data_dir))
+        #: Set by stop(): what every call ends with from then on.
+        self._stopped: GatewayStopping | None = None
 
     # --- the registry ------------------------------------------------------------------------
 
@@ -158,7 +165,7 @@ class Pool:
                      "idle_timeout": self._settings.stdio_idle_timeout,
                      "children": self._children, "records": self._child_records,
                      "stdio_policy": StdioPolicy.from_settings(self._settings)}
-        return create_upstream(
+        upstream = create_upstream(
             config,
             connect_timeout=self._settings.upstream_connect_timeout,
             read_timeout=self._settings.upstream_timeout,
@@ -167,6 +174,9 @@ class Pool:
             policy=self._settings.upstream_policy,
             **extra,
         )
+        if self._stopped is not None:
+            upstream.abort_calls(self._stopped)
+        return upstream
 
     def _heard(self, server: str, message: dict[str, Any]) -> None:
         if self.on_notification is not None:
@@ -186,8 +196,7 @@ class Pool:
         try:
             call = self.client(server).call(method, params, client=client)
         except UpstreamError as e:
-            self._health.record_failure(server, str(e))
-            raise client_error(server, e) from None
+            raise self._failed(server, e) from None
         return call
 
     def request(self, server: str, method: str, params: dict[str, Any],
@@ -196,8 +205,7 @@ class Pool:
         try:
             result = self.client(server).request(method, params, client=client)
         except UpstreamError as e:
-            self._health.record_failure(server, str(e))
-            raise client_error(server, e) from None
+            raise self._failed(server, e) from None
         self._health.record_success(server)
         return result
 
@@ -207,10 +215,36 @@ class Pool:
         try:
             self.client(server).subscribe(uri)
         except UpstreamError as e:
-            self._health.record_failure(server, str(e))
-            raise client_error(server, e) from None
+            raise self._failed(server, e) from None
 
-    def close(self) -> None:
+    def _failed(self, server: str, error: UpstreamError) -> RpcError:
+        """Record an upstream's failure (not a call ended by stop()); what its client is told."""
+        if not isinstance(error, GatewayStopping):
+            self._health.record_failure(server, str(error))
+        return client_error(server, error)
+
+    # --- the end ---------------------------------------------------------------------------------
+
+    def stop(self, grace: float = 0.0) -> None:
+        """The process stops: calls still in flight after `grace` seconds (at once when none is)
+        end with GatewayStopping, so their threads are free at once; so do calls made later.
+        Clients stay open (close() closes them). Returns once every reader is interrupted."""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(c.calls_in_flight for c in self._kept()):
+            time.sleep(0.02)
+        with self._lock:
+            self._stopped = GatewayStopping("the gateway is stopping")  # also the upstream's reason
+        for client in self._kept():
+            client.abort_calls(self._stopped)
+
+    def _kept(self) -> list[Upstream]:
+        with self._lock:
+            return [client for _, client in self._state.clients.values()]
+
+    def close(self, wait: float = 10.0) -> None:
+        """Close every kept client, in parallel, waiting at most `wait` seconds for them (a
+        stdio child gets its grace periods before SIGKILL; one still stopping after `wait`
+        goes with this process: the master reaps what it leaves, see metamcp.mcp.children)."""
         with self._lock:
             clients = [c for _, c in self._state.clients.values()]
             self._state = _State()
@@ -218,5 +252,6 @@ class Pool:
         closers = [threading.Thread(target=c.close, daemon=True) for c in clients]
         for closer in closers:
             closer.start()
+        deadline = time.monotonic() + wait
         for closer in closers:
-            closer.join(timeout=10)  # a stdio child gets its grace periods before SIGKILL
+            closer.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -52,7 +52,8 @@ UPSTREAM_ERROR = -32010
 #: Over a limit (HTTP 429 with Retry-After): the key's request rate or in-flight calls, or too
 #: many failed authentications from the client's address.
 TOO_MANY_REQUESTS = -32011
-#: The worker has no room for another long call or stream (HTTP 503 with Retry-After).
+#: The worker has no room for another long call or stream (HTTP 503 with Retry-After), or
+#: it stops and ended the call (metamcp.mcp.pool.Pool.stop).
 SERVER_BUSY = -32012
 #: Codes 2026-07-28 defines: headers that disagree with the body (HTTP 400), a request that
 #: needs a client capability its `_meta` did not declare (HTTP 400), a revision not spoken

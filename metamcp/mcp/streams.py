@@ -92,9 +92,12 @@ class Streams:
         #: Long holders of this worker's threads (tool calls, standing streams), within a budget
         #: that leaves `reserved_threads` for short requests.
         self.budget = ThreadBudget(settings.threads, settings.reserved_threads)
-        #: Set when the worker begins a graceful shutdown: standing streams end.
+        #: Set when the worker begins a graceful shutdown (stop()): standing streams end.
         self.stopping = threading.Event()
         self._hangups = HangupWatch(self.stopping)
+        #: How to wake each standing stream now open (stop() wakes them all at once).
+        self._wakers: set[Callable[[], None]] = set()
+        self._wakers_lock = threading.Lock()
         #: Readers of streamed calls: one per call in flight, so as many as request threads.
         self._pumps = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="metamcp-call")
 
@@ -151,6 +154,15 @@ class Streams:
                 return
             yield _event(message)
 
+    def stop(self) -> None:
+        """The worker stops: every standing stream ends now (a subscriptions/listen stream with
+        its request's result), and any opened later ends after its first event."""
+        self.stopping.set()
+        with self._wakers_lock:
+            wakers = list(self._wakers)
+        for wake in wakers:
+            wake()
+
     def hold(self) -> Callable[[], None]:
         """Take a place for a standing stream (GET listener or legacy SSE) in the thread budget;
         raises Saturated (503) when the worker has none left. Returns the release."""
@@ -164,7 +176,13 @@ class Streams:
         stops: the hang-up watcher queues None to wake it, so an idle stream sleeps until its
         next keep-alive instead of polling."""
         keepalive = self._keepalive
-        watched = self._hangups.watch(client, lambda: messages.put(None))
+
+        def wake() -> None:
+            messages.put(None)
+
+        watched = self._hangups.watch(client, wake)
+        with self._wakers_lock:
+            self._wakers.add(wake)
         try:
             yield first
             quiet_since = time.monotonic()
@@ -185,6 +203,8 @@ class Streams:
                 quiet_since = time.monotonic()
         finally:
             self._hangups.unwatch(watched)
+            with self._wakers_lock:
+                self._wakers.discard(wake)
 
     def open_listener(self, session: Session, client: Any = None,
                       servers: Collection[str] | None = None) -> StreamBody:

@@ -17,7 +17,7 @@ from metamcp.api.errors import error_response
 from metamcp.config import package_version
 from metamcp.mcp.gateway import Gateway
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
-from metamcp.mcp.protocol import JSON_TYPE, REQUEST_TIMEOUT, UPSTREAM_ERROR
+from metamcp.mcp.protocol import JSON_TYPE, REQUEST_TIMEOUT, SERVER_BUSY, UPSTREAM_ERROR
 from metamcp.mcp.transport import Access, authorize
 from metamcp.request_body import read_json
 
@@ -32,11 +32,12 @@ _ERRORS = {
     "429": "Over a limit: the key's request rate or in-flight calls, or failed authentications "
            "from this address (see Retry-After)",
     "502": "The upstream server failed",
-    "503": "This worker is saturated with long calls; retry after Retry-After seconds",
+    "503": "This worker is saturated with long calls, or stopping; retry (after Retry-After seconds)",
     "504": "The upstream server did not answer in time",
 }
 #: REST status of each JSON-RPC code the gateway answers an upstream failure with.
-_STATUS = {UPSTREAM_ERROR: (502, "bad_gateway"), REQUEST_TIMEOUT: (504, "gateway_timeout")}
+_STATUS = {UPSTREAM_ERROR: (502, "bad_gateway"), REQUEST_TIMEOUT: (504, "gateway_timeout"),
+           SERVER_BUSY: (503, "unavailable")}
 _ERROR_SCHEMA = {
     "type": "object",
     "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "details": {}},

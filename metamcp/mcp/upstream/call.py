@@ -1,5 +1,6 @@
 """One call to an upstream in flight: the errors it may end in, PendingCall (the gateway's
-handle on it) and Exchange (an HTTP response one thread reads and any thread can interrupt).
+handle on it), CallSet (a client's calls in flight, ended at once when the process stops) and
+Exchange (an HTTP response one thread reads and any thread can interrupt).
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import http.client
 import inspect
 import itertools
+import logging
 import queue
 import socket
 import threading
@@ -19,6 +21,8 @@ import urllib3.exceptions
 
 from metamcp.errors import MetaMCPError
 from metamcp.mcp import jsonrpc, sse
+
+logger = logging.getLogger(__name__)
 
 #: Largest JSON body we read from an upstream.
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -44,6 +48,12 @@ class UpstreamTimeout(UpstreamError):
     """An upstream did not answer (or connect) in time."""
 
     status, code = 504, "gateway_timeout"
+
+
+class GatewayStopping(UpstreamError):
+    """The call was ended because this process stops (no fault of the upstream)."""
+
+    status, code = 503, "unavailable"
 
 
 def is_response(message: dict[str, Any]) -> bool:
@@ -97,6 +107,10 @@ class PendingCall:
         # to the cyclic garbage collector instead of freeing it at once.
         self._generator: weakref.ref[Generator[dict[str, Any], None, None]] | None = None
         self._started = self._answered = self._stopped = self._released = False
+        #: What the reader's iteration raises once stopped by abort() (cancel() just ends it).
+        self._failure: UpstreamError | None = None
+        #: The CallSet that holds this call while it is in flight.
+        self._owner: CallSet | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         with self._lock:
@@ -104,17 +118,22 @@ class PendingCall:
                 raise RuntimeError("a PendingCall can be iterated only once")
             self._started = True
             if self._stopped:
-                return iter(())
+                return self._ended()
             self._reader = threading.get_ident()
         generator = self._iterate()
         self._generator = weakref.ref(generator)
         return generator
 
+    def _ended(self) -> Iterator[dict[str, Any]]:
+        if self._failure is not None:
+            raise self._failure
+        yield from ()
+
     def _iterate(self) -> Generator[dict[str, Any], None, None]:
         try:
             for message in self._messages:
                 if self._stopped:
-                    return
+                    break
                 if is_response(message):
                     self._answered = True  # before yielding: closing after this sends no cancel
                     yield message
@@ -132,6 +151,8 @@ class PendingCall:
                 self._reader = None
             # Never I/O here: this also runs when a forgotten generator is garbage-collected.
             self._release_once(polite=False)
+        if self._failure is not None:
+            raise self._failure
 
     @property
     def answered(self) -> bool:
@@ -146,9 +167,17 @@ class PendingCall:
         """cancel() if the response has not arrived yet, else just release resources."""
         self._stop(None)
 
-    def _stop(self, reason: str | None) -> None:
+    def abort(self, failure: UpstreamError) -> None:
+        """cancel() on the gateway's behalf: the reader's iteration raises `failure` instead of
+        simply ending, and the upstream is told `failure.message` as the reason. Idempotent."""
+        self._stop(failure.message, failure)
+
+    def _stop(self, reason: str | None, failure: UpstreamError | None = None, tell: bool = True) -> bool:
+        """Stop the call; whether the upstream is owed a cancellation (sent here if `tell`)."""
         with self._lock:
             first, self._stopped = not self._stopped, True
+            if first and failure is not None and not self._answered:
+                self._failure = failure
             answered, reader = self._answered, self._reader
         if answered:
             self._release_once(polite=True)  # the reader has had its response: nobody reads
@@ -163,15 +192,71 @@ class PendingCall:
             generator.close()
             self._release_once(polite=False)  # in case it never started (then no finally ran)
         # Otherwise another thread is reading: interrupted, it releases when it returns.
-        if first and not answered:
+        owed = first and not answered
+        if owed and tell:
             self._send_cancelled(reason)
+        return owed
 
     def _release_once(self, polite: bool) -> None:
         with self._lock:
             if self._released:
                 return
             self._released = True
+            owner = self._owner
+        if owner is not None:
+            owner.discard(self)
         self._release(polite)
+
+
+class CallSet:
+    """One client's calls in flight (until released), so that a stopping process can end them
+    all at once: abort_all() interrupts every reader, and calls added afterwards end at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Weak: a forgotten call must still be garbage-collected (and so released).
+        self._calls: weakref.WeakSet[PendingCall] = weakref.WeakSet()
+        self._failure: UpstreamError | None = None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._calls)
+
+    def add(self, call: PendingCall) -> PendingCall:
+        """Hold `call` while it is in flight; returns it."""
+        with self._lock:
+            failure = self._failure
+            if failure is None:
+                self._calls.add(call)
+                call._owner = self
+        if failure is not None:
+            call.abort(failure)  # made while the process stops
+        return call
+
+    def discard(self, call: PendingCall) -> None:
+        with self._lock:
+            self._calls.discard(call)
+
+    def abort_all(self, failure: UpstreamError) -> None:
+        """End every call with `failure` (PendingCall.abort), now and for calls added later.
+
+        Returns once every reader is interrupted; the upstream is told of the cancellations on
+        a thread of its own (a hung upstream may take its whole timeout to take each one)."""
+        with self._lock:
+            self._failure = failure
+            calls = list(self._calls)
+        owed = [call for call in calls if call._stop(failure.message, failure, tell=False)]
+        if owed:
+            threading.Thread(target=_tell_cancelled, args=(owed, failure.message), daemon=True,
+                             name="metamcp-cancel").start()
+
+
+def _tell_cancelled(calls: list[PendingCall], reason: str) -> None:
+    for call in calls:
+        try:
+            call._send_cancelled(reason)
+        except Exception:  # noqa: BLE001 - best effort on a thread of its own: the rest still go
+            logger.debug("telling an upstream of a cancelled call failed", exc_info=True)
 
 
 class Exchange:

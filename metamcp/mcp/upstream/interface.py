@@ -39,6 +39,7 @@ from metamcp.mcp.protocol import (
     MODERN_VERSION,
 )
 from metamcp.mcp.upstream.call import (
+    CallSet,
     Inbox,
     PendingCall,
     UpstreamError,
@@ -103,6 +104,8 @@ class Upstream(abc.ABC):
         #: Changes of the watched set, and the last change an acknowledged stream included.
         self._filter_generation = self._acked_generation = 0
         self._watch = threading.Condition()
+        #: Calls in flight: the transports add each PendingCall they make.
+        self._calls = CallSet()
 
     @property
     def server_info(self) -> dict[str, Any] | None:
@@ -196,6 +199,15 @@ class Upstream(abc.ABC):
             cursor = result["nextCursor"]
         logger.warning("upstream %s: %s stopped after %s pages", self.name, method, MAX_PAGES)
         return items
+
+    @property
+    def calls_in_flight(self) -> int:
+        return len(self._calls)
+
+    def abort_calls(self, failure: UpstreamError) -> None:
+        """End every call in flight with `failure` (their readers are interrupted now), and every
+        call made from now on (the process stops: see Pool.stop)."""
+        self._calls.abort_all(failure)
 
     def close(self) -> None:
         """Stop background threads and release what the transport holds. Idempotent."""

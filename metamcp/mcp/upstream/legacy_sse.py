@@ -67,10 +67,11 @@ class LegacySseUpstream(HttpUpstream):
                 cancel["reason"] = reason
             self._post_quietly(conn, jsonrpc.notification("notifications/cancelled", cancel))
 
-        return PendingCall(request_id, self._inbox_replies(inbox, timeout, action),
+        call = PendingCall(request_id, self._inbox_replies(inbox, timeout, action),
                            interrupt=lambda: inbox.put(None),
                            release=lambda _polite: conn.forget(request_id),
                            send_cancelled=send_cancelled, respond=lambda m: self._respond(conn, m))
+        return self._calls.add(call)
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         action = f"sending {method}"

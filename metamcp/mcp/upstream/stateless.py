@@ -179,7 +179,7 @@ class StatelessHttpUpstream(HttpUpstream):
                            release=lambda polite: exchange.release(DRAIN_SECONDS if polite else 0.0),
                            send_cancelled=lambda _reason: None, respond=respond)
         call.modern = True
-        return call
+        return self._calls.add(call)
 
     def _modern_exchange(self, era: Era, exchange: Exchange, message: dict[str, Any],
                          timeout: float | None, action: str) -> Iterator[dict[str, Any]]:

@@ -102,7 +102,7 @@ class StdioUpstream(Upstream):
                            release=lambda _polite: child.forget(request_id),
                            send_cancelled=send_cancelled, respond=lambda m: _write_quietly(child, m))
         call.modern = child.modern
-        return call
+        return self._calls.add(call)
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         """To the child; 2026-07-28 has no roots/list_changed (roots are asked per call): dropped."""

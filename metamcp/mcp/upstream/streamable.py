@@ -128,9 +128,10 @@ class StreamableHttpUpstream(StatelessHttpUpstream):
 
         messages = self._exchange(exchange, jsonrpc.request(request_id, method, params), sent,
                                   timeout, action)
-        return PendingCall(request_id, messages, interrupt=exchange.interrupt,
+        call = PendingCall(request_id, messages, interrupt=exchange.interrupt,
                            release=lambda polite: exchange.release(DRAIN_SECONDS if polite else 0.0),
                            send_cancelled=send_cancelled, respond=respond)
+        return self._calls.add(call)
 
     def _exchange(self, exchange: Exchange, message: dict[str, Any], sent: list[_Session],
                   timeout: float | None, action: str) -> Iterator[dict[str, Any]]:
