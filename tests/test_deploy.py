@@ -12,6 +12,8 @@ import ast
 import configparser
 import multiprocessing
 import re
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -137,6 +139,16 @@ def test_every_deployment_yaml_parses() -> None:
     for doc in manifests():
         assert {"apiVersion", "kind", "metadata"} <= doc.keys(), doc
         assert "namespace" not in doc["metadata"], "the manifests are namespace-agnostic"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders_the_manifests_offline() -> None:
+    """`kubectl kustomize deploy/kubernetes` (what `kubectl apply -k` sends): no cluster needed."""
+    rendered = subprocess.run(["kubectl", "kustomize", str(KUBE)], capture_output=True, text=True,
+                              timeout=60, check=False)
+    assert rendered.returncode == 0, rendered.stderr
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(rendered.stdout) if doc)
+    assert kinds == sorted(doc["kind"] for doc in manifests())
 
 
 def test_kubernetes_has_two_replicas_a_service_a_secret_and_a_disruption_budget() -> None:
