@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
 from prometheus_client import REGISTRY
+from werkzeug.test import TestResponse
 
 from metamcp import metrics, observe
 from metamcp.app import create_app
@@ -22,9 +25,13 @@ from metamcp.config import ConfigError, Settings, load_settings
 from metamcp.db import Database
 from metamcp.limits import LimitExceeded, Limits
 from metamcp.mcp.capacity import Admission, Saturated, ThreadBudget
+from metamcp.mcp.upstream.stdio import StdioUpstream
 from metamcp.observe import ERROR, OK, TOOL_ERROR, Observation
 
 from .conftest import ROOT, TEST_ENCRYPTION_KEY, TEST_JWT_SECRET, child_env
+from .test_stdio import config as stdio_config
+from .test_stdio import echo as stdio_echo
+from .test_stdio import make  # noqa: F401 - fixture
 
 TOKEN = "m" * 40
 
@@ -152,6 +159,23 @@ def test_database_transactions_are_timed_and_connections_in_use_counted(database
         database.close()
 
 
+def test_stdio_children_running_and_restarts(make: Callable[..., StdioUpstream]) -> None:  # noqa: F811
+    running = value("metamcp_stdio_children", server="kid")
+    restarts = value("metamcp_stdio_restarts_total", server="kid")
+    upstream = make(stdio_config())
+    assert stdio_echo(upstream, "one")
+    assert value("metamcp_stdio_children", server="kid") == running + 1
+    os.kill(upstream.state()["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while upstream.state()["running"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stdio_echo(upstream, "two")
+    assert value("metamcp_stdio_restarts_total", server="kid") == restarts + 1
+    assert value("metamcp_stdio_children", server="kid") == running + 1  # the dead one left, the new one runs
+    upstream.close()
+    assert value("metamcp_stdio_children", server="kid") == running
+
+
 def test_audit_dropped_counts_what_it_is_told() -> None:
     before = value("metamcp_audit_dropped_total")
     metrics.audit_dropped()
@@ -271,8 +295,6 @@ def test_public_metrics_and_metrics_off(settings: Settings, db: Database) -> Non
 
 def test_record_costs_microseconds(enabled: metrics.Instruments) -> None:
     """The sink runs after every response; a tools/call's record stays in microseconds."""
-    import time
-
     obs = observation(duration=0.002, mcp_method="tools/call")
     op = obs.operation("tools/call", "bench__t")
     op.routed("bench", "t")
