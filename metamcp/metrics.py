@@ -15,10 +15,12 @@ matched no registered tool never becomes a label).
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from metamcp.observe import ERROR, OK, Observation
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 #: Seconds; the gateway's own share of a call is usually well under a millisecond.
 GATEWAY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -198,68 +201,101 @@ def gateway_seconds(duration: float, upstream: float) -> float:
 # --- instrumentation points -----------------------------------------------------------------
 
 
+def _guarded(point: Callable[P, None]) -> Callable[P, None]:
+    """An instrumentation point never fails its caller (a database transaction, an admission):
+    a metric that cannot be written is logged once per process and the caller goes on."""
+
+    @functools.wraps(point)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+        global _failed
+        try:
+            point(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - boundary: serving matters more than counting
+            if not _failed:
+                _failed = True
+                logger.exception("recording a metric failed; later failures are not logged")
+
+    return guarded
+
+
+_failed = False
+
+
+@_guarded
 def call_admitted() -> None:
     if _on is not None:
         _on.in_flight.inc()
 
 
+@_guarded
 def call_released() -> None:
     if _on is not None:
         _on.in_flight.dec()
 
 
+@_guarded
 def upstream_succeeded(server: str) -> None:
     if _on is not None:
         _on.upstream_up(server).set(1)
 
 
+@_guarded
 def upstream_failed(server: str) -> None:
     if _on is not None:
         _on.upstream_up(server).set(0)
         _on.upstream_failures(server).inc()
 
 
+@_guarded
 def child_started(server: str) -> None:
     if _on is not None:
         _on.stdio_children(server).inc()
 
 
+@_guarded
 def child_stopped(server: str) -> None:
     if _on is not None:
         _on.stdio_children(server).dec()
 
 
+@_guarded
 def child_crashed(server: str) -> None:
     if _on is not None:
         _on.stdio_restarts(server).inc()
 
 
+@_guarded
 def limit_rejected(kind: str) -> None:
     if _on is not None:
         _on.limit_rejections(kind).inc()
 
 
+@_guarded
 def db_checked_out() -> None:
     if _on is not None:
         _on.db_in_use.inc()
 
 
+@_guarded
 def db_returned(seconds: float) -> None:
     if _on is not None:
         _on.db_in_use.dec()
         _on.db_seconds.observe(seconds)
 
 
+@_guarded
 def session_created() -> None:
     if _on is not None:
         _on.sessions_created.inc()
 
 
+@_guarded
 def sessions_ended(reason: str, count: int = 1) -> None:
     if _on is not None and count > 0:
         _on.sessions_ended(reason).inc(count)
 
 
+@_guarded
 def audit_dropped(n: int = 1) -> None:
     """The audit queue was full and `n` records were dropped."""
     if _on is not None and n > 0:

@@ -144,6 +144,27 @@ def test_limits_and_admission_count_rejections_and_calls_in_flight() -> None:
     assert value("metamcp_tool_calls_in_flight") == in_flight
 
 
+class Broken:
+    """A metric whose file cannot be written (a full disk)."""
+
+    def inc(self, amount: float = 1) -> None:
+        raise OSError(28, "No space left on device")
+
+    dec = inc
+
+
+def test_a_metric_that_cannot_be_written_never_fails_the_caller(
+        enabled: metrics.Instruments, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(enabled, "in_flight", Broken())
+    monkeypatch.setattr(metrics, "_failed", False)
+    budget = ThreadBudget(threads=2, reserved=1)
+    release = Admission(Limits(0, 0, 0), budget).call(None)
+    assert budget.held == 1
+    release()
+    assert budget.held == 0  # released in full although the gauge could not be written
+    assert len([r for r in caplog.records if "recording a metric failed" in r.getMessage()]) == 1
+
+
 def test_database_transactions_are_timed_and_connections_in_use_counted(database_url: str) -> None:
     database = Database(database_url, 2)
     try:
