@@ -99,7 +99,8 @@ def on_starting(server: Any) -> None:
         try:
             _metrics_dir, _metrics_dir_made = metrics.prepare_directory(_settings.metrics_dir)
         except OSError as error:
-            _fail(ConfigError("PROMETHEUS_MULTIPROC_DIR", f"cannot prepare {error.filename}: {error.strerror}"))
+            where = error.filename or "a temporary directory"
+            _fail(ConfigError("PROMETHEUS_MULTIPROC_DIR", f"cannot prepare {where}: {error.strerror}"))
         os.environ[metrics.MULTIPROC_ENV] = str(_metrics_dir)
     stale = forget_dead_workers(run_dir(_settings.data_dir))
     if stale:

@@ -148,7 +148,7 @@ def test_tool_calls_of_both_workers_are_summed_and_split_into_upstream_and_gatew
     total = delta("metamcp_tool_call_seconds_sum", **TOOL)
     client = sum(waited)
     assert upstream >= calls * SLEEP  # the upstream slept that long in each call
-    assert 0 < gateway < calls * 0.05, gateway  # the gateway's share: positive, milliseconds at most
+    assert 0 < gateway < calls * 0.1, gateway  # the gateway's share: positive, a few milliseconds
     assert upstream + gateway == pytest.approx(total, abs=1e-6 * calls)
     assert total <= client  # the client also waits for connections and transfer
     assert client - total < calls * 0.1, (client, total)
