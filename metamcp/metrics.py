@@ -79,7 +79,9 @@ class _Children:
 
 
 class Instruments:
-    """Every metric of the gateway, created once per process."""
+    """Every metric of the gateway, created once per process. Under gunicorn each sample is a
+    record in a worker's file whose key holds the help text: the per-tool ones are kept short
+    (the README describes each metric)."""
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram, values
@@ -98,17 +100,16 @@ class Instruments:
             "metamcp_mcp_requests_total", "MCP requests and notifications, by method and outcome "
             "(ok, tool_error, error)", ["method", "outcome"]))
         self.tool_calls = _Children(Counter(
-            "metamcp_tool_calls_total", "tools/call routed to a server, by server, tool and outcome",
-            ["server", "tool", "outcome"]))
+            "metamcp_tool_calls_total", "tools/call routed to a server", ["server", "tool", "outcome"]))
         self.tool_seconds = _Children(Histogram(
-            "metamcp_tool_call_seconds", "Seconds a routed tools/call took, as the gateway served it "
-            "(upstream + gateway)", ["server", "tool"], buckets=CALL_BUCKETS))
+            "metamcp_tool_call_seconds", "tools/call seconds, whole", ["server", "tool"],
+            buckets=CALL_BUCKETS))
         self.tool_upstream = _Children(Histogram(
-            "metamcp_tool_call_upstream_seconds", "Seconds of a routed tools/call spent waiting on "
-            "its upstream", ["server", "tool"], buckets=CALL_BUCKETS))
+            "metamcp_tool_call_upstream_seconds", "tools/call seconds waiting on the upstream",
+            ["server", "tool"], buckets=CALL_BUCKETS))
         self.tool_gateway = _Children(Histogram(
-            "metamcp_tool_call_gateway_seconds", "Seconds the gateway added to a routed tools/call "
-            "(its whole time minus the upstream's)", ["server", "tool"], buckets=GATEWAY_BUCKETS))
+            "metamcp_tool_call_gateway_seconds", "tools/call seconds added by the gateway",
+            ["server", "tool"], buckets=GATEWAY_BUCKETS))
         self.in_flight = Gauge("metamcp_tool_calls_in_flight", "tools/call admitted and not yet ended",
                                multiprocess_mode="livesum")
         self.upstream_up = _Children(Gauge(
