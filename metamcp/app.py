@@ -13,7 +13,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from metamcp import json_depth, logs, metrics, observe, repository
+from metamcp import audit, json_depth, logs, metrics, observe, repository
 from metamcp.api import audit as audit_api
 from metamcp.api import auth as auth_api
 from metamcp.api import endpoints as endpoints_api
@@ -329,6 +329,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     if settings.metrics:  # Prometheus (metamcp.metrics): every finished request, GET /metrics
         metrics.enable(settings.db_pool_size)
         app.extensions["metamcp"].observers.add(metrics.record)
+        audit.report_dropped = metrics.audit_dropped  # records the full audit queue turned away
     app.register_blueprint(metrics_api.bp)
 
     register_error_handlers(app)

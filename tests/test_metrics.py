@@ -21,6 +21,7 @@ from werkzeug.test import TestResponse
 
 from metamcp import metrics, observe
 from metamcp.app import create_app
+from metamcp.audit import AuditLog
 from metamcp.config import ConfigError, Settings, load_settings
 from metamcp.db import Database
 from metamcp.limits import LimitExceeded, Limits
@@ -195,6 +196,18 @@ def test_stdio_children_running_and_restarts(make: Callable[..., StdioUpstream])
     assert value("metamcp_stdio_children", server="kid") == running + 1  # the dead one left, the new one runs
     upstream.close()
     assert value("metamcp_stdio_children", server="kid") == running
+
+
+def test_the_audit_queue_overflow_is_counted(app: Flask, database_url: str) -> None:
+    """create_app points the audit log's drop report at metamcp_audit_dropped_total."""
+    log = AuditLog(database_url, queue_size=1)  # not started: nothing takes from its queue
+    obs = observation(mcp_method="tools/call")
+    for _ in range(3):
+        obs.operation("tools/call", "x__y")
+    before = value("metamcp_audit_dropped_total")
+    log.sink(obs)
+    assert log.dropped == 2
+    assert value("metamcp_audit_dropped_total") == before + 2
 
 
 def test_audit_dropped_counts_what_it_is_told() -> None:
