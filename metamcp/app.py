@@ -13,12 +13,13 @@ from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from metamcp import json_depth, logs, observe, repository
+from metamcp import audit, json_depth, logs, metrics, observe, repository
 from metamcp.api import audit as audit_api
 from metamcp.api import auth as auth_api
 from metamcp.api import endpoints as endpoints_api
 from metamcp.api import health as health_api
 from metamcp.api import keys as keys_api
+from metamcp.api import metrics as metrics_api
 from metamcp.api import namespaces as namespaces_api
 from metamcp.api import servers as servers_api
 from metamcp.api.auth import client_address
@@ -325,6 +326,11 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         audit_log.start()
         app.extensions["metamcp"].audit = audit_log
         app.extensions["metamcp"].observers.add(audit_log.sink)
+    if settings.metrics:  # Prometheus (metamcp.metrics): every finished request, GET /metrics
+        metrics.enable(settings.db_pool_size)
+        app.extensions["metamcp"].observers.add(metrics.record)
+        audit.report_dropped = metrics.audit_dropped  # records the full audit queue turned away
+    app.register_blueprint(metrics_api.bp)
 
     register_error_handlers(app)
     api = MetaMCPApi(app)

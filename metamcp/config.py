@@ -111,6 +111,15 @@ class Settings:
     #: kept (METAMCP_AUDIT_RETENTION_DAYS; 0: forever).
     audit: bool = True
     audit_retention_days: int = 30
+    #: Prometheus metrics (metamcp.metrics): recorded and served at /metrics (METAMCP_METRICS).
+    metrics: bool = True
+    #: A bearer token that may read /metrics besides admin keys (METAMCP_METRICS_TOKEN).
+    metrics_token: str = field(default="", repr=False)
+    #: /metrics answers anyone (METAMCP_METRICS_PUBLIC).
+    metrics_public: bool = False
+    #: prometheus_client's multiprocess directory chosen by the operator (PROMETHEUS_MULTIPROC_DIR);
+    #: None: gunicorn's master makes a temporary one.
+    metrics_dir: Path | None = None
 
     @property
     def embedded(self) -> bool:
@@ -315,6 +324,25 @@ def _commands(values: Mapping[str, str]) -> tuple[str, ...] | None:
     return commands
 
 
+def _metrics_token(values: Mapping[str, str]) -> str:
+    token = (values.get("METAMCP_METRICS_TOKEN") or "").strip()
+    if token and (len(token) < 32 or any(c.isspace() or not c.isprintable() for c in token)):
+        raise ConfigError("METAMCP_METRICS_TOKEN", "must be at least 32 printable characters without spaces "
+                                                   "(generate one with: python -c 'import secrets;"
+                                                   "print(secrets.token_urlsafe(32))')")
+    return token
+
+
+def _metrics_dir(values: Mapping[str, str]) -> Path | None:
+    raw = (values.get("PROMETHEUS_MULTIPROC_DIR") or "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise ConfigError("PROMETHEUS_MULTIPROC_DIR", f"{raw!r} is not an absolute path")
+    return path
+
+
 def _default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
@@ -393,4 +421,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         subscription_check_seconds=_seconds(values, "METAMCP_SUBSCRIPTION_CHECK_SECONDS", 30.0, 0.1, 3600),
         audit=_switch(values, "METAMCP_AUDIT", True),
         audit_retention_days=_int(values, "METAMCP_AUDIT_RETENTION_DAYS", 30, 0, 36500),
+        metrics=_switch(values, "METAMCP_METRICS", True),
+        metrics_token=_metrics_token(values),
+        metrics_public=_switch(values, "METAMCP_METRICS_PUBLIC", False),
+        metrics_dir=_metrics_dir(values),
     )

@@ -18,6 +18,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from metamcp import metrics
 from metamcp.config import ConfigError, Settings, ensure_secrets, load_settings
 from metamcp.embedded import EmbeddedError, EmbeddedPostgres
 from metamcp.errors import DatabaseUnavailable
@@ -344,6 +345,8 @@ class Database:
         Raises DatabaseUnavailable when the server cannot be reached, before or during it.
         """
         conn = self._checkout()
+        metrics.db_checked_out()
+        started = time.perf_counter()
         broken = False
         published: list[dict[str, Any]] = []
         try:
@@ -360,6 +363,7 @@ class Database:
             raise DatabaseUnavailable() from None
         finally:
             self._pool.put(conn, close=broken or conn.closed != 0)
+            metrics.db_returned(time.perf_counter() - started)
         self.availability.succeeded()
         self.bus.deliver(published)
 

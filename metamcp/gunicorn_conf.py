@@ -11,13 +11,16 @@ if the master dies) and stops it on exit.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from gunicorn.workers import gthread
 
-from metamcp import limits, logs
+# Neither imports prometheus_client: its workers' import must see PROMETHEUS_MULTIPROC_DIR.
+from metamcp import limits, logs, metrics
 from metamcp.config import ConfigError, ensure_secrets, load_settings
 from metamcp.db import EmbeddedPostgres, prepare_database
 from metamcp.mcp.children import forget_dead_workers, reap_worker, run_dir
@@ -67,10 +70,13 @@ logconfig_dict = logs.gunicorn_logconfig(_settings)
 accesslog = None
 
 _embedded: EmbeddedPostgres | None = None
+#: prometheus_client's multiprocess directory, and whether this master made it (see on_starting).
+_metrics_dir: Path | None = None
+_metrics_dir_made = False
 
 
 def on_starting(server: Any) -> None:
-    global _embedded, _settings
+    global _embedded, _settings, _metrics_dir, _metrics_dir_made
     try:
         ensure_secrets()
         _settings = load_settings()
@@ -87,6 +93,15 @@ def on_starting(server: Any) -> None:
     except ConfigError as error:
         _fail(error)
     os.environ["DATABASE_URL"] = url
+    if _settings.metrics:
+        # Inherited by the workers, whose prometheus_client then writes its values there and
+        # /metrics merges every worker's (metamcp.metrics).
+        try:
+            _metrics_dir, _metrics_dir_made = metrics.prepare_directory(_settings.metrics_dir)
+        except OSError as error:
+            where = error.filename or "a temporary directory"
+            _fail(ConfigError("PROMETHEUS_MULTIPROC_DIR", f"cannot prepare {where}: {error.strerror}"))
+        os.environ[metrics.MULTIPROC_ENV] = str(_metrics_dir)
     stale = forget_dead_workers(run_dir(_settings.data_dir))
     if stale:
         server.log.warning("forgot %s stdio child records of workers that no longer run", stale)
@@ -140,8 +155,11 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """In the master, after any worker exit: kill the process groups of stdio children it left
-    (after a SIGKILL or a crash; a normal exit stopped them and removed their records)."""
+    """In the master, after any worker exit: drop its live gauges from /metrics; kill the process
+    groups of stdio children it left (after a SIGKILL or a crash; a normal exit stopped them and
+    removed their records)."""
+    if _metrics_dir is not None:
+        metrics.process_dead(worker.pid, _metrics_dir)
     killed = reap_worker(run_dir(_settings.data_dir), worker.pid)
     if killed:
         server.log.warning("worker %s left %s stdio process groups; killed them", worker.pid, killed)
@@ -150,3 +168,5 @@ def child_exit(server: Any, worker: Any) -> None:
 def on_exit(server: Any) -> None:
     if _embedded is not None:
         _embedded.stop()
+    if _metrics_dir is not None and _metrics_dir_made:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from metamcp import metrics
 from metamcp.errors import MetaMCPError
 
 if TYPE_CHECKING:
@@ -252,6 +253,7 @@ class Limits:
             return
         wait = self._tables.take(KEYS, key_id, per_minute)
         if wait:
+            metrics.limit_rejected(metrics.RATE)
             raise LimitExceeded(f"Too many requests: this key may make {per_minute} requests a minute",
                                 wait)
 
@@ -261,6 +263,7 @@ class Limits:
             return
         wait = self._tables.take(ADDRESSES, address_id(address), self.auth_failure_limit, peek=True)
         if wait:
+            metrics.limit_rejected(metrics.AUTH_FAILURES)
             raise LimitExceeded("Too many failed authentication attempts from this address", wait)
 
     def auth_failed(self, address: str) -> None:
@@ -272,6 +275,7 @@ class Limits:
         if key_id is None or self.max_inflight <= 0:
             return Ticket(None, None)
         if not self._tables.enter(key_id, self.max_inflight):
+            metrics.limit_rejected(metrics.IN_FLIGHT)
             raise LimitExceeded(f"Too many requests: this key may have {self.max_inflight} tool calls "
                                 "in flight", 1)
         return Ticket(self._tables, key_id)

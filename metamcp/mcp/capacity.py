@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from metamcp import metrics
 from metamcp.errors import MetaMCPError
 from metamcp.limits import Limits, Ticket
 
@@ -54,6 +55,7 @@ class ThreadBudget:
         """Take a place or raise Saturated; returns the (idempotent) release."""
         with self._lock:
             if self._held >= self.limit:
+                metrics.limit_rejected(metrics.BUSY)
                 raise Saturated(f"Service Unavailable: this worker is busy with {self.limit} long calls "
                                 f"and streams; retry in {BUSY_RETRY_AFTER} s ({what})")
             self._held += 1
@@ -84,10 +86,17 @@ class Admission:
         except Saturated:
             ticket.release()
             raise
+        metrics.call_admitted()
+        released = False
 
         def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             free()
             ticket.release()
+            metrics.call_released()
 
         return release
 

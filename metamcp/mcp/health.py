@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from metamcp import metrics
 from metamcp.mcp.upstream.interface import Upstream
 from metamcp.servers import ServerConfig
 
@@ -42,12 +43,14 @@ class Health:
         health = self.of(name)
         health.status, health.last_error, health.checked_at = "ok", None, time.time()
         health.failed_until = 0.0
+        metrics.upstream_succeeded(name)
 
     def record_failure(self, name: str, error: str) -> None:
         logger.warning("upstream %s skipped: %s", name, error)
         health = self.of(name)
         health.status, health.last_error, health.checked_at = "error", error, time.time()
         health.failed_until = time.monotonic() + RETRY_FAILED_AFTER
+        metrics.upstream_failed(name)
 
     def report(self, servers: dict[str, ServerConfig],
                kept: Callable[[str], Upstream | None]) -> list[dict[str, Any]]:

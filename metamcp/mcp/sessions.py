@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
-from metamcp import repository
+from metamcp import metrics, repository
 from metamcp.db import Database
 from metamcp.errors import DatabaseUnavailable
 from metamcp.mcp.protocol import MODERN_VERSIONS
@@ -117,6 +117,7 @@ class SessionStore:
         session = Session(session_id, key_id, protocol_version, endpoint_id=endpoint_id,
                           capabilities=capabilities)
         self._keep(session)
+        metrics.session_created()
         return session
 
     def get(self, session_id: str) -> Session | None:
@@ -184,6 +185,8 @@ class SessionStore:
                 others = repository.count_listeners(cur) - 1  # this process's own listener
                 repository.notify_change(cur, Topic.SESSIONS, id=session_id, deleted=True)
             self.forget(session_id)
+            if deleted:
+                metrics.sessions_ended("deleted")
             if deleted and others > 0:
                 with self._acked:
                     if not self._acked.wait_for(lambda: len(self._acks[session_id]) >= others, ACK_TIMEOUT):
@@ -295,6 +298,7 @@ class SessionPurger:
                 logger.warning("purging idle MCP sessions failed (%s); retrying later", type(e).__name__)
                 continue
             if purged:
+                metrics.sessions_ended("expired", purged)
                 logger.info("purged %s idle MCP sessions", purged)
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import IO, Any
 
+from metamcp import metrics
 from metamcp.config import child_environment
 from metamcp.mcp import jsonrpc, protocol
 from metamcp.mcp.children import ChildRecords, spawn
@@ -226,6 +227,7 @@ class StdioUpstream(Upstream):
         if self._records is not None:
             self._records.add(process.pid)  # the group id: the child leads its own group
         child = Child(process)
+        metrics.child_started(self.name)
         threading.Thread(target=self._read_stdout, args=(child,), daemon=True,
                          name=f"metamcp-stdio-{self.name}").start()
         threading.Thread(target=self._read_stderr, args=(process.stderr,), daemon=True,
@@ -380,6 +382,7 @@ class StdioUpstream(Upstream):
         self._crashes = self._crashes + 1 if lived < STABLE_AFTER else 1
         self.restarts += 1
         self.last_error = error
+        metrics.child_crashed(self.name)
         # The first restarts are immediate; from the third quick crash on, wait 0.5 s, 1 s, 2 s...
         backoff = 0.0 if self._crashes <= 2 else min(0.5 * 2 ** (self._crashes - 3), MAX_BACKOFF)
         self._restart_at = time.monotonic() + backoff
@@ -403,8 +406,10 @@ class StdioUpstream(Upstream):
             self._records.remove(child.process.pid)
         with child.release_lock:
             release, child.released = not child.released, True
-        if release and self._children is not None:
-            self._children.release()
+        if release:
+            metrics.child_stopped(self.name)
+            if self._children is not None:
+                self._children.release()
 
 
 def _write_quietly(child: Child, message: dict[str, Any]) -> None:
