@@ -287,7 +287,8 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     streams = Streams(settings, sessions, gateway.catalog, relay, mailbox, resource_subscriptions)
     # Shared with the other workers when gunicorn's master made the tables before forking.
     limits = Limits(settings.rate_limit, settings.max_inflight_per_key, settings.auth_failure_limit)
-    sse_hub = legacy_sse.SseHub(mailbox, dispatcher, settings)
+    observers = observe.Observers()
+    sse_hub = legacy_sse.SseHub(mailbox, dispatcher, settings, observers)
     # What each committed change refreshes: in this process once it commits, in the others
     # when their listener hears it.
     subscriptions: dict[Topic, list[Callback]] = {
@@ -314,7 +315,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     app.extensions["metamcp"] = Services(
         settings, db, authenticator, registry, sessions, gateway, dispatcher, streams, namespaces,
         endpoints, sse_hub, mailbox, listener, Readiness(settings.database_url), limits,
-        Admission(limits, streams.budget), observe.Observers(), purger,
+        Admission(limits, streams.budget), observers, purger,
         resource_subscriptions if listen else None,
     )
     app.extensions["metamcp"].observers.add(logs.access_line)

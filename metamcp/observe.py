@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -72,13 +73,15 @@ class Operation:
         """Record how the answer the client gets ends: a result, a tool's error, or an error."""
         error = message.get("error")
         if isinstance(error, dict):
-            self.outcome = ERROR
             code = error.get("code")
-            self.error_code = code if isinstance(code, int) and not isinstance(code, bool) else None
+            self.failed(code if isinstance(code, int) and not isinstance(code, bool) else None)
             return
         result = message.get("result")
         self.outcome = TOOL_ERROR if isinstance(result, dict) and result.get("isError") is True else OK
         self.error_code = None
+
+    def failed(self, code: int | None) -> None:
+        self.outcome, self.error_code = ERROR, code
 
 
 @dataclass(eq=False)
@@ -108,6 +111,8 @@ class Observation:
     bytes_out: int = 0
     #: Seconds from arrival until the response was sent in full (set by Observers.finish).
     duration: float = 0.0
+    #: Parties still to call Observers.finish: the response, and each hold().
+    _holds: int = field(default=1, repr=False)
 
     def operation(self, method: str, name: str | None = None) -> Operation:
         op = Operation(method, name)
@@ -116,11 +121,18 @@ class Observation:
             self.mcp_method = method
         return op
 
+    def hold(self) -> None:
+        """Another party answers part of this request after its response (a legacy SSE POST is
+        answered on the session's stream): the record reaches the sinks once it has finished too."""
+        with _holds_lock:
+            self._holds += 1
+
     @property
     def upstream_seconds(self) -> float:
         return sum(op.upstream_seconds for op in self.operations)
 
 
+_holds_lock = threading.Lock()
 _current: ContextVar[Observation | None] = ContextVar("metamcp_observation", default=None)
 
 
@@ -153,6 +165,11 @@ class Observers:
         self._sinks.append(sink)
 
     def finish(self, observation: Observation) -> None:
+        """One party is done with `observation`; the last one hands it to the sinks."""
+        with _holds_lock:
+            observation._holds -= 1
+            if observation._holds > 0:
+                return
         observation.duration = time.perf_counter() - observation.started
         for sink in self._sinks:
             try:

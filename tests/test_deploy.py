@@ -39,12 +39,6 @@ ENV_EXAMPLE = ROOT / ".env.example"
 
 #: The names metamcp/config.py reads, as the string literals naming them.
 GATEWAY_NAME = re.compile(r"^(METAMCP_[A-Z_]+|DATABASE_URL|JWT_SECRET|JWT_LIFETIME_SECONDS|ENCRYPTION_KEY)$")
-#: Settings the other parts of issue 13 add (logs, metrics, audit); known here before they land
-#: in config.py. Extend it with the next setting the deployment files name before config.py does.
-COMING_SETTINGS = frozenset({
-    "METAMCP_LOG_FORMAT", "METAMCP_METRICS_TOKEN", "METAMCP_METRICS_PUBLIC", "METAMCP_AUDIT",
-    "METAMCP_AUDIT_RETENTION_DAYS",
-})
 #: The postgres image's own variables (the compose service beside the gateway).
 POSTGRES_VARIABLES = frozenset({"POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"})
 #: Python's and pip's, set by the Dockerfile for the interpreter, not for the gateway.
@@ -60,10 +54,6 @@ def gateway_variables() -> set[str]:
     tree = ast.parse((ROOT / "metamcp" / "config.py").read_text(encoding="utf-8"))
     return {node.value for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and GATEWAY_NAME.match(node.value)}
-
-
-def known_settings() -> set[str]:
-    return gateway_variables() | COMING_SETTINGS
 
 
 def load_yaml(path: Path) -> list[Any]:
@@ -224,7 +214,7 @@ def test_the_pod_runs_unprivileged_on_a_read_only_root() -> None:
 def test_the_manifests_set_only_variables_the_gateway_reads() -> None:
     names = set(one("ConfigMap")["data"]) | set(one("Secret")["stringData"])
     names |= {item["name"] for item in container().get("env", [])}
-    unknown = names - known_settings()
+    unknown = names - gateway_variables()
     assert not unknown, f"not read by the gateway: {sorted(unknown)}"
 
 
@@ -232,7 +222,7 @@ def test_compose_sets_only_known_variables_and_env_example_lists_every_one() -> 
     services = compose()["services"]
     assert set(services) == {"postgres", "metamcp"}
     assert set(services["postgres"]["environment"]) <= POSTGRES_VARIABLES
-    unknown = set(services["metamcp"]["environment"]) - known_settings()
+    unknown = set(services["metamcp"]["environment"]) - gateway_variables()
     assert not unknown, f"not read by the gateway: {sorted(unknown)}"
     used = compose_references()
     assert "POSTGRES_PASSWORD" in used
@@ -254,10 +244,10 @@ def test_compose_waits_for_a_healthy_database_and_probes_readiness() -> None:
 
 def test_env_example_lists_every_setting_and_nothing_unknown() -> None:
     listed = env_example_names()
-    missing = known_settings() - listed
+    missing = gateway_variables() - listed
     assert not missing, f".env.example lacks: {sorted(missing)}"
     compose_used = compose_references()
-    unknown = listed - known_settings() - compose_used
+    unknown = listed - gateway_variables() - compose_used
     assert not unknown, f".env.example names what nothing reads: {sorted(unknown)}"
 
 
@@ -304,7 +294,7 @@ def test_dockerfile_env_names_only_known_variables() -> None:
             if line.upper().startswith("ENV "):
                 names |= set(re.findall(r"([A-Z_][A-Z0-9_]*)=", line[4:]))
     assert {"METAMCP_PORT", "METAMCP_HOST", "METAMCP_DATA_DIR"} <= names
-    unknown = names - known_settings() - RUNTIME_VARIABLES
+    unknown = names - gateway_variables() - RUNTIME_VARIABLES
     assert not unknown, f"not read by the gateway: {sorted(unknown)}"
 
 

@@ -525,3 +525,31 @@ def test_smoke_test_script_against_endpoints(deployment: Deployment) -> None:
     result = subprocess.run([*script, "--endpoint", "others", "--api-key", deployment.keys["scoped"]],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "HTTP 403" in result.stdout
+
+
+def test_calls_on_every_transport_are_audited(deployment: Deployment) -> None:
+    """A call over legacy SSE (answered on the stream after the POST's 202) and one over the
+    endpoint's REST tool API leave audit rows like a Streamable HTTP call does."""
+    with deployment.db.transaction() as cur:
+        cur.execute("SELECT clock_timestamp() AS now")
+        since = cur.fetchone()["now"]
+    assert mcp_call(deployment.url("open", "sse"), None, "beta__echo", {"message": "audited"}, sse=True).content[
+        0].text == "beta: audited"
+    reply = requests.post(deployment.url("research", "api/alpha__fail"), json={},
+                          headers={"X-API-Key": deployment.keys["admin"]}, timeout=30)
+    assert reply.status_code == 422
+    request_id = reply.headers["X-Request-Id"]
+    deadline, found = time.monotonic() + 10, {}
+    while time.monotonic() < deadline and len(found) < 2:
+        with deployment.db.transaction() as cur:
+            cur.execute("SELECT endpoint, target, server, upstream_name, outcome, http_status, request_id,"
+                        " duration_ms, upstream_ms FROM audit_log WHERE kind = 'call' AND action = 'tools/call'"
+                        " AND ((endpoint = 'open' AND target = 'beta__echo' AND at >= %s) OR request_id = %s)",
+                        (since, request_id))
+            found = {row["endpoint"]: dict(row) for row in cur.fetchall()}
+        time.sleep(0.1)
+    sse, rest = found["open"], found["research"]
+    assert (sse["server"], sse["upstream_name"], sse["outcome"], sse["http_status"]) == ("beta", "echo", "ok", 202)
+    assert sse["duration_ms"] >= sse["upstream_ms"] > 0  # until the answer was on the stream
+    assert (rest["target"], rest["server"], rest["upstream_name"], rest["outcome"], rest["http_status"]) == (
+        "alpha__fail", "alpha", "fail", "tool_error", 422)

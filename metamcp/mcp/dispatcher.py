@@ -267,7 +267,7 @@ class Dispatcher:
 
         if claims is not None and claims.parked is not None:  # a 2025 upstream's call, parked
             streamed = self._resume(claims, message.id, session, responses, forget)
-            op.routed(claims.server, name)
+            op.routed(claims.server, self._tool_name(name, view))
             op.upstream_started()
             streamed.operation = op
         else:
@@ -297,6 +297,13 @@ class Dispatcher:
         with self._lock:
             self._inflight[key] = streamed
         return streamed
+
+    def _tool_name(self, name: str, view: NamespaceView | None) -> str:
+        """The name its server knows a tool by (a resumed call's record; the tool may be gone)."""
+        try:
+            return self._router.route("tools", name, view).name
+        except RpcError:
+            return name
 
     def _retried(self, session: Session, message: Message, binding: Binding
                  ) -> tuple[Claims | None, dict[str, Any]]:

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, request
 
+from metamcp import observe
 from metamcp.config import Settings
 from metamcp.errors import DatabaseUnavailable, McpHttpError, MetaMCPError
 from metamcp.mcp import jsonrpc, sse
@@ -46,9 +47,11 @@ bp.register_error_handler(MetaMCPError, mcp_error)
 class SseHub:
     """Answers to this process's legacy SSE requests, sent to their streams through the mailbox."""
 
-    def __init__(self, mailbox: Mailbox, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(self, mailbox: Mailbox, dispatcher: Dispatcher, settings: Settings,
+                 observers: observe.Observers) -> None:
         self._mailbox = mailbox
         self._dispatcher = dispatcher
+        self._observers = observers
         self._work = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="metamcp-sse")
 
     def deliver(self, session_id: str, message: dict[str, Any]) -> None:
@@ -56,11 +59,18 @@ class SseHub:
 
     def submit(self, session: Session, message: Message, view: NamespaceView | None,
                release: Callable[[], None] | None = None) -> None:
-        """Answer on a pool thread; `release` (a tool call's admission) runs when it is done."""
-        self._work.submit(self._answer, session, message, view, release)
+        """Answer on a pool thread; `release` (a tool call's admission) runs when it is done.
+        The POST's record (metamcp.observe) is handed over: its operations are recorded there,
+        and it reaches the sinks once the answer is delivered."""
+        observation = observe.current()
+        if observation is not None:
+            observation.hold()
+        self._work.submit(self._answer, session, message, view, release, observation)
 
     def _answer(self, session: Session, message: Message, view: NamespaceView | None,
-                release: Callable[[], None] | None = None) -> None:
+                release: Callable[[], None] | None = None,
+                observation: observe.Observation | None = None) -> None:
+        observe.begin(observation)
         try:
             if message.method == "initialize":
                 requested = message.params.get("protocolVersion")
@@ -85,6 +95,9 @@ class SseHub:
         finally:
             if release is not None:
                 release()
+            observe.begin(None)
+            if observation is not None:
+                self._observers.finish(observation)
 
     def _deliver_quietly(self, session_id: str, message: dict[str, Any]) -> None:
         """An error answer: lost if it must go through the outbox and the database is away

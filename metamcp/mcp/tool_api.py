@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from metamcp import observe
 from metamcp.api.errors import error_response
 from metamcp.config import package_version
 from metamcp.mcp.gateway import Gateway
@@ -118,16 +119,22 @@ def call_tool(endpoint: str, tool: str) -> Response:
 
 
 def _call(gateway: Gateway, access: Access, tool: str, arguments: dict[str, Any]) -> Response:
+    """The call, recorded as a tools/call Operation of the request (metamcp.observe)."""
+    op = observe.operation("tools/call", tool)
     try:
         route = gateway.router.route("tools", tool, access.view)
     except RpcError as e:  # upstream failures arrive as the gateway's client_error
+        op.failed(e.code)
         if e.code == INVALID_PARAMS:
             return error_response(404, "not_found", f"No tool named {tool!r} in this endpoint.")
         status, code = _STATUS.get(e.code, (500, "internal_error"))
         return error_response(status, code, e.message)
+    op.routed(route.server, route.name)
+    op.upstream_started()
     try:
         result = gateway.pool.request(route.server, "tools/call", {"name": route.name, "arguments": arguments})
     except RpcError as e:
+        op.failed(e.code)
         if e.code in _STATUS:  # the gateway's client_error: the upstream failed or timed out
             status, code = _STATUS[e.code]
             return error_response(status, code, e.message)
@@ -135,6 +142,9 @@ def _call(gateway: Gateway, access: Access, tool: str, arguments: dict[str, Any]
         if e.code == INVALID_PARAMS:
             return error_response(400, "bad_request", e.message, {"code": e.code})
         return error_response(502, "bad_gateway", e.message, {"code": e.code})
+    finally:
+        op.upstream_ended()
+    op.answered({"result": result})
     if result.get("isError"):
         text = " ".join(c.get("text", "") for c in result.get("content") or [] if isinstance(c, dict)).strip()
         return error_response(422, "tool_error", text or f"The tool {tool!r} reported an error.", result)
