@@ -38,7 +38,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 
 #: The names metamcp/config.py reads, as the string literals naming them.
-GATEWAY_NAME = re.compile(r"^(METAMCP_[A-Z_]+|DATABASE_URL|JWT_SECRET|JWT_LIFETIME_SECONDS|ENCRYPTION_KEY)$")
+GATEWAY_NAME = re.compile(r"^(METAMCP_[A-Z_]+|PROMETHEUS_MULTIPROC_DIR|DATABASE_URL|JWT_SECRET|JWT_LIFETIME_SECONDS|ENCRYPTION_KEY)$")
 #: The postgres image's own variables (the compose service beside the gateway).
 POSTGRES_VARIABLES = frozenset({"POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"})
 #: Python's and pip's, set by the Dockerfile for the interpreter, not for the gateway.
