@@ -312,24 +312,25 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         resource_subscriptions.start(settings.subscription_check_seconds)
         listener = ChangeListener(settings.database_url, db.bus, report=db.report)
         listener.start()
-    app.extensions["metamcp"] = Services(
+    services = Services(
         settings, db, authenticator, registry, sessions, gateway, dispatcher, streams, namespaces,
         endpoints, sse_hub, mailbox, listener, Readiness(settings.database_url), limits,
         Admission(limits, streams.budget), observers, purger,
         resource_subscriptions if listen else None,
     )
-    app.extensions["metamcp"].observers.add(logs.access_line)
-    # The audit log: calls recorded once answered (off the request path), admin changes in
-    # their transaction as this process's actor when outside a request.
+    app.extensions["metamcp"] = services
+    # What every finished request is handed to (metamcp.observe): the access line, the audit
+    # log (calls recorded off the request path; admin changes in their own transaction, as
+    # this process's actor outside a request) and the Prometheus metrics.
+    observers.add(logs.access_line)
     db.audit_actor = "system" if settings.audit else None
     if settings.audit:
-        audit_log = AuditLog(settings.database_url, settings.audit_retention_days)
-        audit_log.start()
-        app.extensions["metamcp"].audit = audit_log
-        app.extensions["metamcp"].observers.add(audit_log.sink)
-    if settings.metrics:  # Prometheus (metamcp.metrics): every finished request, GET /metrics
+        services.audit = AuditLog(settings.database_url, settings.audit_retention_days)
+        services.audit.start()
+        observers.add(services.audit.sink)
+    if settings.metrics:
         metrics.enable(settings.db_pool_size)
-        app.extensions["metamcp"].observers.add(metrics.record)
+        observers.add(metrics.record)
         audit.report_dropped = metrics.audit_dropped  # records the full audit queue turned away
     app.register_blueprint(metrics_api.bp)
 
