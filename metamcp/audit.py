@@ -36,7 +36,7 @@ AUDITED = frozenset({"tools/call", "prompts/get", "resources/read"})
 #: Longest text kept of a name or URI (a client chooses them).
 MAX_TEXT = 2048
 
-#: HOOK(metrics): the lead points this at `metamcp.metrics.audit_dropped` once metrics is merged.
+#: Told how many records were dropped (create_app points it at metamcp.metrics.audit_dropped).
 report_dropped: Callable[[int], None] = lambda n: None  # noqa: E731
 
 
