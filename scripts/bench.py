@@ -32,44 +32,26 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import uuid
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import bench_isolation
 import bench_ops
 import requests
-from bench_harness import ROOT, McpSession, StatelessClient, free_port, pct, stop_all, wait_for
+from bench_harness import (
+    ROOT,
+    McpSession,
+    StatelessClient,
+    free_port,
+    measure,
+    pct,
+    stop_all,
+    wait_for,
+)
 
 from metamcp.mcp.upstream.stdio import StdioUpstream
 from metamcp.servers import ServerConfig
-
-
-def measure(sessions: Sequence[Any], total: int, call: Callable[[Any], Any]) -> tuple[list[float], float]:
-    """Run `total` calls spread over one thread per session; (latencies in ms, calls/s)."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    per_thread = max(1, total // len(sessions))
-
-    def worker(session: Any) -> None:
-        mine = []
-        for _ in range(per_thread):
-            start = time.perf_counter()
-            call(session)
-            mine.append((time.perf_counter() - start) * 1000)
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in sessions]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return latencies, len(latencies) / (time.perf_counter() - start)
 
 
 def main() -> int:

@@ -1,5 +1,6 @@
 """What the benchmarks share: free ports, waiting for a server, minimal MCP clients (a 2025 session,
-a 2026-07-28 stateless client), percentiles, and stopping the processes they started (by PID)."""
+a 2026-07-28 stateless client), timed calls over threads, percentiles, and stopping the processes
+they started (by PID)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import socket
 import statistics
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,30 @@ def read_response(response: requests.Response) -> dict[str, Any]:
         return dict(response.json())
     except ValueError:
         return {"error": {"code": None, "message": f"HTTP {response.status_code}: {response.text[:200]}"}}
+
+
+def measure(sessions: Sequence[Any], total: int, call: Callable[[Any], Any]) -> tuple[list[float], float]:
+    """Run `total` calls spread over one thread per session; (latencies in ms, calls/s)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per_thread = max(1, total // len(sessions))
+
+    def worker(session: Any) -> None:
+        mine = []
+        for _ in range(per_thread):
+            start = time.perf_counter()
+            call(session)
+            mine.append((time.perf_counter() - start) * 1000)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in sessions]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, len(latencies) / (time.perf_counter() - start)
 
 
 def pct(values: list[float], q: float) -> float:

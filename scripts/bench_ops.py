@@ -1,12 +1,13 @@
 """The cost of operating the gateway (bench.py --ops): the same tools/call through gateways that
 differ only in what they record, measured interleaved so that the machine's drift hits all alike.
 
-Three gateways under gunicorn, each with its own embedded PostgreSQL, in front of one example
-upstream: `off` (METAMCP_METRICS=off, METAMCP_AUDIT=off), `on` (metrics and the audit log, the
-defaults) and `on+log` (also the JSON access log at INFO, written to a file). At concurrency 1
-each round makes one call direct and one through each gateway, in turn, so gateway-added p50 is
-compared call for call; at concurrency 32 the gateways take turns with bursts, several times,
-and the median throughput of each is kept.
+Four gateways under gunicorn, each with its own embedded PostgreSQL, in front of one example
+upstream: `off` (METAMCP_METRICS=off, METAMCP_AUDIT=off), `off-again` (the same: the noise floor
+of the comparison), `on` (metrics and the audit log, the defaults) and `on+log` (also the JSON
+access log at INFO, written to a file). At concurrency 1 each round makes one call direct and
+one through each gateway, in an order that rotates every round, so gateway-added p50 is
+compared call for call; at concurrency 32 the gateways take turns with bursts (the order
+rotating too), several times, and the median throughput of each is kept.
 """
 
 from __future__ import annotations
@@ -18,38 +19,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import requests
-from bench_harness import ROOT, McpSession, free_port, pct, stop_all, wait_for
+from bench_harness import ROOT, McpSession, free_port, measure, pct, stop_all, wait_for
 
 #: What each gateway is started with, besides its port and data directory.
 CONFIGS: dict[str, dict[str, str]] = {
     "off": {"METAMCP_METRICS": "off", "METAMCP_AUDIT": "off", "METAMCP_LOG_LEVEL": "WARNING"},
+    "off-again": {"METAMCP_METRICS": "off", "METAMCP_AUDIT": "off", "METAMCP_LOG_LEVEL": "WARNING"},
     "on": {"METAMCP_METRICS": "on", "METAMCP_AUDIT": "on", "METAMCP_LOG_LEVEL": "WARNING"},
     "on+log": {"METAMCP_METRICS": "on", "METAMCP_AUDIT": "on", "METAMCP_LOG_LEVEL": "INFO",
                "METAMCP_LOG_FORMAT": "json"},
 }
-
-
-def _burst(sessions: list[McpSession], calls: int, params: dict[str, Any]) -> float:
-    """`calls` tools/calls spread over one thread per session; calls per second."""
-    per_thread = max(1, calls // len(sessions))
-
-    def worker(session: McpSession) -> None:
-        for _ in range(per_thread):
-            session.rpc("tools/call", params)
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in sessions]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return per_thread * len(sessions) / (time.perf_counter() - started)
 
 
 def run(workers: int, rounds: int, burst_calls: int, bursts: int) -> int:
@@ -92,20 +75,23 @@ def run(workers: int, rounds: int, burst_calls: int, bursts: int) -> int:
         params = {"direct": {"name": "echo", "arguments": {"message": "bench"}}}
         for name in bases:
             params[name] = {"name": "up__echo", "arguments": {"message": "bench"}}
+        calls = {name: (lambda s, p=params[name]: s.rpc("tools/call", p)) for name in sessions}
         for name, group in sessions.items():  # warm-up: every worker's upstream client and caches
-            assert "result" in group[0].rpc("tools/call", params[name]), name
-            _burst(group[:8], 200, params[name])
+            assert "result" in calls[name](group[0]), name
+            measure(group[:8], 200, calls[name])
 
-        latencies: dict[str, list[float]] = {name: [] for name in sessions}
-        for _ in range(rounds):
-            for name, group in sessions.items():
+        names = list(sessions)
+        latencies: dict[str, list[float]] = {name: [] for name in names}
+        for index in range(rounds):
+            for name in names[index % len(names):] + names[:index % len(names)]:
                 started = time.perf_counter()
-                group[0].rpc("tools/call", params[name])
+                calls[name](sessions[name][0])
                 latencies[name].append((time.perf_counter() - started) * 1000)
         rates: dict[str, list[float]] = {name: [] for name in bases}
-        for _ in range(bursts):
-            for name in bases:
-                rates[name].append(_burst(sessions[name], burst_calls, params[name]))
+        order = list(bases)
+        for index in range(bursts):
+            for name in order[index % len(order):] + order[:index % len(order)]:
+                rates[name].append(measure(sessions[name], burst_calls, calls[name])[1])
 
         direct = pct(latencies["direct"], 50)
         print(f"the cost of metrics, audit and access log: tools/call echo, {rounds} interleaved rounds at c=1, "
@@ -117,7 +103,7 @@ def run(workers: int, rounds: int, burst_calls: int, bursts: int) -> int:
         for name in bases:
             print(f"{name:<10}{pct(latencies[name], 50):>9.2f}{added[name]:>11.2f}"
                   f"{pct(latencies[name], 99):>9.2f}{medians[name]:>14.0f}")
-        for name in ("on", "on+log"):
+        for name in ("off-again", "on", "on+log"):
             growth = added[name] - added["off"]
             loss = (1 - medians[name] / medians["off"]) * 100
             print(f"{name} over off: gateway-added p50 {growth:+.3f} ms (budget +0.1), "
