@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,9 @@ from metamcp.notify import Topic
 ROOT = Path(__file__).resolve().parent.parent
 TEST_ENCRYPTION_KEY = bytes(range(32))
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
+#: How long a cleanup stop (Gunicorn.stop() without a signal) waits before it kills the workers;
+#: a Ctrl-C normally ends a gateway in about a second.
+CLEANUP_GRACE = 5.0
 
 
 @contextmanager
@@ -205,15 +209,48 @@ class Gunicorn:
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 
-    def stop(self, sig: int = 2) -> int:
+    def stop(self, sig: int | None = None) -> int:
+        """Stop by `sig` and wait for the end (a test that checks how gunicorn stops names the
+        signal). Without one, a cleanup: Ctrl-C, and the workers still running after
+        CLEANUP_GRACE are killed, so a worker stuck on its way out (see workers()) costs seconds,
+        not the master's 20 s graceful timeout."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            self.proc.send_signal(signal.SIGINT if sig is None else sig)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=CLEANUP_GRACE if sig is None else 30)
             except subprocess.TimeoutExpired:
+                if sig is None:
+                    for pid in self.workers():
+                        os.kill(pid, signal.SIGKILL)
+                    try:
+                        self.proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        pass
+            if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         return self.proc.returncode
+
+    def workers(self) -> list[int]:
+        """The PIDs of the master's worker processes: its children running its own executable
+        (not an embedded PostgreSQL). A gthread worker told to quit (SIGQUIT, which the master
+        sends on Ctrl-C) deadlocks when the signal lands while its main thread is starting a pool
+        thread (ThreadPoolExecutor.submit holds the lock the handler's tpool.shutdown takes)."""
+        try:
+            exe = os.readlink(f"/proc/{self.proc.pid}/exe")
+        except OSError:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid and os.readlink(f"/proc/{entry}/exe") == exe:
+                    found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
 
 
 @pytest.fixture
