@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_ENCRYPTION_KEY = bytes(range(32))
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 #: How long a cleanup stop (Gunicorn.stop() without a signal) waits before it kills the workers;
-#: a Ctrl-C normally ends a gateway in about a second.
+#: a gateway with nothing in flight ends in about a second.
 CLEANUP_GRACE = 5.0
 
 
@@ -210,12 +210,15 @@ class Gunicorn:
         return Path(self.log.name).read_text(errors="replace")
 
     def stop(self, sig: int | None = None) -> int:
-        """Stop by `sig` and wait for the end (a test that checks how gunicorn stops names the
-        signal). Without one, a cleanup: Ctrl-C, and the workers still running after
-        CLEANUP_GRACE are killed, so a worker stuck on its way out (see workers()) costs seconds,
-        not the master's 20 s graceful timeout."""
+        """Stop by `sig` and wait up to 30 s (a test that checks how gunicorn stops names the
+        signal). Without one, a cleanup: SIGTERM, and the workers still running after
+        CLEANUP_GRACE are killed, so a call still in flight costs seconds, not the master's 20 s
+        graceful timeout. Not Ctrl-C: the master passes it on as SIGQUIT, and a gthread worker
+        deadlocks when that lands while its main thread starts a pool thread (the handler's
+        tpool.shutdown takes the lock ThreadPoolExecutor.submit holds), until the master kills
+        it after those 20 s."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT if sig is None else sig)
+            self.proc.send_signal(signal.SIGTERM if sig is None else sig)
             try:
                 self.proc.wait(timeout=CLEANUP_GRACE if sig is None else 30)
             except subprocess.TimeoutExpired:
@@ -232,10 +235,8 @@ class Gunicorn:
         return self.proc.returncode
 
     def workers(self) -> list[int]:
-        """The PIDs of the master's worker processes: its children running its own executable
-        (not an embedded PostgreSQL). A gthread worker told to quit (SIGQUIT, which the master
-        sends on Ctrl-C) deadlocks when the signal lands while its main thread is starting a pool
-        thread (ThreadPoolExecutor.submit holds the lock the handler's tpool.shutdown takes)."""
+        """The PIDs of the master's workers: its children running its own executable (not an
+        embedded PostgreSQL)."""
         try:
             exe = os.readlink(f"/proc/{self.proc.pid}/exe")
         except OSError:
