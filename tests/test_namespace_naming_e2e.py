@@ -23,7 +23,7 @@ from mcp.shared.exceptions import MCPError
 from .conftest import ROOT, Gunicorn, child_env, free_port, fresh_keys
 from .mcp_client import list_all, run_client
 from .npm_packages import installed
-from .upstreams import UpstreamProcess, stop_process
+from .upstreams import UpstreamProcess, start_all, stop_process
 
 TOOLS_ONLY = ROOT / "tests" / "servers" / "tools_only_server.py"
 #: The three test upstreams list the same resource URIs.
@@ -79,8 +79,7 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     upstreams = [UpstreamProcess(name, extra_args=("--uri-host", "shared")) for name in ("one", "two", "three")]
     gateway, key = start_gateway(database_url, str(tmp_path_factory.mktemp("data")))
     try:
-        for upstream in upstreams:
-            upstream.start()
+        start_all(upstreams)
         gateway.wait_ready()
         d = Deployment(gateway, key)
         for upstream in upstreams:
