@@ -211,28 +211,33 @@ class Gunicorn:
 
     def stop(self, sig: int | None = None) -> int:
         """Stop by `sig` and wait up to 30 s (a test that checks how gunicorn stops names the
-        signal). Without one, a cleanup: SIGTERM, and the workers still running after
-        CLEANUP_GRACE are killed, so a call still in flight costs seconds, not the master's 20 s
-        graceful timeout. Not Ctrl-C: the master passes it on as SIGQUIT, and a gthread worker
-        deadlocks when that lands while its main thread starts a pool thread (the handler's
-        tpool.shutdown takes the lock ThreadPoolExecutor.submit holds), until the master kills
-        it after those 20 s."""
+        signal). Without one, a cleanup: SIGTERM, Ctrl-C after a second (a kept-alive connection
+        would hold a worker 2 s more), and the workers still running after CLEANUP_GRACE are
+        killed, so a call still in flight costs seconds, not the master's 20 s graceful timeout.
+        Not Ctrl-C first: the master passes it on as SIGQUIT, and a gthread worker deadlocks when
+        that lands while its main thread starts a pool thread (the handler's tpool.shutdown takes
+        the lock ThreadPoolExecutor.submit holds), until the master kills it after those 20 s."""
+        if sig is not None:
+            self._signal_and_wait(sig, 30)
+        elif not self._signal_and_wait(signal.SIGTERM, 1.0) and not self._signal_and_wait(
+                signal.SIGINT, CLEANUP_GRACE - 1.0):
+            for pid in self.workers():
+                os.kill(pid, signal.SIGKILL)
+            self._signal_and_wait(None, 10)  # the master exits once its workers are gone
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM if sig is None else sig)
-            try:
-                self.proc.wait(timeout=CLEANUP_GRACE if sig is None else 30)
-            except subprocess.TimeoutExpired:
-                if sig is None:
-                    for pid in self.workers():
-                        os.kill(pid, signal.SIGKILL)
-                    try:
-                        self.proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        pass
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
         return self.proc.returncode
+
+    def _signal_and_wait(self, sig: int | None, timeout: float) -> bool:
+        """Send `sig` (unless None or the master is gone); True once the master has exited."""
+        if self.proc.poll() is None and sig is not None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def workers(self) -> list[int]:
         """The PIDs of the master's workers: its children running its own executable (not an
