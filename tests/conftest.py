@@ -211,16 +211,16 @@ class Gunicorn:
 
     def stop(self, sig: int | None = None) -> int:
         """Stop by `sig` and wait up to 30 s (a test that checks how gunicorn stops names the
-        signal). Without one, a cleanup: SIGTERM, Ctrl-C after a second (a kept-alive connection
-        would hold a worker 2 s more), and the workers still running after CLEANUP_GRACE are
-        killed, so a call still in flight costs seconds, not the master's 20 s graceful timeout.
-        Not Ctrl-C first: the master passes it on as SIGQUIT, and a gthread worker deadlocks when
-        that lands while its main thread starts a pool thread (the handler's tpool.shutdown takes
-        the lock ThreadPoolExecutor.submit holds), until the master kills it after those 20 s."""
+        signal). Without one, a cleanup: SIGTERM, Ctrl-C after 2 s (a call or kept-alive
+        connection still holding a worker), and the workers still running after CLEANUP_GRACE
+        are killed. Not Ctrl-C first: the master passes it on as SIGQUIT, and a gthread worker
+        deadlocks when that lands while its main thread starts a pool thread (the handler's
+        tpool.shutdown takes the lock ThreadPoolExecutor.submit holds) until the master kills it
+        after its graceful timeout."""
         if sig is not None:
             self._signal_and_wait(sig, 30)
-        elif not self._signal_and_wait(signal.SIGTERM, 1.0) and not self._signal_and_wait(
-                signal.SIGINT, CLEANUP_GRACE - 1.0):
+        elif not self._signal_and_wait(signal.SIGTERM, 2.0) and not self._signal_and_wait(
+                signal.SIGINT, CLEANUP_GRACE - 2.0):
             for pid in self.workers():
                 os.kill(pid, signal.SIGKILL)
             self._signal_and_wait(None, 10)  # the master exits once its workers are gone
