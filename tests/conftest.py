@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,9 @@ from metamcp.notify import Topic
 ROOT = Path(__file__).resolve().parent.parent
 TEST_ENCRYPTION_KEY = bytes(range(32))
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
+#: How long a cleanup stop (Gunicorn.stop() without a signal) waits before it kills the workers;
+#: a gateway with nothing in flight ends in about a second.
+CLEANUP_GRACE = 5.0
 
 
 @contextmanager
@@ -205,15 +209,54 @@ class Gunicorn:
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 
-    def stop(self, sig: int = 2) -> int:
+    def stop(self, sig: int | None = None) -> int:
+        """Stop by `sig` and wait up to 30 s (a test that checks how gunicorn stops names the
+        signal). Without one, a cleanup: SIGTERM, Ctrl-C after 2 s (a call or kept-alive
+        connection still holding a worker), and the workers still running after CLEANUP_GRACE
+        are killed. Not Ctrl-C first: the master passes it on as SIGQUIT, and a gthread worker
+        deadlocks when that lands while its main thread starts a pool thread (the handler's
+        tpool.shutdown takes the lock ThreadPoolExecutor.submit holds) until the master kills it
+        after its graceful timeout."""
+        if sig is not None:
+            self._signal_and_wait(sig, 30)
+        elif not self._signal_and_wait(signal.SIGTERM, 2.0) and not self._signal_and_wait(
+                signal.SIGINT, CLEANUP_GRACE - 2.0):
+            for pid in self.workers():
+                os.kill(pid, signal.SIGKILL)
+            self._signal_and_wait(None, 10)  # the master exits once its workers are gone
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
         return self.proc.returncode
+
+    def _signal_and_wait(self, sig: int | None, timeout: float) -> bool:
+        """Send `sig` (unless None or the master is gone); True once the master has exited."""
+        if self.proc.poll() is None and sig is not None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def workers(self) -> list[int]:
+        """The PIDs of the master's workers: its children running its own executable (not an
+        embedded PostgreSQL)."""
+        try:
+            exe = os.readlink(f"/proc/{self.proc.pid}/exe")
+        except OSError:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid and os.readlink(f"/proc/{entry}/exe") == exe:
+                    found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from metamcp.mcp.protocol import MODERN_VERSION, SUPPORTED_VERSIONS
 
 from .conftest import Gunicorn, child_env, free_port, fresh_keys
 from .mcp_client import list_all, run_client
-from .upstreams import SERVER, UpstreamProcess
+from .upstreams import SERVER, UpstreamProcess, start_all
 
 #: The era each client mode must negotiate with the gateway.
 MODES = {"auto": MODERN_VERSION, "legacy": "2025-11-25"}
@@ -49,8 +49,7 @@ def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     METAMCP_WORKERS="2", METAMCP_UPSTREAM_TIMEOUT="10", METAMCP_KEEPALIVE_SECONDS="0.5")
     server = Gunicorn(env, free_port())
     try:
-        for upstream in upstreams:
-            upstream.start()
+        start_all(upstreams)
         server.wait_ready()
 
         def rest(method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:

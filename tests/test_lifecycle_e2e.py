@@ -27,7 +27,7 @@ from .test_children import alive, gone_within
 
 STUBBORN = Path(__file__).resolve().parent / "servers" / "stubborn_server.py"
 MARKER = f"metamcp-lifecycle-e2e-{os.getpid()}"
-IDLE_TIMEOUT = 5.0
+IDLE_TIMEOUT = 3.0  # the least METAMCP_KEEPALIVE_SECONDS=0.5 allows is 2
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
                "MCP-Protocol-Version": "2025-06-18"}
 

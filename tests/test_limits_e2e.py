@@ -253,7 +253,7 @@ def test_in_flight_cap_holds_on_the_endpoint_rest_tool_api(gateway: Callable[...
             assert time.monotonic() < deadline, "the slow call was never seen in flight"
             # Until the slow call is in flight, short ones pass; a slow call that ended before it
             # was seen (e.g. its worker was still loading the new endpoint) is started again.
-            slow = pool.submit(rest, "POST", "/metamcp/tools/api/slowpoke__slow", json={"seconds": 15})
+            slow = pool.submit(rest, "POST", "/metamcp/tools/api/slowpoke__slow", json={"seconds": 5})
             while not slow.done():
                 reply = rest("POST", "/metamcp/tools/api/slowpoke__echo", json={"message": "x"})
                 if reply.status_code == 429:

@@ -23,7 +23,7 @@ from metamcp.db import Database
 
 from .conftest import ROOT, Gunicorn, child_env, free_port
 from .mcp_client import list_all, notifications_until, run_client
-from .upstreams import UpstreamProcess
+from .upstreams import UpstreamProcess, start_all
 
 PAGE_SIZE = 5
 CONFIGURED_SECRET = "configured-upstream-secret"
@@ -113,8 +113,7 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     )
     gateway = Gunicorn(env, free_port())
     try:
-        for upstream in upstreams.values():
-            upstream.start()
+        start_all(upstreams.values())
         gateway.wait_ready()
         deployment = Deployment(gateway, keys[0], keys[1], upstreams, db)
         deployment.env = env

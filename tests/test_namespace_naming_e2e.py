@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from mcp.shared.exceptions import MCPError
 from .conftest import ROOT, Gunicorn, child_env, free_port, fresh_keys
 from .mcp_client import list_all, run_client
 from .npm_packages import installed
-from .upstreams import UpstreamProcess, stop_process
+from .upstreams import UpstreamProcess, start_all, stop_process
 
 TOOLS_ONLY = ROOT / "tests" / "servers" / "tools_only_server.py"
 #: The three test upstreams list the same resource URIs.
@@ -79,8 +79,7 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     upstreams = [UpstreamProcess(name, extra_args=("--uri-host", "shared")) for name in ("one", "two", "three")]
     gateway, key = start_gateway(database_url, str(tmp_path_factory.mktemp("data")))
     try:
-        for upstream in upstreams:
-            upstream.start()
+        start_all(upstreams)
         gateway.wait_ready()
         d = Deployment(gateway, key)
         for upstream in upstreams:
@@ -280,14 +279,19 @@ def test_a_name_an_upstream_adds_later_is_reported_not_taken_over(deployment: De
 
 
 class NodeServer:
-    """server-everything over Streamable HTTP on a free port (it reads PORT); stopped by PID."""
+    """server-everything over Streamable HTTP on a free port (it reads PORT); stopped by PID.
+    Started here, waited for by wait_listening(): several start side by side."""
 
-    def __init__(self, home: Path, node: str) -> None:
+    def __init__(self, home: Path, node: str, taken: Iterable[int] = ()) -> None:
         self.port = free_port()
+        while self.port in taken:  # a port handed out again before the first server bound it
+            self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.proc = subprocess.Popen([node, str(home / "dist" / "index.js"), "streamableHttp"],
                                      env={**os.environ, "PORT": str(self.port)}, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_listening(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
@@ -312,9 +316,11 @@ def everything(deployment: Deployment) -> Iterator[dict[str, NodeServer]]:
     servers: dict[str, NodeServer] = {}
     try:
         for name in ("ev1", "ev2", "ev3"):
-            servers[name] = NodeServer(home, node)
+            servers[name] = NodeServer(home, node, [server.port for server in servers.values()])
+        for name, server in servers.items():
+            server.wait_listening()
             reply = deployment.rest("POST", "/api/v1/mcp/servers", json={
-                "name": name, "transport": "streamable_http", "url": servers[name].url})
+                "name": name, "transport": "streamable_http", "url": server.url})
             assert reply.status_code == 201, reply.text
             deployment.ids[name] = reply.json()["id"]
         deployment.namespace("everything", list(servers))

@@ -21,7 +21,7 @@ from metamcp.db import Database
 
 from .conftest import ROOT, Gunicorn, child_env, free_port
 from .mcp_client import list_all, notifications_until, run_client
-from .upstreams import Log, UpstreamProcess
+from .upstreams import Log, UpstreamProcess, start_all
 
 ADMIN_HEADERS_KEY = "X-API-Key"
 
@@ -105,8 +105,7 @@ def deployment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     )
     gateway = Gunicorn(env, free_port())
     try:
-        for upstream in upstreams:
-            upstream.start()
+        start_all(upstreams)
         gateway.wait_ready()
         d = Deployment(gateway, keys, db, log_file)
         for upstream in upstreams:

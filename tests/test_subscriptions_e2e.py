@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,13 @@ class Stream:
 
     def close(self) -> None:
         self._response.close()
+
+
+def each_for(streams: list[Stream], seconds: float) -> list[list[dict[str, Any]]]:
+    """What each stream hears within the same `seconds`, the streams read side by side (one
+    after the other, the window of each would start where the last one's ended)."""
+    with ThreadPoolExecutor(max_workers=len(streams)) as pool:
+        return list(pool.map(lambda stream: stream.messages(seconds), streams))
 
 
 def updates(messages: list[dict[str, Any]]) -> list[str]:
@@ -296,21 +304,21 @@ def test_one_list_changed_per_change(setup: Setup) -> None:
         patched = requests.patch(setup.a.url + f"/api/v1/mcp/servers/{setup.server_id}", timeout=30,
                                  headers={"X-API-Key": setup.key}, json={"description": "changed"})
         assert patched.status_code == 200, patched.text
-        for stream in streams:
-            methods = [m.get("method") for m in stream.messages(2)]
+        for heard in each_for(streams, 2):
+            methods = [m.get("method") for m in heard]
             assert sorted(methods) == ["notifications/prompts/list_changed",
                                        "notifications/resources/list_changed",
                                        "notifications/tools/list_changed"], methods
         for gateway, session in zip((setup.a, setup.b), sessions, strict=True):
             rpc(gateway, session, "tools/list")  # the new clients are made again
         rpc(setup.a, sessions[0], "tools/call", {"name": "sub__notify_changed", "arguments": {}})
-        for stream in streams:
-            methods = [m.get("method") for m in stream.messages(2)]
+        for heard in each_for(streams, 2):
+            methods = [m.get("method") for m in heard]
             assert methods == ["notifications/tools/list_changed"], methods
         # An upstream that tells every session: both processes' clients hear it, once each.
         rpc(setup.a, sessions[0], "tools/call", {"name": "sub__notify_all_changed", "arguments": {}})
-        for stream in streams:
-            methods = [m.get("method") for m in stream.messages(2)]
+        for heard in each_for(streams, 2):
+            methods = [m.get("method") for m in heard]
             assert methods == ["notifications/tools/list_changed"], methods
     finally:
         for stream in streams:

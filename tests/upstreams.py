@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,17 @@ class UpstreamProcess:
 
     def start(self, timeout: float = 20.0) -> UpstreamProcess:
         """Start it and wait (bounded) until the port accepts connections."""
+        self.spawn()
+        return self.wait_listening(timeout)
+
+    def spawn(self) -> None:
+        """Start it without waiting (see start_all)."""
         self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self._stderr)
+
+    def wait_listening(self, timeout: float = 20.0) -> UpstreamProcess:
+        """Wait (bounded) until the spawned process's port accepts connections."""
+        assert self.proc is not None, "not spawned"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -120,6 +129,15 @@ class UpstreamProcess:
         """A ServerConfig pointing at this process (fields: headers, bearer_token, ...)."""
         transport = "sse" if self.transport == "sse" else "streamable_http"
         return server_config(server_name or self.name, self.url, transport, **fields)
+
+
+def start_all(upstreams: Iterable[UpstreamProcess], timeout: float = 20.0) -> None:
+    """Start several side by side (each spends about a second importing), then wait for each."""
+    spawned = list(upstreams)
+    for upstream in spawned:
+        upstream.spawn()
+    for upstream in spawned:
+        upstream.wait_listening(timeout)
 
 
 class Log:
