@@ -115,7 +115,19 @@ def _services(worker: Any) -> Any:
 
 def post_worker_init(worker: Any) -> None:
     """On SIGTERM (a graceful stop), the calls in flight get a short grace, then every request
-    still open ends (metamcp.stopping), so gthread's wait for open connections is short."""
+    still open ends (metamcp.stopping), so gthread's wait for open connections is short. On
+    SIGINT and SIGQUIT the worker exits at once (worker_int)."""
+    def on_quit(signum: int, frame: Any) -> None:
+        # gthread's own handler shuts its thread pool down first, which deadlocks when the
+        # signal lands while the main thread is inside that pool's submit(), holding the pool's
+        # lock (not reentrant); the worker then waited for its SIGKILL. The pool's threads end
+        # with the process anyway: idle ones at once, busy ones within worker_exit's bound.
+        worker.alive = False
+        worker.cfg.worker_int(worker)
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, on_quit)
+    signal.signal(signal.SIGQUIT, on_quit)
     services = _services(worker)
     if services is None:
         return
