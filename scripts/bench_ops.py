@@ -5,15 +5,17 @@ Four gateways under gunicorn, each with its own embedded PostgreSQL, in front of
 upstream: `off` (METAMCP_METRICS=off, METAMCP_AUDIT=off), `off-again` (the same: the noise floor
 of the comparison), `on` (metrics and the audit log, the defaults) and `on+log` (also the JSON
 access log at INFO, written to a file). At concurrency 1 each round makes one call direct and
-one through each gateway, in an order that rotates every round, so gateway-added p50 is
-compared call for call; at concurrency 32 the gateways take turns with bursts (the order
-rotating too), several times, and the median throughput of each is kept.
+one through each gateway, in an order shuffled every round (so no gateway always follows the
+one whose after-response work it might meet), so gateway-added p50 is compared call for call;
+at concurrency 32 the gateways take turns with bursts (in shuffled order too), several times,
+and the median throughput of each is kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -76,21 +78,24 @@ def run(workers: int, rounds: int, burst_calls: int, bursts: int) -> int:
         for name in bases:
             params[name] = {"name": "up__echo", "arguments": {"message": "bench"}}
         calls = {name: (lambda s, p=params[name]: s.rpc("tools/call", p)) for name in sessions}
-        for name, group in sessions.items():  # warm-up: every worker's upstream client and caches
+        for name, group in sessions.items():  # warm-up: upstream clients, caches, all 32 threads
             assert "result" in calls[name](group[0]), name
-            measure(group[:8], 200, calls[name])
+            measure(group, min(burst_calls, 640), calls[name])
 
+        shuffled = random.Random(13)  # the same orders every run
         names = list(sessions)
         latencies: dict[str, list[float]] = {name: [] for name in names}
-        for index in range(rounds):
-            for name in names[index % len(names):] + names[:index % len(names)]:
+        for _ in range(rounds):
+            shuffled.shuffle(names)
+            for name in names:
                 started = time.perf_counter()
                 calls[name](sessions[name][0])
                 latencies[name].append((time.perf_counter() - started) * 1000)
         rates: dict[str, list[float]] = {name: [] for name in bases}
         order = list(bases)
-        for index in range(bursts):
-            for name in order[index % len(order):] + order[:index % len(order)]:
+        for _ in range(bursts):
+            shuffled.shuffle(order)
+            for name in order:
                 rates[name].append(measure(sessions[name], burst_calls, calls[name])[1])
 
         direct = pct(latencies["direct"], 50)
