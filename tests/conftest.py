@@ -75,7 +75,7 @@ def database_url() -> Iterator[str]:
 
 
 #: Empties what a deployment fills (keys, servers, sessions, namespaces, endpoints, and what hangs on them).
-RESET = "TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints RESTART IDENTITY CASCADE"
+RESET = "TRUNCATE api_keys, mcp_servers, mcp_sessions, namespaces, endpoints, audit_log RESTART IDENTITY CASCADE"
 
 
 @pytest.fixture

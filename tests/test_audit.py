@@ -130,7 +130,7 @@ def test_the_sink_costs_microseconds_per_record() -> None:
 def test_an_outage_is_logged_once_and_the_records_written_after_it(
         scratch: tuple[str, Database], database_url: str, caplog: pytest.LogCaptureFixture) -> None:
     url, db = scratch
-    name = url.rsplit("/", 1)[1]
+    name = psycopg2.extensions.parse_dsn(url)["dbname"]  # also an embedded URL (?host=/path)
     admin = psycopg2.connect(database_url)
     admin.autocommit = True
     log = AuditLog(url, flush_seconds=0.05)
