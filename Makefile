@@ -7,11 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck bench clean lock
 
+# Quiet but not silent: one line says what takes the ~20 s. --quiet twice hides pip's warnings
+# too, among them setuptools' "Editable installation" banner from building the editable wheel;
+# errors still print.
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "metamcp: installing dependencies into $(VENV) (first run or changed setup.cfg, about 20 s)..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --quiet -e '.[dev]'
+	@touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/gunicorn -c python:metamcp.gunicorn_conf

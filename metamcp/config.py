@@ -158,8 +158,10 @@ def _data_dir(values: Mapping[str, str]) -> Path:
     return Path(values.get("METAMCP_DATA_DIR") or "./.data").expanduser().resolve()
 
 
-def ensure_secrets(env: Mapping[str, str] | None = None) -> None:
+def ensure_secrets(env: Mapping[str, str] | None = None) -> Path | None:
     """Generate JWT_SECRET and ENCRYPTION_KEY once, kept in the data directory (mode 0600).
+
+    Returns the file's path when this call wrote it (so a launcher can say where), else None.
 
     Launchers call this (gunicorn's master, scripts/keys.py, wsgi.py). Processes racing to
     create the file agree: the first one linked in place wins and the others read it.
@@ -170,7 +172,7 @@ def ensure_secrets(env: Mapping[str, str] | None = None) -> None:
     stored = read_env_file(path)
     missing = [name for name in GENERATED_SECRETS if not values.get(name) and name not in stored]
     if not missing:
-        return
+        return None
     generated = {
         "JWT_SECRET": secrets.token_urlsafe(48),
         "ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
@@ -189,9 +191,10 @@ def ensure_secrets(env: Mapping[str, str] | None = None) -> None:
         else:
             os.link(tmp, path)  # fails if another process created it meanwhile: theirs stands
     except FileExistsError:
-        pass
+        return None
     finally:
         tmp.unlink(missing_ok=True)
+    return path
 
 
 def parse_encryption_key(value: str) -> bytes:

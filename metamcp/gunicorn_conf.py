@@ -10,9 +10,11 @@ if the master dies) and stops it on exit.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from metamcp.mcp.children import forget_dead_workers, reap_worker, run_dir
 from metamcp.stopping import EXIT_WAIT, WorkerStop, exit_within
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception | str) -> None:
     print(f"metamcp: cannot start: {error}", file=sys.stderr, flush=True)
     sys.exit(1)
 
@@ -75,10 +77,38 @@ _metrics_dir: Path | None = None
 _metrics_dir_made = False
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether gunicorn's bind of host:port would fail because something listens there.
+
+    Checked before anything starts: otherwise gunicorn retries its bind for 5 s and exits 2,
+    after the embedded PostgreSQL was started. Bound the way gunicorn binds (SO_REUSEADDR, so a
+    port in TIME_WAIT is free); other bind errors (a bad host) are left to gunicorn's message.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
 def on_starting(server: Any) -> None:
     global _embedded, _settings, _metrics_dir, _metrics_dir_made
+    # A re-exec (USR2) or socket activation inherits its listening sockets: the port is ours;
+    # with SO_REUSEPORT (reuse_port) sharing it is the point.
+    shared = "GUNICORN_FD" in os.environ or "LISTEN_FDS" in os.environ or server.cfg.reuse_port
+    if not shared and port_in_use(_settings.host, _settings.port):
+        _fail(f"port {_settings.port} is in use (another gateway?); "
+              "stop what listens there or set METAMCP_PORT")
     try:
-        ensure_secrets()
+        secrets_file = ensure_secrets()
         _settings = load_settings()
     except (ConfigError, OSError) as error:
         _fail(error)
@@ -88,6 +118,11 @@ def on_starting(server: Any) -> None:
     limits.create_shared()
     # The supervisor of the embedded server logs from this process.
     logs.configure(_settings)
+    if secrets_file is not None:
+        server.log.info("generated JWT_SECRET and ENCRYPTION_KEY into %s (first run; keep it private)",
+                        secrets_file)
+    if _settings.database_url is None:
+        server.log.info("starting embedded PostgreSQL in %s", _settings.pgdata)
     try:
         url, _embedded = prepare_database(_settings, may_attach=False)
     except ConfigError as error:

@@ -117,11 +117,11 @@ def test_secrets_generated_once_private_and_kept(tmp_path: Path, monkeypatch: py
     env = {"METAMCP_DATA_DIR": str(tmp_path / "data")}
     with pytest.raises(ConfigError):
         load_settings(env)
-    ensure_secrets(env)
     path = tmp_path / "data" / "secrets.env"
+    assert ensure_secrets(env) == path  # written now: the launcher says where
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     first = load_settings(env)
-    ensure_secrets(env)
+    assert ensure_secrets(env) is None  # already there: nothing to say
     second = load_settings(env)
     assert first.jwt_secret == second.jwt_secret and first.encryption_key == second.encryption_key
     assert len(first.encryption_key) == 32
@@ -130,7 +130,7 @@ def test_secrets_generated_once_private_and_kept(tmp_path: Path, monkeypatch: py
 
 def test_configured_secrets_are_not_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    ensure_secrets({**GOOD, "METAMCP_DATA_DIR": str(tmp_path)})
+    assert ensure_secrets({**GOOD, "METAMCP_DATA_DIR": str(tmp_path)}) is None
     assert not (tmp_path / "secrets.env").exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,6 +52,11 @@ def test_make_run_default_embedded_database(tmp_path: Path, start_gunicorn: Call
         server = start_gunicorn(env)
         secrets_file = data / "secrets.env"
         assert secrets_file.stat().st_mode & 0o777 == 0o600
+        said = server.output()  # what `make run` says it is doing, in order
+        steps = [f"generated JWT_SECRET and ENCRYPTION_KEY into {secrets_file}",
+                 f"starting embedded PostgreSQL in {data / 'postgres'}", f"serving on {server.url}"]
+        assert all(step in said for step in steps), said
+        assert [said.index(step) for step in steps] == sorted(said.index(step) for step in steps)
         pg_pid = postmaster_pid(data / "postgres")
         assert pg_pid is not None and pid_alive(pg_pid)
 
@@ -125,3 +131,58 @@ def test_bad_settings_stop_start_up_with_one_line(tmp_path: Path) -> None:
     assert no_db.returncode == 1
     assert "metamcp: cannot start: DATABASE_URL: cannot connect" in no_db.stderr
     assert "hunter2" not in no_db.stderr and "Traceback" not in no_db.stderr
+
+
+def test_start_up_says_what_it_does_and_a_taken_port_is_one_line(
+        tmp_path: Path, database_url: str, db: Database, start_gunicorn: Callable[..., Gunicorn]) -> None:
+    env = child_env(METAMCP_DATA_DIR=str(tmp_path), DATABASE_URL=database_url, METAMCP_WORKERS="1")
+    first = start_gunicorn(env)
+    secrets_file = tmp_path / "secrets.env"
+    lines = first.output()
+    assert f"generated JWT_SECRET and ENCRYPTION_KEY into {secrets_file}" in lines
+    assert f"serving on http://127.0.0.1:{first.port}" in lines
+    assert "embedded PostgreSQL" not in lines  # DATABASE_URL: nothing to start
+
+    # A second gateway on the same port: one line naming the port, exit 1 at once, nothing left.
+    began = time.monotonic()
+    taken = start_failure({**env, "METAMCP_PORT": str(first.port)})
+    assert time.monotonic() - began < 4  # gunicorn alone retried its bind for 5 s, then exit 2
+    assert taken.returncode == 1, taken.stderr
+    # Only gunicorn's own "Starting gunicorn" comes before the one line; no retries, no traceback.
+    assert taken.stderr.strip().splitlines()[1:] == [
+        f"metamcp: cannot start: port {first.port} is in use (another gateway?); "
+        "stop what listens there or set METAMCP_PORT"]
+    assert requests.get(f"{first.url}/ready", timeout=5).status_code == 200  # the first still serves
+
+    # A second run: the secrets exist, so nothing is said about them.
+    assert first.stop(signal.SIGTERM) == 0
+    again = start_gunicorn(env)
+    assert "generated JWT_SECRET" not in again.output()
+    assert f"serving on http://127.0.0.1:{again.port}" in again.output()
+
+
+def test_taken_port_starts_no_embedded_postgres(tmp_path: Path) -> None:
+    data = Path("/tmp") / f"mmport{os.getpid()}"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        try:
+            taken = start_failure(child_env(METAMCP_DATA_DIR=str(data), METAMCP_PORT=str(port)))
+            assert taken.returncode == 1, taken.stderr
+            assert taken.stderr.strip().splitlines()[1:] == [
+                f"metamcp: cannot start: port {port} is in use (another gateway?); "
+                "stop what listens there or set METAMCP_PORT"]
+            # Checked before anything starts: no PostgreSQL cluster, no secrets.
+            assert not (data / "postgres").exists() and not (data / "secrets.env").exists()
+        finally:
+            subprocess.run(["rm", "-rf", str(data)], check=False)
+
+
+def test_make_install_step_is_quiet_but_says_so() -> None:
+    """The install step names what it does, and pip's and the editable build's output stays
+    hidden (--quiet on every pip call; the setuptools banner comes from the build backend)."""
+    recipe = (ROOT / "Makefile").read_text().split("$(STAMP):", 1)[1].split("\n\n", 1)[0]
+    pip_lines = [line for line in recipe.splitlines() if "pip install" in line]
+    assert pip_lines and all("--quiet --quiet" in line for line in pip_lines)  # measured: one --quiet shows it
+    assert "installing dependencies into" in recipe
