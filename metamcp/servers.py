@@ -83,11 +83,14 @@ def check_server(fields: Mapping[str, Any]) -> None:
         else:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                errors["url"] = ["Must be an absolute http:// or https:// URL."]
+                errors["url"] = ["Must be an absolute http:// or https:// URL with a host."]
     elif not fields.get("command"):
         errors["command"] = ["Required when transport is stdio."]
     if errors:
-        raise ValidationFailed("The server definition is incomplete; see details.", errors)
+        # The message names what is wrong (one field at most, in practice): "see details" alone
+        # sent a user hunting for which part of the definition was missing.
+        what = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+        raise ValidationFailed(f"The server definition is not valid: {what}", errors)
 
 
 def check_address(fields: Mapping[str, Any], policy: AddressPolicy) -> None:

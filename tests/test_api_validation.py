@@ -76,3 +76,41 @@ def test_empty_patch_and_put_bodies_get_422(client: FlaskClient, auth: dict[str,
     # A body that does change something still works.
     reply = client.put(f"/api/v1/namespaces/{ns}/servers/{server['id']}", headers=auth, json={"status": "active"})
     assert reply.status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "says"), [
+    ("GET", "/api/v1/mcp/servers/not-a-uuid", "'not-a-uuid' is not a valid id here: these ids are UUIDs."),
+    ("DELETE", "/api/v1/mcp/servers/not-a-uuid", "'not-a-uuid' is not a valid id here"),
+    ("GET", "/api/v1/mcp/servers/x/tools", "'x' is not a valid id here: these ids are UUIDs."),
+    ("GET", "/api/v1/namespaces/nope", "'nope' is not a valid id here: these ids are UUIDs."),
+    ("PUT", "/api/v1/namespaces/00000000-0000-0000-0000-000000000000/servers/two",
+     "'two' is not a valid id here: these ids are UUIDs."),
+    ("GET", "/api/v1/endpoints/nope", "'nope' is not a valid id here: these ids are UUIDs."),
+    ("GET", "/api/v1/keys/abc", "'abc' is not a valid id here: these ids are integers."),
+    ("GET", "/api/v1/nothing/here", "No route /api/v1/nothing/here."),
+    ("GET", "/api/v2/mcp/servers", "No route /api/v2/mcp/servers."),
+])
+def test_rest_404_for_a_bad_id_or_path_says_so_in_json(client: FlaskClient, auth: dict[str, str],
+                                                      method: str, path: str, says: str) -> None:
+    reply = client.open(path, method=method, headers=auth)
+    assert reply.status_code == 404
+    assert reply.mimetype == "application/json"
+    assert set(reply.json) == {"error", "message", "details"} and reply.json["error"] == "not_found"
+    assert reply.json["message"].startswith(says)
+    assert "spelling" not in reply.json["message"]  # werkzeug's default text
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("ftp://example.com/mcp", "url: Must be an absolute http:// or https:// URL with a host."),
+    ("http:///mcp", "url: Must be an absolute http:// or https:// URL with a host."),
+    ("not a url", "url: Must be an absolute http:// or https:// URL with a host."),
+])
+def test_bad_server_url_422_names_the_url(client: FlaskClient, auth: dict[str, str], url: str,
+                                          says: str) -> None:
+    reply = client.post("/api/v1/mcp/servers", headers=auth, json={
+        "name": "bad", "transport": "streamable_http", "url": url})
+    assert reply.status_code == 422, reply.json
+    assert set(reply.json) == {"error", "message", "details"}
+    assert reply.json["error"] == "validation_error"
+    assert reply.json["message"] == f"The server definition is not valid: {says}"
+    assert "url" in reply.json["details"]

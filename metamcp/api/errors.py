@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, has_request_context, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from metamcp.errors import STATUS_CODES, Answer, MetaMCPError, rest_error
 
@@ -24,6 +24,31 @@ def render(answer: Answer) -> Response:
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
     return render(rest_error(status, code, message, details))
+
+
+#: Stand-ins for a path segment when checking whether it was meant as an id, and what ids are.
+_SOME_IDS = (("00000000-0000-0000-0000-000000000000", "UUIDs"), ("1", "integers"))
+
+
+def not_found_message() -> str:
+    """What an unmatched path means: werkzeug's default text ("...check your spelling") says
+    nothing about /api/v1/mcp/servers/not-a-uuid, where an id was expected and was not one."""
+    path = request.path
+    segments = path.split("/")
+    adapter = current_app.url_map.bind("localhost")
+    for index, segment in enumerate(segments):
+        for some_id, kind in _SOME_IDS:
+            if not segment or segment == some_id:
+                continue
+            candidate = "/".join([*segments[:index], some_id, *segments[index + 1:]])
+            try:
+                adapter.match(candidate, method=request.method)
+            except MethodNotAllowed:
+                pass  # the route exists (the method is another matter): the segment is wrong
+            except HTTPException:
+                continue  # NotFound, or a redirect: not an id position
+            return f"{segment[:80]!r} is not a valid id here: these ids are {kind}."
+    return f"No route {path[:200]}."
 
 
 def http_exception_response(error: HTTPException) -> Response:
@@ -44,6 +69,8 @@ def http_exception_response(error: HTTPException) -> Response:
         message, details = "The request body is not valid JSON.", None
     elif status == 413:
         message = "The request body is too large."
+    elif status == 404 and error.description == NotFound.description and has_request_context():
+        message = not_found_message()
     response = error_response(status, STATUS_CODES.get(status, "error"), message, details)
     # The exception's own headers (Allow on a 405, Retry-After...), then those of an abort().
     for name, value in error.get_headers():
