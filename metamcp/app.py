@@ -22,6 +22,7 @@ from metamcp.api import keys as keys_api
 from metamcp.api import metrics as metrics_api
 from metamcp.api import namespaces as namespaces_api
 from metamcp.api import servers as servers_api
+from metamcp.api import swagger_ui
 from metamcp.api.auth import client_address
 from metamcp.api.errors import http_exception_response, register_error_handlers
 from metamcp.api.schemas import ErrorSchema
@@ -257,7 +258,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/swagger-ui",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=swagger_ui.ASSETS_URL,  # served here (pinned), not from a CDN
         API_SPEC_OPTIONS={
             "info": {"description": "One authenticated MCP endpoint in front of many MCP servers."},
         },
@@ -333,6 +334,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
         observers.add(metrics.record)
         audit.report_dropped = metrics.audit_dropped  # records the full audit queue turned away
     app.register_blueprint(metrics_api.bp)
+    app.register_blueprint(swagger_ui.bp)  # before the Api: its page template shadows flask-smorest's
 
     register_error_handlers(app)
     api = MetaMCPApi(app)
