@@ -241,6 +241,21 @@ def serve() -> Flask:
     return create_app(settings)
 
 
+def warn_unreadable(registry: ServerRegistry) -> None:
+    """Say at start (once per process) which servers the gateway cannot use because the current
+    ENCRYPTION_KEY cannot open their secrets; never the secrets. A database not reachable yet
+    is not a reason to fail the start here (the readiness probe reports it)."""
+    try:
+        names = registry.unreadable()
+    except (MetaMCPError, psycopg2.Error):
+        return
+    if names:
+        logger.warning("ENCRYPTION_KEY cannot decrypt the stored secrets of %d server(s): %s; they "
+                       "are shown as errors and unusable until resealed (scripts/servers.py reseal "
+                       "--old-key-file FILE) or their secrets are entered again",
+                       len(names), ", ".join(names))
+
+
 def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flask:
     """Build the WSGI app. `listen=False` skips the LISTEN/NOTIFY thread (pure REST tests)."""
     settings = settings or load_settings()
@@ -268,6 +283,7 @@ def create_app(settings: Settings | None = None, *, listen: bool = True) -> Flas
     authenticator = Authenticator(db, settings.jwt_secret, settings.jwt_lifetime, settings.cache_ttl)
     registry = ServerRegistry(db, SecretBox(settings.encryption_key), settings.upstream_policy,
                               StdioPolicy.from_settings(settings))
+    warn_unreadable(registry)
     sessions = SessionStore(db, settings.session_idle_timeout)
 
     def publish(topic: Topic, details: dict[str, Any]) -> None:

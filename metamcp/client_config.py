@@ -112,11 +112,18 @@ def import_servers(registry: ServerRegistry, document: Any, partial: bool = Fals
 
 
 def export_servers(registry: ServerRegistry, include_secrets: bool = False) -> dict[str, Any]:
-    """Every registered server as a client config; secrets masked unless asked for."""
+    """Every registered server as a client config; secrets masked unless asked for.
+
+    With `include_secrets`, a server whose secrets this ENCRYPTION_KEY cannot open is still
+    exported, its secrets masked ("****", which an import reads as "keep the stored value"),
+    and named in `unreadable` with a `warnings` line: the others' backup must not fail for it.
+    """
     servers: dict[str, Any] = {}
-    configs = {config.name: config for config in registry.configs(active_only=False)}
+    loaded = registry.load(active_only=False) if include_secrets else None
+    configs = {config.name: config for config in loaded.configs} if loaded else {}
+    unreadable = {problem.name: problem.message for problem in loaded.unreadable} if loaded else {}
     for public in registry.list_all():
-        source = configs[public["name"]] if include_secrets else None
+        source = configs.get(public["name"]) if include_secrets else None
         entry: dict[str, Any]
         if public["transport"] == "stdio":
             entry = {"command": public["command"], "args": public["args"]}
@@ -138,4 +145,9 @@ def export_servers(registry: ServerRegistry, include_secrets: bool = False) -> d
         if not public["is_active"]:
             entry["disabled"] = True
         servers[public["name"]] = entry
-    return {"mcpServers": servers}
+    exported: dict[str, Any] = {"mcpServers": servers}
+    if unreadable:
+        exported["unreadable"] = sorted(unreadable)
+        exported["warnings"] = [unreadable[name] + " Its secrets are exported masked (****)."
+                                for name in sorted(unreadable)]
+    return exported

@@ -158,8 +158,12 @@ def _check_columns(fields: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown server columns: {sorted(unknown)}")
 
 
-def list_servers(cur: Cursor) -> list[Row]:
-    cur.execute("SELECT * FROM mcp_servers ORDER BY name")
+def list_servers(cur: Cursor, lock: bool = False) -> list[Row]:
+    """Every server by name; `lock` holds their rows until the transaction ends (a reseal)."""
+    if lock:
+        cur.execute("SELECT * FROM mcp_servers ORDER BY name FOR UPDATE")
+    else:
+        cur.execute("SELECT * FROM mcp_servers ORDER BY name")
     return [dict(row) for row in cur.fetchall()]
 
 

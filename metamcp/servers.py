@@ -55,6 +55,31 @@ class Undecryptable(MetaMCPError):
     status, code = 409, "undecryptable_secrets"
 
 
+def unreadable_message(name: str) -> str:
+    """What admins and MCP clients are told of a server whose secrets this key cannot open
+    (names the server and the cause, never a secret)."""
+    return (f"The stored secrets of server {name!r} cannot be decrypted with the current "
+            "ENCRYPTION_KEY (was it changed?); reseal them with `scripts/servers.py reseal "
+            "--old-key-file FILE`, or enter them again with PUT or PATCH.")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A server left out of the gateway because its secrets cannot be decrypted."""
+
+    name: str
+    transport: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The registry as the gateway reads it: usable definitions, and the servers it cannot use."""
+
+    configs: list[ServerConfig]
+    unreadable: list[Unreadable]
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """A server as the gateway needs it: secrets decrypted. Never serialized to clients."""
@@ -134,9 +159,14 @@ class ServerRegistry:
     def configs(self, active_only: bool = True) -> list[ServerConfig]:
         """Decrypted definitions for the gateway; a server whose secrets cannot be decrypted
         (ENCRYPTION_KEY changed) is left out and logged, never failing the others."""
+        return self.load(active_only).configs
+
+    def load(self, active_only: bool = True) -> Loaded:
+        """Decrypted definitions, and the servers left out because this ENCRYPTION_KEY cannot
+        open their secrets (each logged), so callers can show them as errors, not hide them."""
         with self._db.transaction() as cur:
             rows = repository.list_servers(cur)
-        configs = []
+        configs, unreadable = [], []
         for row in rows:
             if not (row["is_active"] or not active_only):
                 continue
@@ -144,7 +174,14 @@ class ServerRegistry:
                 configs.append(self._config(row))
             except Undecryptable as e:
                 logger.error("%s", e.message)
-        return configs
+                unreadable.append(Unreadable(row["name"], row["transport"], e.message))
+        return Loaded(configs, unreadable)
+
+    def unreadable(self) -> list[str]:
+        """Names of the servers (active or not) whose secrets this ENCRYPTION_KEY cannot open."""
+        with self._db.transaction() as cur:
+            rows = repository.list_servers(cur)
+        return [row["name"] for row in rows if not self._readable(row)]
 
     # --- writes --------------------------------------------------------------------------
 
@@ -258,8 +295,16 @@ class ServerRegistry:
         except CryptoError:
             return "****"  # sealed under another ENCRYPTION_KEY: still never shown
 
+    def _readable(self, row: Mapping[str, Any]) -> bool:
+        try:
+            self._decrypted(row)
+        except CryptoError:
+            return False
+        return True
+
     def _public(self, row: Mapping[str, Any]) -> dict[str, Any]:
         public = dict(row)
+        public["secrets_error"] = None if self._readable(row) else unreadable_message(row["name"])
         public["headers"] = {k: self._mask(v) for k, v in row["headers"].items()}
         public["env"] = {k: self._mask(v) for k, v in row["env"].items()}
         token = row["bearer_token"]
@@ -270,10 +315,7 @@ class ServerRegistry:
         try:
             return self._decrypted(row)
         except CryptoError:
-            raise Undecryptable(
-                f"The stored secrets of server {row['name']!r} cannot be decrypted with this "
-                "ENCRYPTION_KEY (was it changed?); enter them again with PUT or PATCH."
-            ) from None
+            raise Undecryptable(unreadable_message(row["name"])) from None
 
     def _decrypted(self, row: Mapping[str, Any]) -> ServerConfig:
         token = row["bearer_token"]

@@ -178,7 +178,8 @@ def test_secrets_under_another_encryption_key_fail_softly(api: Api, settings: An
         client = other.test_client()
         headers = api.headers
         health = client.get("/api/v1/health", headers=headers)
-        assert health.status_code == 200 and health.json["upstreams"] == []
+        assert health.status_code == 200
+        assert [(u["name"], u["status"]) for u in health.json["upstreams"]] == [("one", "error")]
         shown = client.get(f"/api/v1/mcp/servers/{server['id']}", headers=headers)
         assert shown.status_code == 200 and shown.json["bearer_token"] == "****"
         live = client.get(f"/api/v1/mcp/servers/{server['id']}/tools", headers=headers)

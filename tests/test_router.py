@@ -32,6 +32,12 @@ class FixedCatalog:
         self.servers = sorted(self.upstream)
         self.forgotten: list[str] = []
         self.fetched: list[str] = []
+        #: Active servers whose secrets the key cannot open: name -> reason.
+        self.unreadable_servers: dict[str, str] = {}
+
+    def unreadable(self, view: NamespaceView | None) -> dict[str, str]:
+        return {name: reason for name, reason in self.unreadable_servers.items()
+                if view is None or name in view.servers}
 
     def names(self, view: NamespaceView | None) -> list[str]:
         return self.servers if view is None else [s for s in view.servers if s in self.servers]
@@ -92,6 +98,17 @@ def test_an_unknown_name_is_invalid_params_after_one_fresh_look() -> None:
     with pytest.raises(RpcError) as no_server:
         router(catalog).route("prompts", "gamma__greet")
     assert (no_server.value.code, no_server.value.message) == (INVALID_PARAMS, "Unknown prompt: gamma__greet")
+
+
+def test_a_server_whose_secrets_cannot_be_decrypted_is_named_with_its_cause() -> None:
+    catalog = FixedCatalog({"alpha": listed("alpha", "echo")})
+    catalog.unreadable_servers = {"sealed": "secrets of 'sealed' cannot be decrypted"}
+    with pytest.raises(RpcError) as failed:
+        router(catalog).route("tools", "sealed__echo")
+    assert (failed.value.code, failed.value.message) == (UPSTREAM_ERROR, "secrets of 'sealed' cannot be decrypted")
+    with pytest.raises(RpcError) as unknown:
+        router(catalog).route("tools", "other__echo")
+    assert unknown.value.code == INVALID_PARAMS
 
 
 def test_a_candidate_without_a_list_is_the_upstream_error_of_that_server() -> None:

@@ -90,5 +90,6 @@ class HealthDetail(MethodView):
                          "pool": services.db.stats()},
             "sessions": {"cached": services.sessions.cached(),
                          "idle_timeout": services.sessions.idle_timeout},
-            "upstreams": services.gateway.health.report(services.gateway.pool.servers(), services.gateway.pool.kept),
+            "upstreams": services.gateway.health.report(services.gateway.pool.servers(), services.gateway.pool.kept,
+                                                        services.gateway.pool.unreadable()),
         }

@@ -155,6 +155,11 @@ class ServerSchema(Schema):
                           metadata={"example": {"X-Upstream-Key": "****"}})
     bearer_token = fields.String(allow_none=True, metadata={"example": "****abcd"})
     is_active = fields.Boolean()
+    secrets_error = fields.String(
+        allow_none=True,
+        metadata={"description": "set when the current ENCRYPTION_KEY cannot decrypt the server's "
+                                 "stored secrets: the gateway cannot use it until they are resealed "
+                                 "(scripts/servers.py reseal) or entered again"})
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     process = fields.Dict(
@@ -218,6 +223,11 @@ class ClientConfigSchema(Schema):
         keys=fields.String(), values=fields.Raw(), required=True,
         metadata={"description": "name -> {command, args, env, cwd} or {url, headers, type}"},
     )
+    unreadable = fields.List(fields.String(), metadata={
+        "description": "export with include_secrets only: servers whose secrets the current "
+                       "ENCRYPTION_KEY cannot decrypt (exported masked)"})
+    warnings = fields.List(fields.String(), metadata={
+        "description": "export only: what could not be exported in clear, and why"})
 
 
 class ImportQuerySchema(Schema):

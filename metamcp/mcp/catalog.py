@@ -128,6 +128,13 @@ class Catalog:
         active = self._pool.servers()
         return sorted(active) if view is None else [name for name in view.servers if name in active]
 
+    def unreadable(self, view: NamespaceView | None) -> dict[str, str]:
+        """The active servers a session would see but the gateway cannot use (this
+        ENCRYPTION_KEY cannot open their secrets): name -> the reason, for its errors."""
+        problems = self._pool.unreadable()
+        names = sorted(problems) if view is None else [name for name in view.servers if name in problems]
+        return {name: problems[name].message for name in names}
+
     def table(self, kind: str, view: NamespaceView | None) -> Table:
         """What a session sees of `kind` from the current lists, kept until the view or a list
         changes; a clash is logged once, when it appears."""

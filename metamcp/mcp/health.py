@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from metamcp import metrics
 from metamcp.mcp.upstream.interface import Upstream
-from metamcp.servers import ServerConfig
+from metamcp.servers import ServerConfig, Unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,16 @@ class Health:
         metrics.upstream_failed(name)
 
     def report(self, servers: dict[str, ServerConfig],
-               kept: Callable[[str], Upstream | None]) -> list[dict[str, Any]]:
+               kept: Callable[[str], Upstream | None],
+               unreadable: Mapping[str, Unreadable] | None = None) -> list[dict[str, Any]]:
         """Each active upstream's last known state in this process; `kept` gives the pool's
         client of a server, if it has one. Nothing is pinged or started here: an upstream this
-        process never used is `unknown`."""
-        report = []
+        process never used is `unknown`. An `unreadable` server (its secrets sealed under
+        another ENCRYPTION_KEY) is an error, named with its cause, not left out."""
+        report: list[dict[str, Any]] = [
+            {"name": problem.name, "transport": problem.transport, "status": "error",
+             "last_error": problem.message, "checked_at": None}
+            for problem in (unreadable or {}).values()]
         for name, config in sorted(servers.items()):
             health = self._upstreams.get(name) or UpstreamHealth()
             entry: dict[str, Any] = {
@@ -72,5 +77,5 @@ class Health:
             if process is not None:
                 entry["process"] = process
             report.append(entry)
-        return report
+        return sorted(report, key=lambda entry: entry["name"])
 

@@ -25,7 +25,7 @@ from metamcp.mcp.protocol import REQUEST_TIMEOUT, SERVER_BUSY, UPSTREAM_ERROR
 from metamcp.mcp.upstream.call import GatewayStopping, PendingCall, UpstreamError, UpstreamTimeout
 from metamcp.mcp.upstream.factory import create_upstream
 from metamcp.mcp.upstream.interface import AskClient, ClientMeta, Respond, Upstream, fallback_answer
-from metamcp.servers import ServerConfig, ServerRegistry
+from metamcp.servers import ServerConfig, ServerRegistry, Unreadable
 from metamcp.stdio_policy import StdioPolicy
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ def client_error(server: str, error: UpstreamError | None = None) -> RpcError:
 @dataclass
 class _State:
     configs: dict[str, ServerConfig] | None = None
+    #: Active servers left out of `configs`: this ENCRYPTION_KEY cannot open their secrets.
+    unreadable: dict[str, Unreadable] = field(default_factory=dict)
     #: Registry changes heard, and the count the configs were read after (equal: current).
     wanted: int = 0
     loaded: int = 0
@@ -102,12 +104,14 @@ class Pool:
                 return state.configs
             wanted = state.wanted
             try:
-                fresh = {config.name: config for config in self._registry.configs()}
+                loaded = self._registry.load()
             except DatabaseUnavailable:
                 if state.configs is None:
                     raise
                 return state.configs
+            fresh = {config.name: config for config in loaded.configs}
             with self._lock:
+                state.unreadable = {problem.name: problem for problem in loaded.unreadable}
                 dropped = [name for name, (config, _) in state.clients.items() if fresh.get(name) != config]
                 # The new configs first: a list still arriving for a server that left is not kept.
                 state.configs, state.loaded = fresh, wanted
@@ -119,6 +123,12 @@ class Pool:
             return fresh
         finally:
             self._reloading.release()
+
+    def unreadable(self) -> dict[str, Unreadable]:
+        """Active servers the gateway cannot use because this ENCRYPTION_KEY cannot open their
+        secrets (as of the last registry read), by name: shown as errors, not hidden."""
+        self.servers()
+        return self._state.unreadable
 
     def config(self, name: str) -> ServerConfig | None:
         """`name`'s definition as last read from the registry (nothing is read now)."""
@@ -139,6 +149,8 @@ class Pool:
         if entry is not None:
             return entry[1]
         config = self.servers().get(name)
+        if config is None and name in self._state.unreadable:
+            raise RpcError(UPSTREAM_ERROR, self._state.unreadable[name].message)
         if config is None:
             raise RpcError(INVALID_PARAMS, f"No active server named {name!r}")
         with self._lock:

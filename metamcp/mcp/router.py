@@ -10,6 +10,7 @@ from metamcp.mcp import naming
 from metamcp.mcp.catalog import Catalog
 from metamcp.mcp.jsonrpc import INVALID_PARAMS, RpcError
 from metamcp.mcp.pool import client_error
+from metamcp.mcp.protocol import UPSTREAM_ERROR
 from metamcp.namespaces import NamespaceView
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class Router:
             found = self._find(kind, exposed, view, candidates)
             if found is not None:
                 return found
+        unreadable = self._catalog.unreadable(view)
+        for server in naming.server_candidates(exposed, list(unreadable)):
+            raise RpcError(UPSTREAM_ERROR, unreadable[server])
         label = "tool" if kind == "tools" else "prompt"
         raise RpcError(INVALID_PARAMS, f"Unknown {label}: {exposed}")
 
