@@ -108,3 +108,16 @@ def test_delete_without_confirm_names_the_flag(env: dict[str, str], tmp_path: Pa
     assert "usage:" not in result.stderr
     shown = run_script("keys.py", env, tmp_path, "--json", "show", str(created["id"]))
     assert json.loads(shown.stdout)["name"] == "keep"
+
+
+def test_bench_help_has_whole_paragraphs() -> None:
+    result = run_script("bench.py", child_env(), ROOT, "--help")
+    assert result.returncode == 0, result.stderr
+    description = result.stdout.split("\n\n", 1)[1].split("\noptions:", 1)[0]
+    for paragraph in description.strip().split("\n\n"):
+        lines = paragraph.splitlines()
+        if lines[0].startswith("    "):  # a usage example
+            continue
+        assert paragraph.rstrip().endswith("."), paragraph
+        # A prose line far shorter than the width reads as a sentence cut off.
+        assert all(len(line) >= 60 for line in lines[:-1]), paragraph
