@@ -62,7 +62,8 @@ def test_scripts_refuse_to_create_a_database_unless_init(short_dir: Path, tmp_pa
     elsewhere.mkdir()
     # A .env in the working directory is not the project's: ignored (it would point elsewhere).
     (elsewhere / ".env").write_text("DATABASE_URL=postgresql://nobody@127.0.0.1:1/none\n")
-    env = child_env(METAMCP_DATA_DIR=str(data))
+    # Empty, not absent: a DATABASE_URL in the checkout's .env must not take over (the environment wins).
+    env = child_env(METAMCP_DATA_DIR=str(data), DATABASE_URL="")
     for script, args in (("keys.py", ["list"]), ("servers.py", ["export"]), ("audit.py", ["tail"])):
         refused = run_script(script, env, elsewhere, *args)
         assert refused.returncode == 1, refused.stderr
