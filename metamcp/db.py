@@ -425,8 +425,8 @@ def open_database(root: Path | None = None, *, init: bool = False) -> Iterator[t
         missing = would_create(values)
         if missing:
             raise NoProjectData(f"no MetaMCP data found; this would create {' and '.join(missing)}. "
-                                "Run it from the right checkout, set METAMCP_DATA_DIR or DATABASE_URL, "
-                                "or pass --init to create them")
+                                "Start the gateway once with `make run` in this checkout, set "
+                                "METAMCP_DATA_DIR or DATABASE_URL, or pass --init to create them")
     ensure_secrets(values, read_dotenv=values is None)
     settings = load_settings(values, read_dotenv=values is None)
     url, embedded = prepare_database(settings)
