@@ -73,11 +73,13 @@ def _flatten(messages: Any) -> str:
     return str(messages)
 
 
-def import_servers(registry: ServerRegistry, document: Any, partial: bool = False) -> dict[str, Any]:
+def import_servers(registry: ServerRegistry, document: Any, partial: bool = False,
+                   partial_hint: str = "partial=true") -> dict[str, Any]:
     """Create or update the document's servers; a report of what happened to each.
 
     Every entry is checked first. Unless `partial`, one invalid entry rejects the whole
-    document and nothing is written.
+    document and nothing is written; the message names `partial_hint` as the way to import
+    the valid ones (the REST parameter, or the CLI's flag).
     """
     if not isinstance(document, dict) or not isinstance(document.get("mcpServers"), dict):
         raise ValidationFailed("Send {\"mcpServers\": {\"name\": {...}}}, the format MCP clients use.")
@@ -94,7 +96,7 @@ def import_servers(registry: ServerRegistry, document: Any, partial: bool = Fals
             invalid[name] = e.message
     if invalid and not partial:
         raise ValidationFailed("Some entries are invalid; nothing was imported. Fix them, or import "
-                               "the valid ones with partial=true.", invalid)
+                               f"the valid ones with {partial_hint}.", invalid)
     existing = {server["name"]: server for server in registry.list_all()}
     report: dict[str, Any] = {"created": [], "updated": [], "skipped": [
         {"name": name, "reason": reason} for name, reason in invalid.items()]}

@@ -148,8 +148,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _environ(env: Mapping[str, str] | None) -> dict[str, str]:
-    merged = read_env_file(Path.cwd() / ".env")
+def _environ(env: Mapping[str, str] | None, read_dotenv: bool = True) -> dict[str, str]:
+    merged = read_env_file(Path.cwd() / ".env") if read_dotenv else {}
     merged.update(os.environ if env is None else env)
     return merged
 
@@ -158,15 +158,16 @@ def _data_dir(values: Mapping[str, str]) -> Path:
     return Path(values.get("METAMCP_DATA_DIR") or "./.data").expanduser().resolve()
 
 
-def ensure_secrets(env: Mapping[str, str] | None = None) -> Path | None:
+def ensure_secrets(env: Mapping[str, str] | None = None, *, read_dotenv: bool = True) -> Path | None:
     """Generate JWT_SECRET and ENCRYPTION_KEY once, kept in the data directory (mode 0600).
 
     Returns the file's path when this call wrote it (so a launcher can say where), else None.
 
     Launchers call this (gunicorn's master, scripts/keys.py, wsgi.py). Processes racing to
     create the file agree: the first one linked in place wins and the others read it.
+    `read_dotenv=False`: `env` is complete (the admin scripts read the project root's `.env`).
     """
-    values = _environ(env)
+    values = _environ(env, read_dotenv)
     data_dir = _data_dir(values)
     path = data_dir / SECRETS_FILE
     stored = read_env_file(path)
@@ -350,13 +351,15 @@ def _default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
 
-def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool = True) -> Settings:
+def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool = True,
+                  read_dotenv: bool = True) -> Settings:
     """Build and validate Settings; raises ConfigError naming the first bad setting.
 
     `require_secrets=False` (gunicorn's config, read before the secrets are generated) leaves
-    a missing JWT_SECRET or ENCRYPTION_KEY empty instead of failing.
+    a missing JWT_SECRET or ENCRYPTION_KEY empty instead of failing. `read_dotenv=False`:
+    `env` is complete, no `.env` from the working directory under it.
     """
-    values = _environ(env)
+    values = _environ(env, read_dotenv)
     data_dir = _data_dir(values)
     stored = read_env_file(data_dir / SECRETS_FILE)
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 import select
 import sys
 import threading
@@ -19,9 +21,10 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from metamcp import metrics
+from metamcp.admin_data import load_script_environment, would_create
 from metamcp.config import ConfigError, Settings, ensure_secrets, load_settings
 from metamcp.embedded import EmbeddedError, EmbeddedPostgres
-from metamcp.errors import DatabaseUnavailable
+from metamcp.errors import DatabaseUnavailable, MetaMCPError
 from metamcp.notify import ChangeBus
 
 logger = logging.getLogger(__name__)
@@ -399,15 +402,33 @@ class Database:
         self._pool.close()
 
 
+class CliError(Exception):
+    """An admin script's failure, reported as one line on stderr with exit status 1."""
+
+
+class NoProjectData(CliError):
+    """The admin script would create a new embedded database or secrets, and --init was not given."""
+
+
 @contextmanager
-def open_database() -> Iterator[tuple[Database, Settings]]:
+def open_database(root: Path | None = None, *, init: bool = False) -> Iterator[tuple[Database, Settings]]:
     """For the admin scripts: the database `make run` uses, started for the command if needed.
 
-    Generates the secrets on first use, as the gateway would; stops an embedded server only if
-    this command started it.
+    `root` (the project root holding scripts/) anchors `.env` and the default data directory
+    (metamcp.admin_data), so a script run from another folder reaches the same data. Without
+    DATABASE_URL and without an initialized data directory it refuses (NoProjectData) rather
+    than creating an empty database and secrets, unless `init`. Stops an embedded server only
+    if this command started it.
     """
-    ensure_secrets()
-    settings = load_settings()
+    values = load_script_environment(root, os.environ) if root is not None else None
+    if values is not None and not init:
+        missing = would_create(values)
+        if missing:
+            raise NoProjectData(f"no MetaMCP data found; this would create {' and '.join(missing)}. "
+                                "Start the gateway once with `make run` in this checkout, set "
+                                "METAMCP_DATA_DIR or DATABASE_URL, or pass --init to create them")
+    ensure_secrets(values, read_dotenv=values is None)
+    settings = load_settings(values, read_dotenv=values is None)
     url, embedded = prepare_database(settings)
     db = Database(url, 2)
     db.audit_actor = "cli" if settings.audit else None
@@ -417,3 +438,23 @@ def open_database() -> Iterator[tuple[Database, Settings]]:
         db.close()
         if embedded is not None:
             embedded.stop()
+
+
+def run_admin_command(prog: str, root: Path, command: Callable[[Database, Settings], None],
+                      *, init: bool = False) -> int:
+    """Run an admin script's command on the database (open_database) and turn the failures it
+    expects into one line on stderr: exit status 0 on success, 1 on failure."""
+    try:
+        with open_database(root, init=init) as (db, settings):
+            command(db, settings)
+    except (CliError, ConfigError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except MetaMCPError as e:
+        details = f": {json.dumps(e.details)}" if e.details else ""
+        print(f"{prog}: {e.message}{details}", file=sys.stderr)
+        return 1
+    except psycopg2.Error as e:
+        print(f"{prog}: database error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0

@@ -20,15 +20,16 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-import psycopg2
-
 from metamcp import audit_query, audit_repository
+from metamcp.admin_data import common_options
 from metamcp.audit_query import Filters
-from metamcp.config import ConfigError
-from metamcp.db import Database, open_database
-from metamcp.errors import MetaMCPError
+from metamcp.db import CliError, Database, run_admin_command
+
+#: The checkout this script belongs to: its `.env` and `.data` are the ones `make run` uses.
+ROOT = Path(__file__).resolve().parent.parent
 
 #: Columns of the record table: (header, how a row shows it).
 RECORD_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
@@ -171,17 +172,13 @@ def cmd_usage(args: argparse.Namespace, db: Database) -> None:
     print_table([h for h, _ in columns], [[_cell(group[c]) for _, c in columns] for group in groups])
 
 
-class CliError(Exception):
-    """A failure reported as one line on stderr with exit status 1."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common = common_options(top=False)
     period = argparse.ArgumentParser(add_help=False)
     period.add_argument("--since", type=moment, help="from this time (ISO 8601) or age (30m, 12h, 7d)")
     period.add_argument("--until", type=moment, help="before this time (ISO 8601) or age")
-    parser = argparse.ArgumentParser(prog="audit.py", description="Read the MetaMCP audit log.", parents=[common])
+    parser = argparse.ArgumentParser(prog="audit.py", description="Read the MetaMCP audit log.",
+                                     parents=[common_options(top=True)])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tail = sub.add_parser("tail", help="the newest records, oldest first", parents=[common])
@@ -210,20 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with open_database() as (db, _settings):
-            args.handler(args, db)
-    except (CliError, ConfigError) as e:
-        print(f"audit.py: {e}", file=sys.stderr)
-        return 1
-    except MetaMCPError as e:
-        print(f"audit.py: {e.message}", file=sys.stderr)
-        return 1
-    except psycopg2.Error as e:
-        print(f"audit.py: database error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        return run_admin_command("audit.py", ROOT, lambda db, _settings: args.handler(args, db), init=args.init)
+    except KeyboardInterrupt:  # --follow ends with Ctrl-C
         return 0
-    return 0
 
 
 if __name__ == "__main__":

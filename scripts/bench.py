@@ -7,8 +7,8 @@ Each tools/call is measured in both protocol eras: a 2025-06-18 client on its se
 (initialize first, `Mcp-Session-Id` on every call) and a 2026-07-28 stateless client (no
 session: `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers and `_meta` version,
 clientInfo and capabilities on every request, as the official client sends them), direct and
-through /mcp; the gateway-added p50 of each era is
-printed side by side. Exits 1 when the gateway refuses the stateless call (its row says why).
+through /mcp; the gateway-added p50 of each era is printed side by side. Exits 1 when the
+gateway refuses the stateless call (its row says why).
 
     .venv/bin/python scripts/bench.py [--calls 2000] [--upstreams 10] [--tools 50]
     .venv/bin/python scripts/bench.py --isolation [--slow-calls 500] [--streams 1000]

@@ -10,6 +10,9 @@ import base64
 import binascii
 import json
 import logging
+import shutil
+import signal
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,16 +176,22 @@ def make_sandbox(path: str | None) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=3001)
-    parser.add_argument("--profile", choices=PROFILES, default="default")
-    parser.add_argument("--transport", choices=TRANSPORTS, default="streamable-http")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (HTTP transports; default: %(default)s)")
+    parser.add_argument("--port", type=int, default=3001,
+                        help="port to listen on (HTTP transports; default: %(default)s)")
+    parser.add_argument("--profile", choices=PROFILES, default="default",
+                        help="default: echo/math/text tools; files: sandboxed file tools, resources "
+                             "and prompts (default: %(default)s)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="streamable-http",
+                        help="default: %(default)s")
     parser.add_argument(
         "--json-response", action="store_true", help="answer POSTs with JSON, not SSE"
     )
     parser.add_argument("--stateless", action="store_true", help="streamable-http without sessions")
     parser.add_argument(
-        "--sandbox", default=None, help="files profile: sandbox dir (default: new temp dir)"
+        "--sandbox", default=None,
+        help="files profile: sandbox dir (default: a new temp dir, removed when the server exits)"
     )
     parser.add_argument(
         "--extra-tools", type=int, default=0, metavar="N",
@@ -233,8 +242,26 @@ def build_server(args: argparse.Namespace) -> MCPServer:
     return server
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    sys.exit(128 + signum)  # unwinds through main's cleanup (the default action would skip it)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    own_sandbox = None
+    if args.profile == "files" and not args.sandbox:
+        own_sandbox = make_sandbox(None)
+        args.sandbox = str(own_sandbox)
+    # uvicorn handles SIGTERM itself while serving, then raises it again: this handler ends us.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        serve(args)
+    finally:
+        if own_sandbox is not None:
+            shutil.rmtree(own_sandbox, ignore_errors=True)
+
+
+def serve(args: argparse.Namespace) -> None:
     server = build_server(args)
     add_generated_tools(server, args.extra_tools)
     if args.sleep_tool:

@@ -11,19 +11,16 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-import psycopg2
-
 from metamcp import keys, repository
+from metamcp.admin_data import common_options
 from metamcp.authn import ADMIN, CLIENT, ROLES
-from metamcp.config import ConfigError
-from metamcp.db import Database, open_database
-from metamcp.errors import MetaMCPError
+from metamcp.db import CliError, Database, run_admin_command
 
-
-class CliError(Exception):
-    """A failure reported as one line on stderr with exit status 1."""
+#: The checkout this script belongs to: its `.env` and `.data` are the ones `make run` uses.
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _format(value: Any) -> str:
@@ -169,11 +166,10 @@ def _rate_limit(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser = argparse.ArgumentParser(
-        prog="keys.py", description="Manage MetaMCP API keys.", parents=[common]
+        prog="keys.py", description="Manage MetaMCP API keys.", parents=[common_options(top=True)]
     )
+    common = common_options(top=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Callable[..., None], help_text: str) -> argparse.ArgumentParser:
@@ -226,25 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "delete" and not args.confirm:
-        parser.error(f"refusing to delete key {args.id} without --confirm")
+        print(f"keys.py: deleting key {args.id} cannot be undone; add --confirm to delete it", file=sys.stderr)
+        return 2
     if args.command in ("create", "set") and args.role == ADMIN and args.namespace is not None:
         parser.error("--role admin cannot be combined with --namespace: admin keys reach everything; "
                      "limit a client key instead (--role client --namespace NS)")
     if args.command == "set" and not (args.role or args.namespace or args.unscoped or args.rate_limit):
         parser.error("set: give at least one of --role, --namespace, --unscoped, --rate-limit")
-    try:
-        with open_database() as (db, _settings):
-            args.handler(args, db)
-    except (CliError, ConfigError) as e:
-        print(f"keys.py: {e}", file=sys.stderr)
-        return 1
-    except MetaMCPError as e:
-        print(f"keys.py: {e.message}", file=sys.stderr)
-        return 1
-    except psycopg2.Error as e:
-        print(f"keys.py: database error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
-    return 0
+    return run_admin_command("keys.py", ROOT, lambda db, _settings: args.handler(args, db), init=args.init)
 
 
 if __name__ == "__main__":

@@ -16,26 +16,31 @@ import json
 import os
 import sys
 from pathlib import Path
-
-import psycopg2
+from typing import Any
 
 from metamcp import client_config, reseal
-from metamcp.config import ConfigError, parse_encryption_key
+from metamcp.admin_data import common_options
+from metamcp.config import ConfigError, Settings, parse_encryption_key
 from metamcp.crypto import SecretBox
-from metamcp.db import open_database
-from metamcp.errors import MetaMCPError
+from metamcp.db import Database, run_admin_command
 from metamcp.servers import ServerRegistry
 from metamcp.stdio_policy import StdioPolicy
 
+#: The checkout this script belongs to: its `.env` and `.data` are the ones `make run` uses.
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="servers.py", description="Import or export MCP servers.")
+    parser = argparse.ArgumentParser(prog="servers.py", description="Import or export MCP servers.",
+                                     parents=[common_options(top=True, with_json=False)])
+    common = common_options(top=False, with_json=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    importing = sub.add_parser("import", help="create or update servers from a client config file")
+    importing = sub.add_parser("import", help="create or update servers from a client config file",
+                               parents=[common])
     importing.add_argument("file", type=Path, help="a JSON file with an mcpServers object ('-' for stdin)")
     importing.add_argument("--partial", action="store_true",
                            help="import the valid entries even when some are invalid")
-    exporting = sub.add_parser("export", help="print every server as a client config")
+    exporting = sub.add_parser("export", help="print every server as a client config", parents=[common])
     exporting.add_argument("--include-secrets", action="store_true",
                            help="print secrets in clear instead of masked")
     resealing = sub.add_parser(
@@ -77,58 +82,50 @@ def run_reseal(args: argparse.Namespace) -> int:
     """`reseal`: every secret under the current key; counts per server on stdout, never secrets."""
     try:
         old = SecretBox(_old_key(args))
-        with open_database() as (db, settings):
-            report = reseal.reseal(db, old, SecretBox(settings.encryption_key))
-    except MetaMCPError as e:
-        print(f"servers.py: {e.message}", file=sys.stderr)
-        return 1
     except ConfigError as e:
         print(f"servers.py: {e}", file=sys.stderr)
         return 1
-    except psycopg2.Error as e:
-        print(f"servers.py: database error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
-    for entry in report:
-        print(f"{entry.name}: {entry.moved} secret(s) resealed, {entry.current} already under the current key")
-    servers = sum(1 for entry in report if entry.moved)
-    print(f"resealed {sum(entry.moved for entry in report)} secret(s) of {servers} server(s)")
-    return 0
+
+    def command(db: Database, settings: Settings) -> None:
+        report = reseal.reseal(db, old, SecretBox(settings.encryption_key))
+        for entry in report:
+            print(f"{entry.name}: {entry.moved} secret(s) resealed, {entry.current} already under the current key")
+        servers = sum(1 for entry in report if entry.moved)
+        print(f"resealed {sum(entry.moved for entry in report)} secret(s) of {servers} server(s)")
+
+    return run_admin_command("servers.py", ROOT, command, init=args.init)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "reseal":
         return run_reseal(args)
-    try:
-        document = None
-        if args.command == "import":
+    document = None
+    if args.command == "import":
+        try:
             text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
             document = json.loads(text)
-        with open_database() as (db, settings):
-            registry = ServerRegistry(db, SecretBox(settings.encryption_key), settings.upstream_policy,
-                                      StdioPolicy.from_settings(settings))
-            if args.command == "import":
-                output = client_config.import_servers(registry, document, partial=args.partial)
-            else:
-                output = client_config.export_servers(registry, include_secrets=args.include_secrets)
-    except OSError as e:
-        print(f"servers.py: cannot read {args.file}: {e.strerror}", file=sys.stderr)
-        return 1
-    except json.JSONDecodeError as e:
-        print(f"servers.py: {args.file} is not JSON: {e.msg} (line {e.lineno})", file=sys.stderr)
-        return 1
-    except MetaMCPError as e:
-        details = f": {json.dumps(e.details)}" if e.details else ""
-        print(f"servers.py: {e.message}{details}", file=sys.stderr)
-        return 1
-    except ConfigError as e:
-        print(f"servers.py: {e}", file=sys.stderr)
-        return 1
-    except psycopg2.Error as e:
-        print(f"servers.py: database error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
-    print(json.dumps(output, indent=2))
-    return 0
+        except OSError as e:
+            print(f"servers.py: cannot read {args.file}: {e.strerror}", file=sys.stderr)
+            return 1
+        except json.JSONDecodeError as e:
+            print(f"servers.py: {args.file} is not JSON: {e.msg} (line {e.lineno})", file=sys.stderr)
+            return 1
+    output: dict[str, Any] = {}
+
+    def command(db: Database, settings: Settings) -> None:
+        registry = ServerRegistry(db, SecretBox(settings.encryption_key), settings.upstream_policy,
+                                  StdioPolicy.from_settings(settings))
+        if args.command == "import":
+            output.update(client_config.import_servers(registry, document, partial=args.partial,
+                                                       partial_hint="--partial"))
+        else:
+            output.update(client_config.export_servers(registry, include_secrets=args.include_secrets))
+
+    status = run_admin_command("servers.py", ROOT, command, init=args.init)
+    if status == 0:
+        print(json.dumps(output, indent=2))
+    return status
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ def test_servers_script(database_url: str, db: Database, tmp_path: Path) -> None
     bad.write_text('{"mcpServers": {"x y": {"command": "a"}}}')
     failed = subprocess.run([*script, "import", str(bad)], env=env, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1 and "nothing was imported" in failed.stderr
+    assert "with --partial" in failed.stderr and "partial=true" not in failed.stderr
     missing = subprocess.run([*script, "import", str(tmp_path / "none.json")], env=env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "cannot read" in missing.stderr

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +67,26 @@ def test_profiles(example: tuple[str, Upstream]) -> None:
     assert "print(1)" in json.dumps(review)
     with pytest.raises(RpcError):
         call("resources/read", {"uri": "file://missing.txt"})
+
+
+def test_files_profile_removes_its_sandbox_on_exit(tmp_path: Path) -> None:
+    process = UpstreamProcess("example", script=EXAMPLE_SERVER, extra_args=("--profile", "files")).start()
+    upstream = connect(process)
+    try:
+        config = upstream.request("resources/read", {"uri": "config://server"})
+        sandbox = Path(json.loads(config["contents"][0]["text"])["sandbox"])
+        assert (sandbox / "welcome.txt").is_file()
+    finally:
+        upstream.close()
+        process.stop()  # SIGTERM, as a service manager stops it
+    assert process.proc is not None and process.proc.returncode is not None
+    assert not sandbox.exists()
+
+
+def test_help_shows_defaults() -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLE_SERVER), "--help"], capture_output=True, text=True,
+                            timeout=30)
+    help_text = " ".join(result.stdout.split())
+    assert result.returncode == 0
+    assert "--host HOST address to listen on (HTTP transports; default: 127.0.0.1)" in help_text
+    assert "--port PORT port to listen on (HTTP transports; default: 3001)" in help_text

@@ -440,10 +440,11 @@ def test_upstream_list_changed_refreshes_and_reaches_clients(deployment: Deploym
 
 
 def test_smoke_test_script_passes(deployment: Deployment) -> None:
+    # The port, key and URL from the environment (METAMCP_PORT as `make run` is given it).
+    env = child_env(METAMCP_PORT=str(deployment.gateway.port), METAMCP_API_KEY=deployment.key)
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "test_client.py"), "--api-key", deployment.key,
-         "--url", deployment.gateway.url],
-        capture_output=True, text=True, timeout=60)
+        [sys.executable, str(ROOT / "scripts" / "test_client.py")],
+        capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     for step in ("health", "token", "list servers", "initialize", "tools/list", "tools/call"):
         assert f"[ok] {step}" in result.stdout
@@ -453,3 +454,9 @@ def test_smoke_test_script_passes(deployment: Deployment) -> None:
          "--url", deployment.gateway.url],
         capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "[FAIL] token" in bad.stdout
+    refused = requests.post(deployment.gateway.url + "/api/v1/auth/token", json={"api_key": "mcp_wrong"}, timeout=30)
+    assert f"[FAIL] token: HTTP {refused.status_code}: {refused.json()['message']}" in bad.stdout
+    elsewhere = subprocess.run(  # METAMCP_URL wins over METAMCP_PORT
+        [sys.executable, str(ROOT / "scripts" / "test_client.py")], capture_output=True, text=True, timeout=60,
+        env={**env, "METAMCP_URL": deployment.gateway.url, "METAMCP_PORT": "1"})
+    assert elsewhere.returncode == 0, elsewhere.stdout + elsewhere.stderr
