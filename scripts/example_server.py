@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import Completion, PromptReference
@@ -275,13 +276,11 @@ def serve(args: argparse.Namespace) -> None:
         server.run("sse", host=args.host, port=args.port)
     else:
         logger.info("Streamable HTTP endpoint: http://%s:%d/mcp", args.host, args.port)
-        server.run(
-            "streamable-http",
-            host=args.host,
-            port=args.port,
-            json_response=args.json_response,
-            stateless_http=args.stateless,
-        )
+        app = server.streamable_http_app(json_response=args.json_response, stateless_http=args.stateless,
+                                         host=args.host)
+        # Ctrl-C or SIGTERM ends it within a second even while a gateway holds a stream open
+        # (uvicorn would otherwise wait for every connection to close).
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":

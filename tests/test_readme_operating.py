@@ -1,8 +1,9 @@
-"""The README's "Operating" and "Deploying" sections keep their word: every ```sh block in them
-runs, in order and as one script, against a live gateway (gunicorn, real PostgreSQL, a real
-upstream that has served a call), and prints what the README says it prints. The blocks that
-need a Docker engine or a cluster are indented, not ```sh, and the README says they were not
-run here."""
+"""The README keeps its word: the ```sh blocks of "First steps", "Connect an MCP client" and the
+namespace walkthrough run in order as one script against a live gateway, as a new user would
+(variables set by the blocks themselves, the example upstreams they start), and so do those of
+"Operating" and "Deploying" (against a gateway whose upstream has served a call); each prints
+what the README says. Blocks that need a Docker engine or a cluster are indented, not ```sh,
+and the README says they were not run here."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -24,6 +26,9 @@ SECTIONS = ("Operating", "Deploying")
 ACCEPT = "application/json, text/event-stream"
 
 
+FIRST_HOUR = ("First steps", "Connect an MCP client", "Namespaces, overrides and endpoints")
+
+
 def shell_blocks(section: str) -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     start = text.index(f"\n## {section}\n")
@@ -31,14 +36,31 @@ def shell_blocks(section: str) -> list[str]:
     return re.findall(r"^```sh\n(.*?)^```$", text[start:end], re.DOTALL | re.MULTILINE)
 
 
+def started(database_url: str, data: Path) -> Gunicorn:
+    """A gateway as `make run` starts it, on an empty database."""
+    fresh_keys(database_url)
+    server = Gunicorn(child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(data), METAMCP_WORKERS="2"),
+                      free_port())
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture
+def new_gateway(database_url: str, tmp_path: Path) -> Iterator[Gunicorn]:
+    server = started(database_url, tmp_path)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
     upstream = UpstreamProcess("ops").start()
-    env = child_env(DATABASE_URL=database_url, METAMCP_DATA_DIR=str(tmp_path_factory.mktemp("data")),
-                    METAMCP_WORKERS="2")
-    server = Gunicorn(env, free_port())
+    server = started(database_url, tmp_path_factory.mktemp("data"))
     try:
-        server.wait_ready()
         key = fresh_keys(database_url, setup="admin")["setup"]
         headers = {"X-API-Key": key}
         requests.post(server.url + "/api/v1/mcp/servers", headers=headers, timeout=30, json={
@@ -64,6 +86,36 @@ def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def test_the_blocks_are_there() -> None:
     assert len(shell_blocks("Operating")) >= 3 and len(shell_blocks("Deploying")) >= 2
+    assert all(shell_blocks(section) for section in FIRST_HOUR)
+
+
+def run_script(script: str, gateway: Gunicorn, **replace: str) -> subprocess.CompletedProcess[str]:
+    """The blocks as one bash script, on the test's ports and interpreter; the processes it
+    starts in the background are stopped (by PID) when it ends."""
+    script = script.replace("12009", str(gateway.port)).replace(".venv/bin/python", sys.executable)
+    for old, new in replace.items():
+        script = script.replace(old, new)
+    script = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script
+    ran = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         timeout=180, check=False,
+                         # The gateway is not on 12009 here: "another address" in the README's words.
+                         env={**gateway.env, "METAMCP_PORT": str(gateway.port), "METAMCP_URL": gateway.url})
+    return ran
+
+
+@pytest.mark.skipif(shutil.which("jq") is None or shutil.which("curl") is None,
+                    reason="the README's examples use curl and jq")
+def test_the_first_hour_runs_as_written(new_gateway: Gunicorn) -> None:
+    script = "\n".join(block for section in FIRST_HOUR for block in shell_blocks(section))
+    ran = run_script(script, new_gateway, **{"3001": str(free_port()), "3002": str(free_port())})
+    output = ran.stdout
+    # stderr is the example servers' log, their stop included; the commands' answers are stdout.
+    assert ran.returncode == 0, (output, ran.stderr)
+    assert "FAIL" not in output and '"error"' not in output, output
+    assert '"servers"' in output  # the servers list, with the JWT
+    assert "all steps passed" in output, output  # scripts/test_client.py
+    assert '"name": "files__list_files"' in output  # the namespace's tools
+    assert '"content"' in output.rsplit('"namespace_id"', 1)[1]  # the renamed tool, called over REST
 
 
 @pytest.mark.skipif(shutil.which("jq") is None or shutil.which("curl") is None,
@@ -72,10 +124,7 @@ def test_operating_and_deploying_commands_run_as_written(gateway: Gunicorn) -> N
     script = "\n".join(block for section in SECTIONS for block in shell_blocks(section))
     if shutil.which("kubectl") is None:
         script = "\n".join(line for line in script.splitlines() if not line.startswith("kubectl"))
-    # The README's gateway is `make run`'s, on 12009 in this checkout's virtualenv.
-    script = script.replace("12009", str(gateway.port)).replace(".venv/bin/python", sys.executable)
-    ran = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env={**gateway.env, "METAMCP_PORT": str(gateway.port)}, check=False)
+    ran = run_script(script, gateway)  # the README's gateway is `make run`'s, on 12009
     output = ran.stdout
     assert ran.returncode == 0, (ran.stdout, ran.stderr)
     assert "Traceback" not in ran.stderr and "error" not in ran.stderr.lower(), ran.stderr
