@@ -271,7 +271,8 @@ class ServerRegistry:
 
     def _seal_value(self, plain: str, stored: str | None) -> str:
         """Encrypt a secret; a masked value sent back unchanged keeps the stored secret."""
-        if stored is not None and plain.startswith("****") and self._mask(stored) == plain:
+        # An unreadable secret is shown as "****" (_public): sent back, it is kept too.
+        if stored is not None and plain.startswith("****") and (self._mask(stored) or "****") == plain:
             return stored
         return self._box.encrypt(plain)
 
@@ -289,11 +290,12 @@ class ServerRegistry:
             sealed["bearer_token"] = self._seal_value(fields["bearer_token"], current.get("bearer_token"))
         return sealed
 
-    def _mask(self, stored: str) -> str:
+    def _mask(self, stored: str) -> str | None:
+        """A stored secret as shown (masked); None when the current key cannot open it."""
         try:
             return mask_secret(self._box.decrypt(stored))
         except CryptoError:
-            return "****"  # sealed under another ENCRYPTION_KEY: still never shown
+            return None
 
     def _readable(self, row: Mapping[str, Any]) -> bool:
         try:
@@ -303,12 +305,24 @@ class ServerRegistry:
         return True
 
     def _public(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The row as the admin API shows it: secrets masked, and `secrets_error` when one of
+        them does not open with the current key (each secret decrypted once)."""
+        unreadable = False
+
+        def masked(stored: str) -> str:
+            nonlocal unreadable
+            shown = self._mask(stored)
+            if shown is None:
+                unreadable = True
+                return "****"  # sealed under another ENCRYPTION_KEY: still never shown
+            return shown
+
         public = dict(row)
-        public["secrets_error"] = None if self._readable(row) else unreadable_message(row["name"])
-        public["headers"] = {k: self._mask(v) for k, v in row["headers"].items()}
-        public["env"] = {k: self._mask(v) for k, v in row["env"].items()}
+        public["headers"] = {k: masked(v) for k, v in row["headers"].items()}
+        public["env"] = {k: masked(v) for k, v in row["env"].items()}
         token = row["bearer_token"]
-        public["bearer_token"] = None if token is None else self._mask(token)
+        public["bearer_token"] = None if token is None else masked(token)
+        public["secrets_error"] = unreadable_message(row["name"]) if unreadable else None
         return public
 
     def _config(self, row: Mapping[str, Any]) -> ServerConfig:
