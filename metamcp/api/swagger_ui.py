@@ -58,6 +58,7 @@ def assets_folder() -> Path | None:
 
 @bp.get(ASSETS_URL + "<name>")
 def asset(name: str) -> Response:
+    """Role: none (public, like /swagger-ui and /openapi.json: static files, no data)."""
     content_type = ASSETS.get(name)
     folder = assets_folder()
     if content_type is None or folder is None:
